@@ -1,0 +1,5 @@
+import sys
+
+from rmap2p.cli import main
+
+sys.exit(main())

@@ -1,0 +1,209 @@
+"""Command line: ``python -m rmap2p VERB ...``.
+
+Each verb's work lives in its own module and is imported only when that verb
+runs, so ``--help`` stays fast and a verb's heavy imports (aiohttp, zeroconf)
+do not slow the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+DEFAULT_BIND = "0.0.0.0:7946"
+DEFAULT_HTTP = "127.0.0.1:8080"
+WORKER_TYPES = ("auto", "gpu", "cpu", "storage", "edge")
+
+# verb -> "module:function"; the function takes the parsed args and returns an exit code.
+HANDLERS = {
+    "join": "rmap2p.cmd_join:run",
+    "status": "rmap2p.cmd_admin:status",
+    "gaps": "rmap2p.cmd_admin:gaps",
+    "leave": "rmap2p.cmd_admin:leave",
+    "keygen": "rmap2p.cmd_keygen:run",
+    "keys": "rmap2p.cmd_keygen:keys",
+    "simulate": "simulations.cli:run",
+    "allocate": "rmap2p.cmd_allocate:run",
+}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmap2p",
+        description=(
+            "A peer-to-peer compute pool. Every machine runs the same daemon: "
+            "it finds the pool, keeps a gossiped membership view, decides from "
+            "that view which services it runs itself, and forwards requests "
+            "to the best node."
+        ),
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    join = sub.add_parser(
+        "join",
+        help="run a node and join (or start) a pool",
+        description=(
+            "Run a node. It contacts the --join addresses, then the edge nodes in "
+            "bootstrap_nodes.txt, then peers found by mDNS; if nobody answers it "
+            "starts a pool of one and keeps looking. Ctrl-C leaves gracefully. "
+            "Settings also come from the environment: WORKER_TYPE, WORKER_ID, "
+            "WORKER_SPECIALIZATION, RMAP2P_BIND, RMAP2P_HTTP, RMAP2P_JOIN "
+            "(comma separated), RMAP2P_DATA_DIR, RMAP2P_KEY_FILE."
+        ),
+    )
+    join.add_argument(
+        "--bind",
+        default=_env("RMAP2P_BIND", DEFAULT_BIND),
+        metavar="HOST:PORT",
+        help=f"gossip address, UDP and TCP on the same port (default {DEFAULT_BIND})",
+    )
+    join.add_argument(
+        "--advertise",
+        default=_env("RMAP2P_ADVERTISE"),
+        metavar="HOST:PORT",
+        help="address peers should use to reach this node (default: --bind, or a detected one when binding 0.0.0.0)",
+    )
+    join.add_argument(
+        "--http",
+        default=_env("RMAP2P_HTTP", DEFAULT_HTTP),
+        metavar="HOST:PORT",
+        help=f"HTTP API and request gateway (default {DEFAULT_HTTP})",
+    )
+    join.add_argument(
+        "--join",
+        action="append",
+        default=[a for a in (_env("RMAP2P_JOIN", "") or "").split(",") if a],
+        metavar="HOST:PORT",
+        help="a member to join through (repeatable)",
+    )
+    join.add_argument(
+        "--type",
+        choices=WORKER_TYPES,
+        default=_env("WORKER_TYPE", "auto"),
+        help="worker type; auto detects GPU, then edge, then storage, then CPU (env WORKER_TYPE)",
+    )
+    join.add_argument(
+        "--name",
+        default=_env("WORKER_ID"),
+        help="human-readable worker name shown in status (env WORKER_ID; default: host name)",
+    )
+    join.add_argument(
+        "--specialization",
+        default=_env("WORKER_SPECIALIZATION", ""),
+        help="service or model this node prefers, used by request scoring (env WORKER_SPECIALIZATION)",
+    )
+    join.add_argument(
+        "--data-dir",
+        default=_env("RMAP2P_DATA_DIR", os.path.expanduser("~/.rmap2p")),
+        help="where identity, incarnation and service data live (env RMAP2P_DATA_DIR; default ~/.rmap2p)",
+    )
+    join.add_argument(
+        "--key-file",
+        default=_env("RMAP2P_KEY_FILE"),
+        help="cluster keyring file made by `rmap2p keygen`; encrypts all gossip (env RMAP2P_KEY_FILE)",
+    )
+    join.add_argument(
+        "--bootstrap-file",
+        default=_env("RMAP2P_BOOTSTRAP_FILE"),
+        help="list of edge nodes (default: bootstrap_nodes.txt in the working directory or data dir)",
+    )
+    join.add_argument("--cluster", default=_env("RMAP2P_CLUSTER", "rmap2p"), help="cluster name; nodes of different clusters never merge")
+    join.add_argument("--no-mdns", action="store_true", help="do not advertise or browse on mDNS")
+    join.add_argument(
+        "--no-services", action="store_true", help="membership and HTTP only: run no service"
+    )
+    join.add_argument(
+        "--profile",
+        choices=("lan", "local"),
+        default=_env("RMAP2P_PROFILE", "lan"),
+        help="protocol timing preset (lan: memberlist LAN defaults; local: faster, for one machine)",
+    )
+
+    def _http_client_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--http",
+            default=_env("RMAP2P_HTTP", DEFAULT_HTTP),
+            metavar="HOST:PORT",
+            help=f"HTTP address of the node to ask (default {DEFAULT_HTTP})",
+        )
+        p.add_argument("--json", action="store_true", help="print the raw JSON document")
+
+    status = sub.add_parser("status", help="print the members a node knows, as a table")
+    _http_client_opts(status)
+    gaps = sub.add_parser("gaps", help="print the services that need more workers")
+    _http_client_opts(gaps)
+    leave = sub.add_parser("leave", help="tell a running node to leave the pool gracefully and stop")
+    _http_client_opts(leave)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="create a cluster key (AES-256-GCM) and print or store it",
+        description="Create a new random 256-bit cluster key. With --key-file, add it to that keyring file (created if missing); otherwise print it base64-encoded.",
+    )
+    keygen.add_argument("--key-file", default=None, help="keyring file to add the key to")
+    keygen.add_argument("--primary", action="store_true", help="make the new key the one used to encrypt")
+    keys = sub.add_parser(
+        "keys",
+        help="rotate the keyring of a running node: list, install, use, remove",
+        description="Key rotation without downtime: install the new key on every node, then use it everywhere, then remove the old one.",
+    )
+    keys.add_argument("action", choices=("list", "install", "use", "remove"))
+    keys.add_argument("key", nargs="?", help="base64 key (for install, use, remove)")
+    _http_client_opts(keys)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="run the real protocol code on a simulated network",
+        add_help=False,
+    )
+    simulate.add_argument("sim_args", nargs=argparse.REMAINDER)
+
+    allocate = sub.add_parser(
+        "allocate",
+        help="compute the service assignment for a view read as JSON on stdin",
+        description=(
+            'Reads {"nodes": [{"node_id", "worker_type", "services": [...], "status"?, '
+            '"can_run"?, "specialization"?}]} on stdin and prints '
+            '{"assignments": {node_id: [service, ...]}, "gaps": {...}}.'
+        ),
+    )
+    allocate.add_argument("--indent", type=int, default=2, help="JSON indentation (default 2)")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # A daemon should say what it does by default; one-shot commands stay quiet.
+    _configure_logging(args.verbose + (1 if args.verb == "join" else 0))
+    module_name, func_name = HANDLERS[args.verb].split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
