@@ -1,0 +1,48 @@
+"""Shared pytest fixtures for the rmap2p test suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netns import NetnsLab, netns_available, sweep_stale
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove namespaces left by test runs that were killed before cleaning up."""
+    sweep_stale()
+
+
+@pytest.fixture
+def netns_lab(tmp_path: Path) -> Iterator[Callable[..., NetnsLab]]:
+    """Factory ``make(n_hosts, **kw) -> NetnsLab`` of created labs, all destroyed at teardown.
+
+    Skips (with the probe's precise reason) where namespaces or iptables are
+    unavailable, unless RMAP2P_REQUIRE_NETNS=1, where that is a failure: meant
+    for CI, so that a runner that lost iptables cannot pass by skipping.
+    """
+    ok, why = netns_available()
+    if not ok:
+        if os.environ.get("RMAP2P_REQUIRE_NETNS") == "1":
+            pytest.fail(f"RMAP2P_REQUIRE_NETNS=1 but {why}")
+        pytest.skip(why)
+    labs: list[NetnsLab] = []
+
+    def make(n_hosts: int, **kw: object) -> NetnsLab:
+        kw.setdefault("log_dir", tmp_path / f"netns{len(labs)}")
+        lab = NetnsLab(n_hosts, **kw)  # type: ignore[arg-type]
+        labs.append(lab)
+        return lab.create()
+
+    yield make
+    errors = []
+    for lab in reversed(labs):
+        try:
+            lab.destroy()
+        except Exception as e:  # noqa: BLE001 - destroy the rest, then report
+            errors.append(f"{lab.prefix}: {e}")
+    if errors:
+        pytest.fail("netns cleanup failed: " + "; ".join(errors))
