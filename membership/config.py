@@ -1,0 +1,119 @@
+"""Membership settings: one frozen dataclass, every knob documented.
+
+Defaults are memberlist's LAN profile (``DefaultLANConfig``); ``local()`` is
+memberlist's ``DefaultLocalConfig`` (one machine, loopback); ``sim()`` is the
+LAN profile with the checks a simulator wants. Formulas that use these values
+live next to the code that applies them (``suspicion.py``, ``broadcast.py``,
+``awareness.py``) and are quoted here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from membership.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SwimConfig:
+    probe_interval: float = 1.0
+    """Seconds between probes of one member; stretched by awareness (``× (score + 1)``)."""
+    probe_timeout: float = 0.5
+    """Seconds to wait for a direct ack before asking ``indirect_checks`` members; also stretched."""
+    indirect_checks: int = 3
+    """k: members asked to ping-req a target that missed its direct ack."""
+    tcp_fallback: bool = True
+    """Also ping an unresponsive target over TCP (memberlist's fallback): survives heavy UDP loss."""
+    nack_ratio: float = 0.8
+    """An intermediary nacks if the target has not acked after ``nack_ratio * probe_timeout``."""
+    retransmit_mult: int = 4
+    """Each update is sent ``retransmit_mult * ceil(log10(N + 1))`` times by every node."""
+    suspicion_mult: float = 4.0
+    """Suspicion timeout ``= suspicion_mult * max(1, log10(N)) * probe_interval`` at least."""
+    suspicion_max_mult: float = 6.0
+    """Suspicion starts at ``suspicion_max_mult`` × the base and shrinks with confirmations."""
+    gossip_interval: float = 0.2
+    """Seconds between gossip ticks; a tick sends only when updates are queued."""
+    gossip_nodes: int = 3
+    """Fanout of each gossip tick."""
+    gossip_to_dead: float = 30.0
+    """Keep gossiping to members dead for less than this, so they can refute."""
+    push_pull_interval: float = 30.0
+    """Anti-entropy period with one random member; scaled with N above ``push_pull_scale_threshold``."""
+    push_pull_scale_threshold: int = 32
+    """memberlist's pushPullScale: ``interval * ceil(log2(N) - log2(threshold))`` above it."""
+    reconnect_interval: float = 30.0
+    """Every this many seconds push-pull with one random dead (not left) member: heals partitions."""
+    reap_after: float = 4 * 3600.0
+    """Dead and left members are forgotten after this many seconds."""
+    awareness_max_multiplier: int = 8
+    """Lifeguard: the awareness score ranges over ``[0, max - 1]``."""
+    lifeguard: bool = True
+    """False turns off awareness, suspicion acceleration and nacks (plain SWIM, for comparison)."""
+    max_datagram: int = 1400
+    """Largest datagram we build (before sealing)."""
+    max_members: int = 100_000
+    """Refuse to learn of more members than this (bounds memory against hostile joins)."""
+    max_pending_probes: int = 1024
+    """Bound on outstanding ping-req relays we serve for others."""
+    max_stream_frame: int = 4 * 1024 * 1024
+    """Largest push-pull frame we build or accept."""
+    load_gossip_interval: float = 30.0
+    """A coarse load summary is re-gossiped at most this often, and only when it changed markedly."""
+    load_change_threshold: float = 25.0
+    """Percentage points of CPU/GPU (or active requests) that count as a marked change."""
+    meta_max_bytes: int = 1024
+    """Largest encoded node metadata we send or accept."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and value < 0:
+                raise ConfigError(f"{f.name} must be >= 0, got {value}")
+        if self.probe_interval <= 0 or self.gossip_interval <= 0:
+            raise ConfigError("probe_interval and gossip_interval must be > 0")
+        if not 0 < self.probe_timeout <= self.probe_interval:
+            raise ConfigError("probe_timeout must be in (0, probe_interval]")
+        if not 0 < self.nack_ratio < 1:
+            raise ConfigError("nack_ratio must be in (0, 1)")
+        if self.suspicion_max_mult < 1:
+            raise ConfigError("suspicion_max_mult must be >= 1")
+        if self.awareness_max_multiplier < 1:
+            raise ConfigError("awareness_max_multiplier must be >= 1")
+        if self.max_datagram < 512:
+            raise ConfigError("max_datagram must be >= 512")
+
+    @classmethod
+    def lan(cls, **overrides: object) -> SwimConfig:
+        """memberlist's DefaultLANConfig."""
+        return replace(cls(), **overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def local(cls, **overrides: object) -> SwimConfig:
+        """memberlist's DefaultLocalConfig: every peer on one host or a fast LAN segment."""
+        base = cls(
+            probe_timeout=0.2,
+            indirect_checks=1,
+            retransmit_mult=2,
+            suspicion_mult=3.0,
+            gossip_interval=0.1,
+            gossip_to_dead=15.0,
+            push_pull_interval=15.0,
+            reconnect_interval=10.0,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def sim(cls, **overrides: object) -> SwimConfig:
+        """The LAN profile, as the simulator measures it."""
+        return cls.lan(**overrides)
+
+    def push_pull_period(self, n: int) -> float:
+        """``push_pull_interval * ceil(log2(n) - log2(threshold))`` for ``n > threshold``."""
+        if n <= self.push_pull_scale_threshold:
+            return self.push_pull_interval
+        mult = math.ceil(math.log2(n) - math.log2(self.push_pull_scale_threshold))
+        return self.push_pull_interval * max(1, mult)

@@ -1,0 +1,907 @@
+"""SWIM with Lifeguard as a sans-I/O state machine.
+
+The shape is aioquic's: the driver feeds bytes and time in, and takes bytes
+and one deadline out::
+
+    m.receive(datagram, src, now)          # a UDP datagram arrived
+    reply = m.handle_stream(frame, src, now)   # a TCP request arrived; reply or None
+    m.stream_reply(token, frame_or_None, now)  # the reply to one of our TCP requests
+    m.tick(now)                            # call when now >= m.next_deadline()
+    m.take_datagrams() -> [(bytes, addr)]  # send these over UDP
+    m.take_streams() -> [StreamRequest]    # send these over TCP
+    m.take_events() -> [MemberEvent]
+
+Nothing here reads a clock, sleeps, opens a socket or touches the global
+random generator: time comes in as ``now`` and randomness from the
+``random.Random`` the driver passes in. The asyncio daemon and the
+simulator drive the very same object.
+
+Probing (one target per ``probe_interval``, round robin over a shuffled list):
+ping → ack within ``probe_timeout`` or ask ``indirect_checks`` members to
+ping-req it (and, with ``tcp_fallback``, ping it over TCP); no ack by the
+end of the interval → suspect. Lifeguard: both timeouts are stretched by the
+awareness score, relays send nacks so a prober can tell "the target is gone"
+from "I am the slow one", and suspicion timers shrink with independent
+confirmations. Updates are piggybacked on every datagram and pushed by the
+gossip tick to ``gossip_nodes`` random members while any are queued.
+Push-pull exchanges digests over TCP and sends only what differs.
+
+Memory per member is one dict entry pointing at the member's signed
+``Alive`` record (which a simulator shares among all its nodes) plus a small
+record only while the member is suspect, dead or left: this is what lets a
+single process hold 10,000 nodes that each know 10,000 members.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from membership import state as rules
+from membership import wire
+from membership.awareness import Awareness
+from membership.broadcast import BroadcastQueue, retransmit_limit
+from membership.config import SwimConfig
+from membership.errors import LocalProtocolError, RemoteProtocolError
+from membership.messages import (
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    DigestEntry,
+    IndirectPing,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    PushPull,
+    PushPullReply,
+    PushPullStates,
+    Suspect,
+    signed_alive_payload,
+)
+from membership.meta import Load, NodeMeta
+from membership.signing import Signer, Verify
+from membership.state import Status, Verdict
+from membership.suspicion import Suspicion, suspicion_timeout
+
+log = logging.getLogger(__name__)
+
+_DATAGRAM_OVERHEAD = 1 + wire.ARRAY_HEADER_MAX
+_MAX_PENDING_STREAMS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """Something changed about a member. ``kind`` is one of:
+    joined, updated, suspect, alive (recovered or refuted), dead, left, reaped, conflict."""
+
+    kind: str
+    node: str
+    incarnation: int
+    at: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """One TCP exchange the driver must perform: send ``payload`` to ``addr``.
+
+    When ``expect_reply`` the driver reads one frame back and passes it (or
+    None on any failure) to ``Membership.stream_reply(token, ...)``.
+    """
+
+    token: int
+    addr: Addr
+    payload: bytes
+    expect_reply: bool
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    node: str
+    status: Status
+    incarnation: int
+    addr: Addr
+    meta: NodeMeta
+    load: Load
+    """First-hand load from the latest ack if we have one, else the gossiped summary."""
+    last_seen: float | None
+    since: float | None
+    """When the member entered its current non-alive status (None while alive)."""
+
+
+@dataclass(slots=True)
+class MembershipStats:
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    stream_bytes_in: int = 0
+    stream_bytes_out: int = 0
+    malformed: int = 0
+    rejected: int = 0
+    probes: int = 0
+    probe_failures: int = 0
+    indirect_probes: int = 0
+    suspicions_raised: int = 0
+    refutations: int = 0
+    push_pulls: int = 0
+    gossip_messages: int = 0
+
+
+@dataclass(slots=True)
+class _Down:
+    status: Status
+    incarnation: int
+    since: float
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq: int
+    started: float
+    ack_deadline: float
+    end: float
+    indirect: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    orig_seq: int
+    requester: Addr
+    nack_deadline: float | None
+    expires: float
+
+
+@dataclass(slots=True)
+class _PendingStream:
+    kind: str
+    addr: Addr
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Rank:
+    # Precedence of what we know about a member, for push-pull comparisons:
+    # a higher incarnation wins; at equal incarnation the graver status wins.
+    incarnation: int
+    status: Status
+
+    def newer_than(self, other: _Rank) -> bool:
+        return (self.incarnation, int(self.status)) > (other.incarnation, int(other.status))
+
+
+class Membership:
+    def __init__(
+        self,
+        config: SwimConfig,
+        signer: Signer,
+        verify: Verify,
+        addr: Addr,
+        meta: NodeMeta,
+        rng: random.Random,
+        now: float,
+        incarnation: int = 0,
+        cluster: str = "rmap2p",
+        alive_intern: dict | None = None,
+        record_events: bool = True,
+    ) -> None:
+        self.config = config
+        self.cluster = cluster
+        self._signer = signer
+        self._verify = verify
+        self._rng = rng
+        self._addr = addr
+        self._meta = meta
+        self._intern = alive_intern
+        self._record_events = record_events
+        self.id = signer.node_id
+        self.incarnation = incarnation
+        self.stats = MembershipStats()
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self.leaving = False
+
+        self._alive: dict[str, Alive] = {}
+        self._down: dict[str, _Down] = {}
+        self._ids: list[str] = []  # every known member but us, for O(1) random picks
+        self._id_pos: dict[str, int] = {}
+        self._probe_list: list[str] = []
+        self._probe_index = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._suspicions: dict[str, Suspicion] = {}
+        self._broadcasts = BroadcastQueue(max_items=config.max_members)
+        self._last_seen: dict[str, float] = {}
+        self._fresh_load: dict[str, Load] = {}
+        self._reap_queue: deque[tuple[float, str]] = deque()
+        self._pending_streams: dict[int, _PendingStream] = {}
+        self._n_down = 0  # members dead or left: kept as a count so N is O(1)
+        self._seq = 0
+        self._token = 0
+        self._load = meta.load
+        self._last_load_gossip = now
+
+        self._out: list[tuple[bytes, Addr]] = []
+        self._out_streams: list[StreamRequest] = []
+        self._events: list[MemberEvent] = []
+
+        self._next_probe = now + rng.uniform(0, config.probe_interval)
+        self._next_gossip = now + config.gossip_interval
+        self._next_push_pull = now + rng.uniform(0, config.push_pull_interval)
+        self._next_reconnect = now + config.reconnect_interval
+        self._announce(now)
+
+    # ------------------------------------------------------------ inputs
+
+    def receive(self, data: bytes, src: Addr, now: float) -> None:
+        """A datagram arrived from ``src``. Bad input is dropped and counted, never raised."""
+        self.stats.datagrams_in += 1
+        self.stats.bytes_in += len(data)
+        try:
+            messages = wire.decode_datagram(data)
+        except RemoteProtocolError as exc:
+            self.stats.malformed += 1
+            log.debug("%s: dropped datagram from %s: %s", self.id, src, exc)
+            return
+        for msg in messages:
+            self._dispatch(msg, src, now)
+
+    def handle_stream(self, data: bytes, src: Addr, now: float) -> bytes | None:
+        """A TCP request frame arrived; returns the reply frame, if any."""
+        self.stats.stream_bytes_in += len(data)
+        try:
+            msg = wire.decode_frame(data)
+        except RemoteProtocolError as exc:
+            self.stats.malformed += 1
+            log.debug("%s: dropped stream frame from %s: %s", self.id, src, exc)
+            return None
+        reply: Message | None = None
+        try:
+            if isinstance(msg, PushPull):
+                reply = self._serve_push_pull(msg, src, now)
+            elif isinstance(msg, PushPullStates):
+                if msg.cluster == self.cluster:
+                    self._merge(msg.states, now)
+            elif isinstance(msg, Ping):
+                if msg.target == self.id:
+                    reply = Ack(msg.seq, self._load)
+            else:
+                raise RemoteProtocolError(f"{type(msg).__name__} is not a stream request")
+        except RemoteProtocolError as exc:
+            self.stats.rejected += 1
+            log.debug("%s: rejected stream request from %s: %s", self.id, src, exc)
+            return None
+        if reply is None:
+            return None
+        frame = wire.encode_frame(reply)
+        self.stats.stream_bytes_out += len(frame)
+        return frame
+
+    def stream_reply(self, token: int, data: bytes | None, now: float) -> bool:
+        """The outcome of one of our TCP requests; True if a valid reply was used."""
+        pending = self._pending_streams.pop(token, None)
+        if pending is None or data is None:
+            return False
+        self.stats.stream_bytes_in += len(data)
+        try:
+            msg = wire.decode_frame(data)
+            if pending.kind == "push-pull" and isinstance(msg, PushPullReply):
+                if msg.cluster != self.cluster:
+                    raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
+                self._merge(msg.states, now)
+                wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
+                if wanted:
+                    self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, "states")
+                return True
+            if pending.kind == "ping" and isinstance(msg, Ack):
+                self._on_ack(msg, pending.addr, now)
+                return True
+        except RemoteProtocolError as exc:
+            self.stats.rejected += 1
+            log.debug("%s: bad stream reply from %s: %s", self.id, pending.addr, exc)
+        return False
+
+    def join(self, addr: Addr, now: float) -> int:
+        """Start a push-pull with a seed address; returns the stream token."""
+        return self._push_pull(addr, now, join=True)
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave: peers mark us ``left``, not ``dead``."""
+        self.leaving = True
+        d = Dead(self.id, self.incarnation, self.id)
+        self._set_down(self.id, Status.LEFT, self.incarnation, now)
+        encoded = wire.encode_message(d)
+        self._broadcasts.queue(self.id, encoded)
+        for node in self._random_members(self.config.gossip_nodes * 2, now):
+            self._send(self._alive[node].addr, [encoded])
+
+    def update_meta(self, meta: NodeMeta, now: float) -> None:
+        """Our metadata changed: bump the incarnation and gossip the new signed alive."""
+        if meta == self._meta:
+            return
+        self._meta = meta
+        self._load = meta.load
+        self._last_load_gossip = now
+        self.incarnation += 1
+        self._announce(now)
+
+    def update_load(self, load: Load, now: float) -> None:
+        """New local load figures: sent on acks at once; gossiped only on a marked change, rarely."""
+        self._load = load
+        if (
+            now - self._last_load_gossip >= self.config.load_gossip_interval
+            and load.differs_markedly(self._meta.load, self.config.load_change_threshold)
+        ):
+            self.update_meta(replace(self._meta, load=load), now)
+
+    # ------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self._next_probe, self._next_push_pull]
+        if self._broadcasts:
+            deadlines.append(self._next_gossip)
+        if self._probe is not None:
+            deadlines.append(self._probe.end if self._probe.indirect else self._probe.ack_deadline)
+        for relay in self._relays.values():
+            deadlines.append(relay.nack_deadline if relay.nack_deadline is not None else relay.expires)
+        for s in self._suspicions.values():
+            deadlines.append(s.deadline)
+        if self._reap_queue:
+            deadlines.append(self._reap_queue[0][0] + self.config.reap_after)
+        if self._n_down:
+            deadlines.append(self._next_reconnect)
+        return min(deadlines)
+
+    def tick(self, now: float) -> None:
+        """Fire every timer that is due at ``now``."""
+        if self.leaving:
+            if self._broadcasts and now >= self._next_gossip:
+                self._gossip(now)
+            return
+        probe = self._probe
+        if probe is not None:
+            if not probe.indirect and now >= probe.ack_deadline:
+                self._go_indirect(probe, now)
+            if now >= probe.end:
+                self._probe_failed(probe, now)
+        if self._probe is None and now >= self._next_probe:
+            self._start_probe(now)
+        if self._relays:
+            self._tick_relays(now)
+        if self._suspicions:
+            for node in [n for n, s in self._suspicions.items() if s.deadline <= now]:
+                self._suspicion_expired(node, now)
+        if now >= self._next_gossip:
+            self._gossip(now)
+        if now >= self._next_push_pull:
+            self._periodic_push_pull(now)
+        if now >= self._next_reconnect:
+            self._reconnect(now)
+        while self._reap_queue and self._reap_queue[0][0] + self.config.reap_after <= now:
+            self._reap(*self._reap_queue.popleft())
+
+    # ------------------------------------------------------------ outputs
+
+    def take_datagrams(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def take_streams(self) -> list[StreamRequest]:
+        out, self._out_streams = self._out_streams, []
+        return out
+
+    def take_events(self) -> list[MemberEvent]:
+        out, self._events = self._events, []
+        return out
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def addr(self) -> Addr:
+        return self._addr
+
+    @property
+    def meta(self) -> NodeMeta:
+        return self._meta
+
+    def status_of(self, node: str) -> Status | None:
+        down = self._down.get(node)
+        if down is not None:
+            return down.status
+        return Status.ALIVE if node in self._alive else None
+
+    def incarnation_of(self, node: str) -> int | None:
+        down = self._down.get(node)
+        if down is not None:
+            return down.incarnation
+        alive = self._alive.get(node)
+        return None if alive is None else alive.incarnation
+
+    def alive_record(self, node: str) -> Alive | None:
+        return self._alive.get(node)
+
+    def known(self) -> int:
+        return len(self._alive)
+
+    def num_active(self) -> int:
+        """Members (us included) that are alive or suspect: the N of the formulas."""
+        return max(1, len(self._alive) - self._n_down)
+
+    def members(self) -> list[MemberView]:
+        views = []
+        for node, alive in self._alive.items():
+            down = self._down.get(node)
+            try:
+                meta = alive.meta
+            except RemoteProtocolError:  # verified at receipt; cannot happen for a kept record
+                continue
+            views.append(
+                MemberView(
+                    node=node,
+                    status=down.status if down else Status.ALIVE,
+                    incarnation=down.incarnation if down else alive.incarnation,
+                    addr=alive.addr,
+                    meta=meta,
+                    load=self._load if node == self.id else self._fresh_load.get(node, meta.load),
+                    last_seen=self._last_seen.get(node),
+                    since=down.since if down else None,
+                )
+            )
+        return views
+
+    def broadcasts_queued(self) -> int:
+        return len(self._broadcasts)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self, msg: Message, src: Addr, now: float) -> None:
+        try:
+            match msg:
+                case Ping():
+                    self._on_ping(msg, src, now)
+                case Ack():
+                    self._on_ack(msg, src, now)
+                case IndirectPing():
+                    self._on_indirect_ping(msg, src, now)
+                case Nack():
+                    if self._probe is not None and msg.seq == self._probe.seq:
+                        self._probe.nacks += 1
+                case Alive():
+                    self._on_alive(msg, now)
+                case Suspect():
+                    self._on_suspect(msg, now)
+                case Dead():
+                    self._on_dead(msg, now)
+                case _:
+                    raise RemoteProtocolError(f"{type(msg).__name__} is not a datagram message")
+        except RemoteProtocolError as exc:
+            self.stats.rejected += 1
+            log.debug("%s: rejected %s from %s: %s", self.id, type(msg).__name__, src, exc)
+
+    def _on_ping(self, msg: Ping, src: Addr, now: float) -> None:
+        if msg.target != self.id:
+            # Someone has a stale address for another node: not for us to answer.
+            raise RemoteProtocolError(f"ping for {msg.target}")
+        if msg.source in self._alive:
+            self._last_seen[msg.source] = now
+        self._send(src, [wire.encode_message(Ack(msg.seq, self._load))])
+
+    def _on_ack(self, msg: Ack, src: Addr, now: float) -> None:
+        probe = self._probe
+        if probe is not None and msg.seq == probe.seq:
+            self._last_seen[probe.target] = now
+            if msg.load is not None:
+                self._fresh_load[probe.target] = msg.load
+            self._probe = None
+            if self.config.lifeguard:
+                self.awareness.apply_delta(-1)
+            return
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            self._send(relay.requester, [wire.encode_message(Ack(relay.orig_seq, None))])
+
+    def _on_indirect_ping(self, msg: IndirectPing, src: Addr, now: float) -> None:
+        if len(self._relays) >= self.config.max_pending_probes:
+            raise RemoteProtocolError("too many relayed probes in flight")
+        seq = self._next_seq()
+        timeout = self.config.probe_timeout
+        nack_at = now + self.config.nack_ratio * timeout if msg.want_nack and self.config.lifeguard else None
+        self._relays[seq] = _Relay(msg.seq, src, nack_at, now + self.config.probe_interval)
+        self._send((msg.target_host, msg.target_port), [wire.encode_message(Ping(seq, msg.target, self.id))])
+
+    # ------------------------------------------------------------ state changes
+
+    def _on_alive(self, a: Alive, now: float) -> None:
+        about_self = a.node == self.id
+        status = self.status_of(a.node)
+        inc = self.incarnation if about_self else (self.incarnation_of(a.node) or 0)
+        verdict = rules.on_alive(status, inc, a.incarnation, about_self)
+        if verdict is Verdict.IGNORE:
+            return
+        if verdict is Verdict.REFUTE:
+            if self.leaving:
+                return
+            if a.addr != self._addr:
+                self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}")
+            self._refute(a.incarnation, now)
+            return
+        a = self._accept_alive(a)
+        old = self._alive.get(a.node)
+        if old is None and len(self._alive) >= self.config.max_members:
+            raise RemoteProtocolError("member table full")
+        self._alive[a.node] = a
+        down = self._clear_down(a.node)
+        self._suspicions.pop(a.node, None)
+        if old is None:
+            self._add_member(a.node)
+            self._event("joined", a.node, a.incarnation, now)
+        elif down is not None:
+            self._event("alive", a.node, a.incarnation, now, down.status.label)
+        else:
+            self._event("updated", a.node, a.incarnation, now)
+        self._broadcasts.queue(a.node, wire.encode_message(a))
+
+    def _accept_alive(self, a: Alive) -> Alive:
+        """Verify (once) and intern an alive record; raises RemoteProtocolError if forged."""
+        key = (a.node, a.incarnation, a.signature)
+        if self._intern is not None:
+            known = self._intern.get(key)
+            if known is not None:
+                return known
+        old = self._alive.get(a.node)
+        if old is not None and old.public_key != a.public_key:
+            raise RemoteProtocolError(f"alive for {a.node} under a different key")
+        if len(a.meta_raw) > self.config.meta_max_bytes:
+            raise RemoteProtocolError("metadata too large")
+        a.meta  # decode now, so a bad record is rejected before it is stored
+        if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
+            raise RemoteProtocolError(f"bad signature on alive for {a.node}")
+        if self._intern is not None:
+            self._intern[key] = a
+        return a
+
+    def _on_suspect(self, s: Suspect, now: float) -> None:
+        about_self = s.node == self.id
+        status = self.status_of(s.node)
+        inc = self.incarnation if about_self else (self.incarnation_of(s.node) or 0)
+        verdict = rules.on_suspect(status, inc, s.incarnation, about_self)
+        if verdict is Verdict.IGNORE:
+            return
+        if verdict is Verdict.REFUTE:
+            if not self.leaving:
+                self._refute(s.incarnation, now)
+            return
+        if verdict is Verdict.CONFIRM:
+            timer = self._suspicions.get(s.node)
+            if timer is not None and timer.confirm(s.accuser):
+                self._broadcasts.queue(s.node, wire.encode_message(s))
+            return
+        self._set_down(s.node, Status.SUSPECT, s.incarnation, now)
+        n = self.num_active()
+        base = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
+        if self.config.lifeguard:
+            # Expect confirmations from k others, but never more than there are to give them.
+            k = int(self.config.suspicion_mult) - 2
+            if n - 2 < k:
+                k = 0
+            longest = self.config.suspicion_max_mult * base
+        else:
+            k, longest = 0, base
+        self._suspicions[s.node] = Suspicion.begin(s.incarnation, s.accuser, now, k, base, longest)
+        self._broadcasts.queue(s.node, wire.encode_message(s))
+        self._event("suspect", s.node, s.incarnation, now, s.accuser)
+
+    def _on_dead(self, d: Dead, now: float) -> None:
+        about_self = d.node == self.id
+        status = self.status_of(d.node)
+        inc = self.incarnation if about_self else (self.incarnation_of(d.node) or 0)
+        verdict = rules.on_dead(status, inc, d.incarnation, about_self, d.accuser == d.node, self.leaving)
+        if verdict is Verdict.IGNORE:
+            return
+        if verdict is Verdict.REFUTE:
+            if not self.leaving:
+                self._refute(d.incarnation, now)
+            return
+        if about_self:
+            return  # our own leave, already applied in leave()
+        new = Status.LEFT if d.accuser == d.node else Status.DEAD
+        self._suspicions.pop(d.node, None)
+        self._set_down(d.node, new, d.incarnation, now)
+        self._broadcasts.queue(d.node, wire.encode_message(d))
+        self._event(new.label, d.node, d.incarnation, now, d.accuser)
+
+    def _set_down(self, node: str, status: Status, incarnation: int, now: float) -> None:
+        rules.check_transition(self.status_of(node), status)
+        old = self._down.get(node)
+        if status.is_down and (old is None or not old.status.is_down):
+            self._n_down += 1
+        self._down[node] = _Down(status, incarnation, now)
+        if status.is_down:
+            self._reap_queue.append((now, node))
+
+    def _clear_down(self, node: str) -> _Down | None:
+        old = self._down.pop(node, None)
+        if old is not None and old.status.is_down:
+            self._n_down -= 1
+        return old
+
+    def _refute(self, claimed: int, now: float) -> None:
+        self.incarnation = rules.refuted_incarnation(self.incarnation, claimed)
+        self.stats.refutations += 1
+        if self.config.lifeguard:
+            self.awareness.apply_delta(1)
+        self._announce(now)
+
+    def _announce(self, now: float) -> None:
+        meta_raw = self._meta.encode()
+        if len(meta_raw) > self.config.meta_max_bytes:
+            raise LocalProtocolError(f"our metadata is {len(meta_raw)} bytes, over meta_max_bytes")
+        host, port = self._addr
+        payload = signed_alive_payload(self.id, self.incarnation, host, port, meta_raw)
+        alive = Alive(self.id, self.incarnation, host, port, meta_raw, self._signer.public_key, self._signer.sign(payload))
+        self._alive[self.id] = alive
+        self._clear_down(self.id)
+        self._broadcasts.queue(self.id, wire.encode_message(alive))
+
+    def _suspicion_expired(self, node: str, now: float) -> None:
+        timer = self._suspicions.pop(node)
+        if self.status_of(node) is not Status.SUSPECT:
+            return
+        log.debug("%s: suspicion of %s timed out after %d confirmations", self.id, node, timer.confirmations)
+        self._on_dead(Dead(node, timer.incarnation, self.id), now)
+
+    def _reap(self, since: float, node: str) -> None:
+        down = self._down.get(node)
+        if down is None or not down.status.is_down or down.since != since or node == self.id:
+            return  # it came back, or went down again later (a newer entry will reap it)
+        self._clear_down(node)
+        del self._alive[node]
+        self._last_seen.pop(node, None)
+        self._fresh_load.pop(node, None)
+        pos = self._id_pos.pop(node)
+        last = self._ids.pop()
+        if last != node:
+            self._ids[pos] = last
+            self._id_pos[last] = pos
+        self._event("reaped", node, down.incarnation, since)
+
+    def _add_member(self, node: str) -> None:
+        if node == self.id:
+            return
+        self._id_pos[node] = len(self._ids)
+        self._ids.append(node)
+        # Insert at a random place in the rest of this probe round (memberlist does the same),
+        # so that a newcomer is not probed by everyone at the same moment.
+        self._probe_list.append(node)
+        j = self._rng.randrange(self._probe_index, len(self._probe_list))
+        self._probe_list[j], self._probe_list[-1] = self._probe_list[-1], self._probe_list[j]
+
+    # ------------------------------------------------------------ probing
+
+    def _start_probe(self, now: float) -> None:
+        interval = self.awareness.scale(self.config.probe_interval)
+        self._next_probe = now + interval
+        target = self._next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        timeout = self.awareness.scale(self.config.probe_timeout)
+        self._probe = _Probe(target, seq, now, now + timeout, now + interval)
+        self.stats.probes += 1
+        parts = [wire.encode_message(Ping(seq, target, self.id))]
+        down = self._down.get(target)
+        if down is not None and down.status is Status.SUSPECT:
+            # Tell the target it is suspected so that it can refute at once (Lifeguard's buddy system).
+            parts.append(wire.encode_message(Suspect(target, down.incarnation, self.id)))
+        self._send(self._alive[target].addr, parts)
+
+    def _next_probe_target(self) -> str | None:
+        checked = 0
+        while checked <= len(self._probe_list):
+            if self._probe_index >= len(self._probe_list):
+                self._probe_list = [n for n in self._ids if not self._is_down(n)]
+                self._rng.shuffle(self._probe_list)
+                self._probe_index = 0
+                if not self._probe_list:
+                    return None
+            node = self._probe_list[self._probe_index]
+            self._probe_index += 1
+            checked += 1
+            if node in self._alive and not self._is_down(node):
+                return node
+        return None
+
+    def _is_down(self, node: str) -> bool:
+        down = self._down.get(node)
+        return down is not None and down.status.is_down
+
+    def _go_indirect(self, probe: _Probe, now: float) -> None:
+        probe.indirect = True
+        target = self._alive.get(probe.target)
+        if target is None:
+            return
+        relays = self._random_members(self.config.indirect_checks, now, exclude=probe.target)
+        want_nack = self.config.lifeguard
+        msg = wire.encode_message(IndirectPing(probe.seq, probe.target, target.host, target.port, self.id, want_nack))
+        for node in relays:
+            self._send(self._alive[node].addr, [msg])
+        self.stats.indirect_probes += 1
+        probe.expected_nacks = len(relays) if want_nack else 0
+        if self.config.tcp_fallback:
+            self._stream(target.addr, Ping(probe.seq, probe.target, self.id), True, "ping", seq=probe.seq)
+
+    def _probe_failed(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        self.stats.probe_failures += 1
+        if self.config.lifeguard:
+            # Missing nacks mean our own messages are not getting through: we may be the slow one.
+            missed = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
+            self.awareness.apply_delta(missed)
+        inc = self.incarnation_of(probe.target)
+        if inc is None or self._is_down(probe.target):
+            return
+        self.stats.suspicions_raised += 1
+        self._on_suspect(Suspect(probe.target, inc, self.id), now)
+
+    def _tick_relays(self, now: float) -> None:
+        for seq, relay in list(self._relays.items()):
+            if relay.nack_deadline is not None and now >= relay.nack_deadline:
+                relay.nack_deadline = None
+                self._send(relay.requester, [wire.encode_message(Nack(relay.orig_seq))])
+            if now >= relay.expires:
+                del self._relays[seq]
+
+    # ------------------------------------------------------------ dissemination
+
+    def _gossip(self, now: float) -> None:
+        self._next_gossip = now + self.config.gossip_interval
+        if not self._broadcasts:
+            return
+        for node in self._random_members(self.config.gossip_nodes, now, include_dead=True):
+            budget = self.config.max_datagram - _DATAGRAM_OVERHEAD
+            parts = self._broadcasts.take(budget, self._retransmit_limit())
+            if not parts:
+                break
+            self.stats.gossip_messages += 1
+            self._emit(self._alive[node].addr, parts)
+
+    def _retransmit_limit(self) -> int:
+        return retransmit_limit(self.config.retransmit_mult, self.num_active())
+
+    def _send(self, addr: Addr, parts: list[bytes]) -> None:
+        """Send ``parts`` to ``addr``, filling the rest of the datagram with queued updates."""
+        budget = self.config.max_datagram - _DATAGRAM_OVERHEAD - sum(len(p) for p in parts)
+        if self._broadcasts and budget > 24:
+            parts = parts + self._broadcasts.take(budget, self._retransmit_limit())
+        self._emit(addr, parts)
+
+    def _emit(self, addr: Addr, parts: list[bytes]) -> None:
+        data = wire.pack_datagram(parts)
+        self.stats.datagrams_out += 1
+        self.stats.bytes_out += len(data)
+        self._out.append((data, addr))
+
+    def _random_members(
+        self, k: int, now: float, include_dead: bool = False, exclude: str | None = None
+    ) -> list[str]:
+        """Up to ``k`` distinct random members other than us (and ``exclude``), in O(k) expected.
+
+        Alive and suspect members qualify; with ``include_dead``, so do members dead for
+        less than ``gossip_to_dead`` (they may be partitioned, not gone, and can refute).
+        """
+        if not self._ids or k <= 0:
+            return []
+        picked: list[str] = []
+        seen: set[str] = set()
+        for _ in range(4 * k + 8):
+            node = self._ids[self._rng.randrange(len(self._ids))]
+            if node in seen or node == exclude:
+                continue
+            seen.add(node)
+            down = self._down.get(node)
+            if down is not None and down.status.is_down:
+                if not (include_dead and down.status is Status.DEAD):
+                    continue
+                if now - down.since > self.config.gossip_to_dead:
+                    continue
+            picked.append(node)
+            if len(picked) == k:
+                break
+        return picked
+
+    # ------------------------------------------------------------ anti-entropy
+
+    def _periodic_push_pull(self, now: float) -> None:
+        self._next_push_pull = now + self.config.push_pull_period(self.num_active())
+        peers = self._random_members(1, now)
+        if peers:
+            self._push_pull(self._alive[peers[0]].addr, now, join=False)
+
+    def _reconnect(self, now: float) -> None:
+        """Push-pull with one random dead member: after a partition heals, this merges the halves."""
+        self._next_reconnect = now + self.config.reconnect_interval
+        dead = sorted(n for n, d in self._down.items() if d.status is Status.DEAD and n in self._alive)
+        if dead:
+            node = dead[self._rng.randrange(len(dead))]
+            self._push_pull(self._alive[node].addr, now, join=False)
+
+    def _push_pull(self, addr: Addr, now: float, join: bool) -> int:
+        self.stats.push_pulls += 1
+        digest = tuple(self._digest_entry(n) for n in self._alive)
+        return self._stream(addr, PushPull(self.cluster, join, digest), True, "push-pull")
+
+    def _serve_push_pull(self, msg: PushPull, src: Addr, now: float) -> PushPullReply | None:
+        if msg.cluster != self.cluster:
+            raise RemoteProtocolError(f"push-pull from cluster {msg.cluster!r}")
+        theirs = {e.node: _Rank(e.incarnation, e.status) for e in msg.digest}
+        send = []
+        for node in self._alive:
+            mine = self._rank(node)
+            other = theirs.get(node)
+            if other is None or mine.newer_than(other):
+                send.append(self._state_of(node))
+        want = []
+        for e in msg.digest:
+            if e.node not in self._alive or _Rank(e.incarnation, e.status).newer_than(self._rank(e.node)):
+                want.append(e)
+        return PushPullReply(self.cluster, tuple(want), tuple(send))
+
+    def _merge(self, states: Iterable[MemberState], now: float) -> None:
+        for st in states:
+            try:
+                self._on_alive(st.alive, now)
+                if st.status is Status.SUSPECT or st.status is Status.DEAD:
+                    # One peer's "dead" is only grounds for suspicion here (see state.py).
+                    self._on_suspect(Suspect(st.alive.node, st.incarnation, self.id), now)
+                elif st.status is Status.LEFT:
+                    self._on_dead(Dead(st.alive.node, st.incarnation, st.alive.node), now)
+            except RemoteProtocolError as exc:
+                self.stats.rejected += 1
+                log.debug("%s: rejected merged state for %s: %s", self.id, st.alive.node, exc)
+
+    def _rank(self, node: str) -> _Rank:
+        down = self._down.get(node)
+        if down is not None:
+            return _Rank(down.incarnation, down.status)
+        return _Rank(self._alive[node].incarnation, Status.ALIVE)
+
+    def _digest_entry(self, node: str) -> DigestEntry:
+        r = self._rank(node)
+        return DigestEntry(node, r.incarnation, r.status)
+
+    def _state_of(self, node: str) -> MemberState:
+        r = self._rank(node)
+        return MemberState(self._alive[node], r.status, r.incarnation)
+
+    def _stream(self, addr: Addr, msg: Message, expect_reply: bool, kind: str, seq: int = 0) -> int:
+        self._token += 1
+        frame = wire.encode_frame(msg)
+        if len(frame) > self.config.max_stream_frame:
+            log.warning("%s: %s frame of %d bytes exceeds max_stream_frame; not sent", self.id, kind, len(frame))
+            return self._token
+        self.stats.stream_bytes_out += len(frame)
+        if expect_reply:
+            if len(self._pending_streams) >= _MAX_PENDING_STREAMS:
+                # A driver that loses replies must not make us grow: forget the oldest.
+                del self._pending_streams[next(iter(self._pending_streams))]
+            self._pending_streams[self._token] = _PendingStream(kind, addr, seq)
+        self._out_streams.append(StreamRequest(self._token, addr, frame, expect_reply, kind))
+        return self._token
+
+    # ------------------------------------------------------------ helpers
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % wire.MAX_INT
+        return self._seq
+
+    def _event(self, kind: str, node: str, incarnation: int, now: float, detail: str = "") -> None:
+        if self._record_events:
+            self._events.append(MemberEvent(kind, node, incarnation, now, detail))

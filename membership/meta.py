@@ -1,0 +1,132 @@
+"""Per-node metadata that rides on the signed alive message.
+
+Metadata changes rarely (a service starts, a model loads), so gossiping it
+to everyone is cheap; each change bumps the node's incarnation, which is the
+metadata's version. Fast-changing load travels elsewhere (acks, response
+headers); ``load`` here is only the coarse summary re-gossiped at most every
+``load_gossip_interval`` seconds and only on a marked change.
+
+Encoding is a msgpack array with fields in a fixed order; decoders accept
+longer arrays and ignore what they do not know, so a newer node can add
+trailing fields without breaking older ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from membership.errors import RemoteProtocolError
+
+HEALTH_STATES = ("starting", "healthy", "unhealthy", "stopping")
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A load figure: CPU and memory in percent, GPU utilization in percent, requests in flight."""
+
+    cpu_percent: int = 0
+    memory_percent: int = 0
+    gpu_utilization: int = 0
+    active_requests: int = 0
+
+    def to_wire(self) -> list[int]:
+        return [self.cpu_percent, self.memory_percent, self.gpu_utilization, self.active_requests]
+
+    @classmethod
+    def from_wire(cls, raw: object) -> Load:
+        if not isinstance(raw, (list, tuple)) or len(raw) < 4:
+            raise RemoteProtocolError("load: expected an array of 4 integers")
+        values = raw[:4]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise RemoteProtocolError("load: non-integer field")
+        cpu, mem, gpu, active = values
+        if not (0 <= cpu <= 100 and 0 <= mem <= 100 and 0 <= gpu <= 100 and 0 <= active < 2**31):
+            raise RemoteProtocolError("load: value out of range")
+        return cls(cpu, mem, gpu, active)
+
+    def differs_markedly(self, other: Load, threshold: float) -> bool:
+        """True when any figure moved by at least ``threshold`` points (requests count as points)."""
+        return (
+            abs(self.cpu_percent - other.cpu_percent) >= threshold
+            or abs(self.gpu_utilization - other.gpu_utilization) >= threshold
+            or abs(self.memory_percent - other.memory_percent) >= threshold
+            or abs(self.active_requests - other.active_requests) >= max(1.0, threshold / 5)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMeta:
+    name: str = ""
+    worker_type: str = "cpu"
+    http: str = ""
+    capabilities: tuple[str, ...] = ()
+    services: tuple[tuple[str, str], ...] = ()
+    """(service, health) pairs for what the node runs now."""
+    loaded_models: tuple[str, ...] = ()
+    specialization: str = ""
+    load: Load = Load()
+    edge_public: bool = False
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [
+                self.name,
+                self.worker_type,
+                self.http,
+                list(self.capabilities),
+                [list(s) for s in self.services],
+                list(self.loaded_models),
+                self.specialization,
+                self.load.to_wire(),
+                self.edge_public,
+            ],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes, max_bytes: int = 4096) -> NodeMeta:
+        if len(data) > max_bytes:
+            raise RemoteProtocolError(f"metadata of {len(data)} bytes exceeds {max_bytes}")
+        try:
+            raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_map_len=0)
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise RemoteProtocolError(f"metadata: undecodable ({type(exc).__name__})") from None
+        if not isinstance(raw, list) or len(raw) < 9:
+            raise RemoteProtocolError("metadata: expected an array of at least 9 fields")
+        name, wtype, http, caps, services, models, spec, load, edge = raw[:9]
+        if not all(isinstance(v, str) for v in (name, wtype, http, spec)):
+            raise RemoteProtocolError("metadata: text field of wrong type")
+        if not _str_list(caps) or not _str_list(models):
+            raise RemoteProtocolError("metadata: capabilities and models must be lists of text")
+        if not isinstance(services, list) or not all(
+            isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and isinstance(s[1], str)
+            for s in services
+        ):
+            raise RemoteProtocolError("metadata: services must be [name, health] pairs")
+        if not isinstance(edge, bool):
+            raise RemoteProtocolError("metadata: edge flag must be a boolean")
+        return cls(
+            name=name,
+            worker_type=wtype,
+            http=http,
+            capabilities=tuple(caps),
+            services=tuple((s[0], s[1]) for s in services),
+            loaded_models=tuple(models),
+            specialization=spec,
+            load=Load.from_wire(load),
+            edge_public=edge,
+        )
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.services)
+
+    @property
+    def healthy_services(self) -> tuple[str, ...]:
+        return tuple(name for name, health in self.services if health == "healthy")
+
+
+def _str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -1,0 +1,338 @@
+"""The membership state machine, driven directly with messages and a manual clock (no sleeping)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from cluster import Cluster
+
+from membership import Membership, NodeMeta, Status, SwimConfig
+from membership import wire
+from membership.broadcast import BroadcastQueue, retransmit_limit
+from membership.messages import Ack, Alive, Dead, IndirectPing, MemberState, Nack, Ping, PushPullReply, Suspect
+from membership.signing import UnsignedIdentity, accept_unsigned
+
+
+def machine(name: str = "me", now: float = 0.0, config: SwimConfig | None = None, verify=accept_unsigned, inc: int = 0) -> Membership:
+    return Membership(
+        config or SwimConfig.lan(),
+        UnsignedIdentity(name),
+        verify,
+        ("10.0.0.1", 7946),
+        NodeMeta(name=name),
+        random.Random(1),
+        now,
+        incarnation=inc,
+    )
+
+
+def alive(node: str, inc: int, port: int = 8000) -> Alive:
+    meta = NodeMeta(name=node).encode()
+    return Alive(node, inc, "10.0.0.2", port, meta, bytes(32), bytes(64))
+
+
+def feed(m: Membership, *msgs: object, src=("10.0.0.2", 8000), now: float = 0.0) -> list:
+    m.receive(wire.encode_datagram(msgs), src, now)  # type: ignore[arg-type]
+    return [wire.decode_datagram(d) for d, _ in m.take_datagrams()]
+
+
+def quiet(m: Membership) -> float:
+    """Let gossip drain the update queue, so the probe timers are the only deadlines left."""
+    now = 0.0
+    for _ in range(100):
+        if not m.broadcasts_queued():
+            break
+        now = m.next_deadline()  # type: ignore[assignment]
+        m.tick(now)
+        m.take_datagrams()
+        m.take_streams()
+    assert not m.broadcasts_queued()
+    if m._probe is not None:  # type: ignore[attr-defined]
+        m._probe = None  # type: ignore[attr-defined]
+    m._next_probe = now + 5.0  # type: ignore[attr-defined]
+    return now + 5.0
+
+
+def test_refutes_suspicion_of_itself_with_a_higher_incarnation() -> None:
+    m = machine(inc=3)
+    feed(m, Suspect("me", 5, "other"))
+    assert m.incarnation == 6
+    assert m.stats.refutations == 1
+    assert m.awareness.score == 1, "having to refute means we may be slow: Lifeguard raises awareness"
+    # The refutation is queued for gossip: the next datagram we send carries it.
+    feed(m, alive("peer", 1))
+    out = feed(m, Ping(9, "me", "peer"))
+    assert any(isinstance(x, Alive) and x.node == "me" and x.incarnation == 6 for x in out[0])
+
+
+def test_stale_suspicion_of_itself_is_ignored() -> None:
+    m = machine(inc=7)
+    feed(m, Suspect("me", 6, "other"))
+    assert m.incarnation == 7
+
+
+def test_dead_about_itself_is_refuted_unless_leaving() -> None:
+    m = machine()
+    feed(m, Dead("me", 0, "x"))
+    assert m.incarnation == 1 and m.status_of("me") is Status.ALIVE
+
+
+def test_alive_suspect_dead_rules_for_others() -> None:
+    m = machine()
+    feed(m, Suspect("ghost", 1, "x"))
+    assert m.status_of("ghost") is None, "suspicion of an unknown member is ignored"
+    feed(m, alive("p", 2))
+    assert m.status_of("p") is Status.ALIVE
+    feed(m, Suspect("p", 1, "x"))
+    assert m.status_of("p") is Status.ALIVE, "a suspicion older than what we know is ignored"
+    feed(m, Suspect("p", 2, "x"))
+    assert m.status_of("p") is Status.SUSPECT
+    feed(m, alive("p", 2))
+    assert m.status_of("p") is Status.SUSPECT, "an alive must carry a higher incarnation to clear suspicion"
+    feed(m, alive("p", 3))
+    assert m.status_of("p") is Status.ALIVE
+    feed(m, Dead("p", 3, "x"))
+    assert m.status_of("p") is Status.DEAD
+    feed(m, Suspect("p", 3, "y"))
+    assert m.status_of("p") is Status.DEAD, "the dead cannot become suspect"
+    feed(m, alive("p", 4))
+    assert m.status_of("p") is Status.ALIVE, "a higher incarnation brings a member back"
+    feed(m, Dead("p", 4, "p"))
+    assert m.status_of("p") is Status.LEFT, "a dead message from the member itself is a graceful leave"
+    kinds = [e.kind for e in m.take_events() if e.node == "p"]
+    assert kinds == ["joined", "suspect", "alive", "dead", "alive", "left"]
+
+
+def test_forged_alive_is_rejected_and_counted() -> None:
+    m = machine(verify=lambda node, pk, payload, sig: sig == b"\x01" * 64)
+    feed(m, alive("p", 1))
+    assert m.status_of("p") is None and m.stats.rejected == 1
+    good = Alive("p", 1, "10.0.0.2", 8000, NodeMeta().encode(), bytes(32), b"\x01" * 64)
+    feed(m, good)
+    assert m.status_of("p") is Status.ALIVE
+
+
+def test_probe_deadlines_are_exact_and_indirect_probe_follows_a_missed_ack() -> None:
+    m = machine()
+    for i in range(5):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    t = quiet(m)
+    assert m.next_deadline() == t
+    m.tick(t)
+    (data, addr), = m.take_datagrams()
+    ping = wire.decode_datagram(data)[0]
+    assert isinstance(ping, Ping) and ping.source == "me"
+    assert m.next_deadline() == pytest.approx(t + 0.5), "the ack timeout is the next deadline"
+    m.tick(t + 0.5)
+    out = [wire.decode_datagram(d)[0] for d, _ in m.take_datagrams()]
+    assert len(out) == 3 and all(isinstance(x, IndirectPing) and x.seq == ping.seq for x in out)
+    assert [s.kind for s in m.take_streams()] == ["ping"], "TCP fallback probe goes out with the ping-reqs"
+    assert m.next_deadline() == pytest.approx(t + 1.0), "the end of the probe interval is next"
+    # One relay says it could not reach the target; two say nothing: we missed 2 nacks.
+    feed(m, Nack(ping.seq), now=t + 0.6)
+    m.tick(t + 1.0)
+    assert m.status_of(ping.target) is Status.SUSPECT
+    assert m.awareness.score == 2
+    # The next probe starts in the same tick, its timers stretched by (score + 1) = 3.
+    nxt = m._probe  # type: ignore[attr-defined]
+    assert nxt is not None and nxt.started == t + 1.0
+    assert nxt.ack_deadline == pytest.approx(t + 1.0 + 1.5)
+    assert nxt.end == pytest.approx(t + 1.0 + 3.0)
+
+
+def test_a_successful_probe_lowers_awareness() -> None:
+    m = machine()
+    feed(m, alive("p", 1))
+    t = quiet(m)
+    m.awareness.apply_delta(3)
+    m.tick(t)
+    (data, _), = m.take_datagrams()
+    ping = wire.decode_datagram(data)[0]
+    feed(m, Ack(ping.seq), now=t + 0.1)
+    assert m.awareness.score == 2
+
+
+def test_relay_forwards_ack_and_sends_nack_when_target_is_silent() -> None:
+    m = machine()
+    feed(m, alive("asker", 1, port=5000))
+    t = quiet(m) - 2.0
+    (ping,) = feed(m, IndirectPing(77, "t", "10.0.0.9", 9000, "asker", True), src=("10.0.0.5", 5000), now=t)
+    assert isinstance(ping[0], Ping) and ping[0].target == "t" and ping[0].seq != 77
+    assert m.next_deadline() == pytest.approx(t + 0.8 * 0.5), "Lifeguard nack at 80% of the probe timeout"
+    m.tick(t + 0.4)
+    ((data, addr),) = m.take_datagrams()
+    assert addr == ("10.0.0.5", 5000) and wire.decode_datagram(data) == [Nack(77)]
+    # A second relayed probe whose target answers: the ack is forwarded under the asker's seq.
+    (ping2,) = feed(m, IndirectPing(78, "t", "10.0.0.9", 9000, "asker", True), src=("10.0.0.5", 5000), now=t + 1)
+    (fwd,) = feed(m, Ack(ping2[0].seq), src=("10.0.0.9", 9000), now=t + 1.1)
+    assert fwd == [Ack(78, None)]
+
+
+def test_suspicion_times_out_to_dead_and_confirmations_speed_it_up() -> None:
+    m = machine()
+    for i in range(30):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    feed(m, Suspect("p0", 1, "a"), now=10.0)
+    base = 4 * max(1, __import__("math").log10(31))
+    slow = m._suspicions["p0"].deadline  # type: ignore[attr-defined]
+    assert slow == pytest.approx(10.0 + 6 * base)
+    feed(m, Suspect("p0", 1, "b"), now=11.0)
+    feed(m, Suspect("p0", 1, "c"), now=12.0)
+    assert m._suspicions["p0"].deadline == pytest.approx(10.0 + base)  # type: ignore[attr-defined]
+    m.tick(10.0 + base + 1e-9)
+    assert m.status_of("p0") is Status.DEAD
+
+
+def test_without_lifeguard_the_suspicion_timeout_is_fixed() -> None:
+    m = machine(config=SwimConfig.lan(lifeguard=False))
+    for i in range(30):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    feed(m, Suspect("p0", 1, "a"), now=10.0)
+    assert m._suspicions["p0"].deadline == pytest.approx(10.0 + 4 * __import__("math").log10(31))  # type: ignore[attr-defined]
+
+
+def test_each_update_is_sent_exactly_the_retransmit_limit() -> None:
+    q = BroadcastQueue()
+    q.queue("a", b"x" * 10)
+    sent = 0
+    for _ in range(100):
+        sent += len(q.take(1000, limit=retransmit_limit(4, 20)))
+    assert sent == 8
+    q.queue("b", b"old")
+    q.queue("b", b"new")
+    assert q.take(1000, 3) == [b"new"], "a newer update about the same member replaces the older one"
+
+
+def test_broadcast_queue_prefers_least_sent_and_respects_budget() -> None:
+    q = BroadcastQueue()
+    q.queue("a", b"a" * 100)
+    q.take(1000, 10)
+    q.queue("b", b"b" * 100)
+    assert q.take(150, 10) == [b"b" * 100]
+    assert q.take(1000, 10) == [b"b" * 100, b"a" * 100], "among equals, the newest goes first"
+
+
+def test_push_pull_merge_turns_remote_dead_into_local_suspect() -> None:
+    m = machine()
+    for name in ("x", "y", "z"):
+        feed(m, alive(name, 1))
+    reply = PushPullReply(
+        "rmap2p",
+        (),
+        (
+            MemberState(alive("x", 1), Status.DEAD, 1),
+            MemberState(alive("y", 1), Status.LEFT, 1),
+            MemberState(alive("z", 2), Status.ALIVE, 2),
+            MemberState(alive("me", 0), Status.DEAD, 0),
+            MemberState(alive("new", 5), Status.ALIVE, 5),
+        ),
+    )
+    token = m.join(("10.0.0.3", 1), 0.0)
+    assert m.stream_reply(token, wire.encode_frame(reply), 0.0)
+    assert m.status_of("x") is Status.SUSPECT, "one peer's word is grounds for suspicion, not death"
+    assert m.status_of("y") is Status.LEFT
+    assert m.incarnation_of("z") == 2
+    assert m.status_of("new") is Status.ALIVE
+    assert m.incarnation == 1, "we refute our own death when a push-pull reports it"
+
+
+def test_push_pull_reply_sends_only_what_differs() -> None:
+    a, b = machine("a"), machine("b")
+    for name in ("x", "y"):
+        feed(a, alive(name, 3))
+        feed(b, alive(name, 3))
+    feed(b, alive("y", 4))
+    (req,) = [s for s in a.take_streams()] or [None]
+    token = a.join(b.addr, 0.0)
+    req = a.take_streams()[-1]
+    reply_frame = b.handle_stream(req.payload, a.addr, 0.0)
+    reply = wire.decode_frame(reply_frame)
+    sent = sorted(s.alive.node for s in reply.states)  # type: ignore[union-attr]
+    assert sent == ["b", "y"], "only b's own state and the newer y travel, not x"
+    assert [e.node for e in reply.digest] == ["a"]  # type: ignore[union-attr]
+    assert a.stream_reply(token, reply_frame, 0.0)
+    (third,) = a.take_streams()
+    assert third.kind == "states" and not third.expect_reply
+    b.handle_stream(third.payload, a.addr, 0.0)
+    assert b.status_of("a") is Status.ALIVE
+
+
+def test_push_pull_across_clusters_is_refused() -> None:
+    a = machine("a")
+    b = Membership(SwimConfig.lan(), UnsignedIdentity("b"), accept_unsigned, ("10.0.0.2", 1), NodeMeta(), random.Random(2), 0.0, cluster="other")
+    token = a.join(b.addr, 0.0)
+    req = a.take_streams()[-1]
+    assert b.handle_stream(req.payload, a.addr, 0.0) is None
+    assert not a.stream_reply(token, None, 0.0)
+    assert b.status_of("a") is None
+
+
+def test_garbage_is_counted_not_raised() -> None:
+    m = machine()
+    m.receive(b"\x01\xc1garbage", ("1.2.3.4", 5), 0.0)
+    m.receive(b"", ("1.2.3.4", 5), 0.0)
+    assert m.handle_stream(b"\x07", ("1.2.3.4", 5), 0.0) is None
+    assert m.stats.malformed == 3
+
+
+# ------------------------------------------------------------------ whole clusters
+
+
+def test_cluster_converges_detects_a_crash_and_takes_a_restart_back() -> None:
+    c = Cluster(12, seed=5)
+    assert c.run_until(c.converged, 10)
+    c.crash(7)
+    t0 = c.now
+    n = 12
+    cfg = c.config
+    bound = cfg.suspicion_max_mult * cfg.suspicion_mult * max(1, __import__("math").log10(n)) * cfg.probe_interval
+    assert c.run_until(lambda: c.all_see(7, Status.DEAD), bound + 5)
+    assert c.now - t0 < bound + 5
+    c.restart(7)
+    assert c.run_until(lambda: c.all_see(7, Status.ALIVE), 10)
+    assert c.nodes[0].incarnation_of(c.nodes[7].id) >= 1
+    false = [e for _, e in c.events if e.kind == "dead" and e.node != c.nodes[7].id]
+    assert not false
+
+
+def test_leave_is_left_not_dead() -> None:
+    c = Cluster(8, seed=2)
+    assert c.run_until(c.converged, 10)
+    c.nodes[3].leave(c.now)
+    c.flush(3)
+    assert c.run_until(lambda: c.all_see(3, Status.LEFT), 5)
+    c.crash(3)
+    c.run_for(60)
+    assert c.all_see(3, Status.LEFT), "a member that left is never reported dead afterwards"
+
+
+def test_no_false_deaths_under_ten_percent_loss() -> None:
+    c = Cluster(16, seed=11, loss=0.10)
+    assert c.run_until(c.converged, 30)
+    c.run_for(300)
+    assert not [e for _, e in c.events if e.kind == "dead"]
+    assert c.converged()
+
+
+def test_healed_partition_merges_back() -> None:
+    c = Cluster(8, seed=4)
+    assert c.run_until(c.converged, 10)
+    c.partition([0, 1, 2, 3, 4], [5, 6, 7])
+    assert c.run_until(lambda: c.all_see(6, Status.DEAD, [0, 1, 2, 3, 4]) and c.all_see(0, Status.DEAD, [5, 6, 7]), 120)
+    c.heal()
+    t0 = c.now
+    assert c.run_until(c.converged, 2 * c.config.push_pull_interval)
+    assert c.now - t0 <= 2 * c.config.push_pull_interval
+
+
+def test_same_seed_same_run() -> None:
+    def trace(seed: int) -> list:
+        c = Cluster(10, seed=seed, loss=0.05)
+        c.run_for(20)
+        c.crash(2)
+        c.run_for(30)
+        return [(j, e.kind, e.node, e.incarnation, round(e.at, 9)) for j, e in c.events]
+
+    assert trace(9) == trace(9)
+    assert trace(9) != trace(10)

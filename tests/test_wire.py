@@ -1,0 +1,127 @@
+"""The codec: every message round-trips; hostile bytes only ever raise RemoteProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from membership import wire
+from membership.errors import RemoteProtocolError
+from membership.messages import (
+    Ack,
+    Alive,
+    Dead,
+    DigestEntry,
+    IndirectPing,
+    MemberState,
+    Nack,
+    Ping,
+    PushPull,
+    PushPullReply,
+    PushPullStates,
+    Suspect,
+)
+from membership.meta import Load, NodeMeta
+from membership.state import Status
+
+META = NodeMeta(
+    name="gpu-box",
+    worker_type="gpu",
+    http="127.0.0.1:8080",
+    capabilities=("llm-inference", "vision-ocr"),
+    services=(("llm-inference", "healthy"),),
+    loaded_models=("llama3.2",),
+    specialization="vllm",
+    load=Load(12, 40, 65, 2),
+)
+ALIVE = Alive("abcd", 7, "10.1.2.3", 7946, META.encode(), bytes(32), bytes(64))
+
+MESSAGES = [
+    Ping(1, "target", "source"),
+    Ack(2, Load(1, 2, 3, 4)),
+    Ack(3, None),
+    IndirectPing(4, "t", "::1", 7946, "s", True),
+    Nack(5),
+    ALIVE,
+    Suspect("n", 3, "acc"),
+    Dead("n", 3, "n"),
+    PushPull("rmap2p", True, (DigestEntry("a", 1, Status.ALIVE), DigestEntry("b", 2, Status.DEAD))),
+    PushPullReply("rmap2p", (DigestEntry("a", 1, Status.SUSPECT),), (MemberState(ALIVE, Status.SUSPECT, 8),)),
+    PushPullStates("c", (MemberState(ALIVE, Status.LEFT, 9),)),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg: object) -> None:
+    assert wire.decode_frame(wire.encode_frame(msg)) == msg  # type: ignore[arg-type]
+
+
+def test_compound_datagram_round_trip_and_size() -> None:
+    data = wire.encode_datagram(MESSAGES[:8])
+    assert wire.decode_datagram(data) == MESSAGES[:8]
+    ping = wire.encode_datagram([Ping(1, "a" * 16, "b" * 16)])
+    assert len(ping) < 48, "a ping must stay small: it is most of the steady-state traffic"
+
+
+def test_meta_round_trip_and_forward_compatibility() -> None:
+    assert NodeMeta.decode(META.encode()) == META
+    newer = msgpack.packb(msgpack.unpackb(META.encode()) + ["a field from the future"])
+    assert NodeMeta.decode(newer) == META
+
+
+def test_unknown_version_and_type_are_rejected() -> None:
+    good = wire.encode_datagram([Nack(1)])
+    with pytest.raises(RemoteProtocolError, match="version"):
+        wire.decode_datagram(bytes([99]) + good[1:])
+    with pytest.raises(RemoteProtocolError, match="unknown message type"):
+        wire.decode_datagram(bytes([wire.VERSION]) + msgpack.packb([[250, 1]]))
+
+
+def test_huge_length_claims_do_not_allocate() -> None:
+    # An array header announcing 4 billion elements, a bin header announcing 4 GiB.
+    for evil in (b"\xdd\xff\xff\xff\xff", b"\x91\xc6\xff\xff\xff\xff", b"\x91\xdb\xff\xff\xff\xff"):
+        with pytest.raises(RemoteProtocolError):
+            wire.decode_datagram(bytes([wire.VERSION]) + evil)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=1500))
+def test_arbitrary_bytes_only_raise_remote_protocol_error(data: bytes) -> None:
+    for decode in (wire.decode_datagram, wire.decode_frame):
+        try:
+            decode(data)
+        except RemoteProtocolError:
+            pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_valid_datagrams_only_raise_remote_protocol_error(data: st.DataObject) -> None:
+    base = bytearray(wire.encode_datagram(MESSAGES[:6]))
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(base) - 1))
+        base[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(base)))
+    try:
+        wire.decode_datagram(bytes(base[:cut]))
+    except RemoteProtocolError:
+        pass
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=8),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 12), st.lists(msgpack_values, max_size=9))
+def test_well_formed_msgpack_of_wrong_shape_is_rejected_cleanly(kind: int, fields: list) -> None:
+    data = bytes([wire.VERSION]) + msgpack.packb([[kind, *fields]])
+    try:
+        wire.decode_datagram(data)
+    except RemoteProtocolError:
+        pass
