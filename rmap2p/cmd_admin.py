@@ -1,0 +1,107 @@
+"""``rmap2p status | gaps | leave``: small HTTP clients of a running node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+TIMEOUT = 5.0
+
+
+class AdminError(Exception):
+    pass
+
+
+def _call(args: argparse.Namespace, path: str, method: str = "GET") -> Any:
+    url = f"http://{args.http}{path}"
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise AdminError(f"{url} answered {exc.code}: {exc.read().decode(errors='replace')[:200]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminError(f"no node answers at {url} ({reason}); is `rmap2p join` running with --http {args.http}?") from None
+
+
+def _run(args: argparse.Namespace, fn: Any) -> int:
+    try:
+        return fn(args)
+    except AdminError as exc:
+        print(f"rmap2p {args.verb}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return f"{max(0.0, time.time() - ts):.0f}s"
+
+
+def _status(args: argparse.Namespace) -> int:
+    doc = _call(args, "/api/admin/workers")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    rows = [("ID", "NAME", "STATUS", "INC", "ADDRESS", "TYPE", "SERVICES", "LOAD", "REQS", "SEEN")]
+    for w in doc["workers"]:
+        rows.append(
+            (
+                w["worker_id"] + ("*" if w.get("self") else ""),
+                w["name"],
+                w["status"],
+                str(w["incarnation"]),
+                w["address"],
+                w["worker_type"],
+                ",".join(w["services"]) or "-",
+                f"{w['current_load'] * 100:.0f}%",
+                str(w["active_requests"]),
+                _ago(w["last_seen"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    alive = sum(1 for w in doc["workers"] if w["status"] == "alive")
+    print(f"\n{alive} alive of {doc['count']} known (* = the node answering)")
+    return 0
+
+
+def _gaps(args: argparse.Namespace) -> int:
+    doc = _call(args, "/api/admin/gaps")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{'SERVICE':22} {'TYPE':8} {'PRI':>3} {'WORKERS':>7}  STATUS")
+    for g in doc["gaps"]:
+        print(f"{g['service']:22} {g['required_type']:8} {g['priority']:>3} {g['current_workers']:>7}  {g['status']}")
+    s = doc["summary"]
+    print(f"\n{s['covered']} of {s['total_services']} services covered; {s['needs_attention']} need attention")
+    return 0
+
+
+def _leave(args: argparse.Namespace) -> int:
+    doc = _call(args, "/api/admin/leave", method="POST")
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"node {doc.get('node_id')} is leaving the pool")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    return _run(args, _status)
+
+
+def gaps(args: argparse.Namespace) -> int:
+    return _run(args, _gaps)
+
+
+def leave(args: argparse.Namespace) -> int:
+    return _run(args, _leave)

@@ -1,0 +1,444 @@
+"""The asyncio shell around the sans-I/O membership machine (aioquic's ``transmit()`` shape).
+
+On every input (a datagram, a TCP request, a stream reply) the node calls
+the machine with ``now=loop.time()``, flushes its outboxes and re-arms one
+``call_at(next_deadline)``; the timer callback calls ``tick(now)`` and does
+the same. All background work lives in one ``asyncio.TaskGroup`` owned by
+``Node.run()``: the receive loop, the sender, the join/rejoin loop, the load
+sampler, outgoing TCP exchanges, the HTTP runner and the service
+reconciler. ``Node.stop()`` (SIGINT, SIGTERM, ``POST /api/admin/leave``)
+leaves gracefully: it announces the leave, lets gossip carry it for a
+moment, stops services, then cancels and awaits every task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from membership import Load, Membership, MemberEvent, MemberView, NodeMeta, SwimConfig
+from membership.messages import Addr
+from p2p import identity as ident
+from p2p.discovery import BootstrapError, find_bootstrap_file, load_bootstrap, resolve
+from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
+from p2p.stream import StreamError, StreamServer, request
+from p2p.transport import UdpTransport
+from rmap2p import hardware
+
+log = logging.getLogger(__name__)
+
+UDP_AAD_PREFIX = b"rmap2p/udp/"
+TCP_AAD_PREFIX = b"rmap2p/tcp/"
+LEAVE_GRACE = 1.0
+"""Seconds of gossip after announcing a leave, so peers hear it from us and not by timeout."""
+LOAD_SAMPLE_INTERVAL = 2.0
+MAX_STREAMS_IN_FLIGHT = 32
+OUTBOX_LIMIT = 4096
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (port taken, data dir locked, bad key file...): a message for the user."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    bind: Addr = ("0.0.0.0", 7946)
+    http: Addr = ("127.0.0.1", 8080)
+    advertise: Addr | None = None
+    join: tuple[Addr, ...] = ()
+    worker_type: str = "auto"
+    name: str = ""
+    specialization: str = ""
+    data_dir: Path = Path("~/.rmap2p")
+    key_file: Path | None = None
+    bootstrap_file: str | None = None
+    cluster: str = "rmap2p"
+    mdns: bool = True
+    services: bool = True
+    swim: SwimConfig = field(default_factory=SwimConfig.lan)
+    rejoin_interval: float = 5.0
+    """While alone, retry every seed this often (with back-off up to 8×)."""
+
+
+def tier_of(worker_type: str) -> int:
+    return {"gpu": 1, "cpu": 2, "storage": 3, "edge": 4}.get(worker_type, 2)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.machine: Membership | None = None
+        self.identity: ident.NodeIdentity | None = None
+        self.sealer: Sealer = NullSealer()
+        self.keyring: Keyring | None = None
+        self.worker_type = config.worker_type
+        self.hardware: hardware.Hardware | None = None
+        self.http_addr: Addr | None = None
+        self.gossip_addr: Addr | None = None
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._udp: UdpTransport | None = None
+        self._tcp: StreamServer | None = None
+        self._outbox: asyncio.Queue[tuple[bytes, Addr]] = asyncio.Queue(OUTBOX_LIMIT)
+        self._streams = asyncio.Semaphore(MAX_STREAMS_IN_FLIGHT)
+        self._tg: asyncio.TaskGroup | None = None
+        self._view_listeners: list[Callable[[list[MemberEvent]], None]] = []
+        self._extra_tasks: list[Callable[[], Awaitable[None]]] = []
+        self.dropped_outbound = 0
+        self.active_requests = 0
+        self.exit_reason = ""
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            self.exit_reason = reason
+            self._stop.set()
+
+    def on_view_change(self, callback: Callable[[list[MemberEvent]], None]) -> None:
+        """Call ``callback(events)`` after every batch of membership events."""
+        self._view_listeners.append(callback)
+
+    def add_task(self, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run ``factory()`` inside the node's task group (before ``run()``)."""
+        self._extra_tasks.append(factory)
+
+    async def run(self) -> None:
+        cfg = self.config
+        loop = self._loop = asyncio.get_running_loop()
+        data_dir = cfg.data_dir.expanduser()
+        try:
+            lock = ident.lock_data_dir(data_dir)
+        except ident.DataDirLocked as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._start(loop, data_dir)
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._receive_loop())
+                tg.create_task(self._send_loop())
+                tg.create_task(self._join_loop())
+                tg.create_task(self._load_loop())
+                for factory in self._extra_tasks:
+                    tg.create_task(factory())
+                self.ready.set()
+                await self._stop.wait()
+                await self._leave()
+                raise _Shutdown
+        except* _Shutdown:
+            pass
+        finally:
+            await self._close()
+            lock.release()
+
+    async def _start(self, loop: asyncio.AbstractEventLoop, data_dir: Path) -> None:
+        cfg = self.config
+        self.identity = ident.NodeIdentity.load_or_create(data_dir)
+        incarnation = ident.next_incarnation(data_dir)
+        if cfg.key_file is not None:
+            try:
+                self.keyring = load_keyring(cfg.key_file)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"cannot load key file {cfg.key_file}: {exc}") from None
+            self.sealer = self.keyring
+        self.hardware = await asyncio.to_thread(hardware.detect, data_dir)
+        self.worker_type = hardware.resolve_worker_type(cfg.worker_type, self.hardware)
+        host, port = cfg.bind
+        try:
+            self._udp = await UdpTransport.bind(host, port, max_size=cfg.swim.max_datagram + 64)
+        except OSError as exc:
+            raise StartupError(f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from None
+        port = self._udp.local_addr[1]
+        self._tcp = StreamServer(
+            host, port, self._handle_stream, self.sealer,
+            max_frame=cfg.swim.max_stream_frame + 64, aad=TCP_AAD_PREFIX + cfg.cluster.encode(),
+        )
+        try:
+            await self._tcp.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on TCP {host}:{port}: {exc.strerror or exc}") from None
+        self.gossip_addr = cfg.advertise or (_advertise_host(host), port)
+        self.machine = Membership(
+            cfg.swim,
+            self.identity,
+            ident.verify,
+            self.gossip_addr,
+            self._initial_meta(),
+            random.Random(int.from_bytes(self.identity.public_key[:8], "big") ^ time.monotonic_ns()),
+            loop.time(),
+            incarnation=incarnation,
+            cluster=cfg.cluster,
+        )
+        log.info(
+            "node %s (%s, %s) gossiping on %s:%d, incarnation %d",
+            self.machine.id, self.config.name or socket.gethostname(), self.worker_type,
+            self.gossip_addr[0], self.gossip_addr[1], incarnation,
+        )
+        self._rearm()
+
+    def _initial_meta(self) -> NodeMeta:
+        cfg = self.config
+        http = self.http_addr or cfg.http
+        return NodeMeta(
+            name=cfg.name or socket.gethostname(),
+            worker_type=self.worker_type,
+            http=f"{http[0]}:{http[1]}",
+            specialization=cfg.specialization,
+            edge_public=bool(self.hardware and self.hardware.public_ip),
+        )
+
+    def set_http_addr(self, addr: Addr) -> None:
+        """The HTTP server is listening here (known only once it has bound)."""
+        self.http_addr = addr
+        if self.machine is not None:
+            self.update_meta(lambda m: replace(m, http=f"{addr[0]}:{addr[1]}"))
+
+    def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
+        machine = self._require_machine()
+        machine.update_meta(change(machine.meta), self._now())
+        self._flush()
+
+    async def _leave(self) -> None:
+        machine = self.machine
+        if machine is None:
+            return
+        log.info("node %s leaving the pool (%s)", machine.id, self.exit_reason)
+        machine.leave(self._now())
+        self._flush()
+        # Let the gossip tick carry the leave while the sender drains.
+        deadline = self._now() + LEAVE_GRACE
+        while self._now() < deadline and (machine.broadcasts_queued() or not self._outbox.empty()):
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(OSError):
+            ident.save_incarnation(self.config.data_dir.expanduser(), machine.incarnation)
+
+    async def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._tcp is not None:
+            await self._tcp.close()
+        if self._udp is not None:
+            self._udp.close()
+            await self._udp.wait_closed()
+
+    # ------------------------------------------------------------ the pump
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _require_machine(self) -> Membership:
+        if self.machine is None:
+            raise RuntimeError("node not started")
+        return self.machine
+
+    def _flush(self) -> None:
+        machine = self._require_machine()
+        for data, addr in machine.take_datagrams():
+            try:
+                self._outbox.put_nowait((data, addr))
+            except asyncio.QueueFull:
+                self.dropped_outbound += 1
+        for req in machine.take_streams():
+            if self._tg is not None:
+                self._tg.create_task(self._stream_exchange(req.token, req.addr, req.payload, req.expect_reply, req.kind))
+            elif req.expect_reply:
+                machine.stream_reply(req.token, None, self._now())
+        events = machine.take_events()
+        if events:
+            for ev in events:
+                self._log_event(ev)
+            for listener in self._view_listeners:
+                listener(events)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        machine = self._require_machine()
+        deadline = machine.next_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        machine = self._require_machine()
+        machine.tick(self._now())
+        self._flush()
+
+    def _log_event(self, ev: MemberEvent) -> None:
+        machine = self._require_machine()
+        if ev.kind == "conflict":
+            log.error(
+                "node %s: another daemon at %s claims our identity (copied data dir?)", machine.id, ev.detail
+            )
+            if time.time() - self.started_at < 30:
+                self.stop("identity conflict: another running node has this node's identity")
+            return
+        level = logging.INFO if ev.kind in ("joined", "dead", "left", "alive") else logging.DEBUG
+        if ev.kind == "suspect":
+            level = logging.INFO
+        log.log(level, "node %s: member %s %s (incarnation %d) %s", machine.id, ev.node, ev.kind, ev.incarnation, ev.detail)
+
+    # ------------------------------------------------------------ I/O loops
+
+    async def _receive_loop(self) -> None:
+        assert self._udp is not None
+        aad = UDP_AAD_PREFIX + self.config.cluster.encode()
+        machine = self._require_machine()
+        while True:
+            data, addr = await self._udp.recv()
+            try:
+                plain = self.sealer.open(data, aad)
+            except ValueError:
+                machine.stats.malformed += 1
+                continue
+            machine.receive(plain, addr, self._now())
+            self._flush()
+
+    async def _send_loop(self) -> None:
+        assert self._udp is not None
+        aad = UDP_AAD_PREFIX + self.config.cluster.encode()
+        while True:
+            data, addr = await self._outbox.get()
+            await self._udp.send(self.sealer.seal(data, aad), addr)
+
+    async def _stream_exchange(self, token: int, addr: Addr, payload: bytes, expect_reply: bool, kind: str) -> None:
+        machine = self._require_machine()
+        reply = None
+        async with self._streams:
+            try:
+                reply = await request(
+                    addr, payload, self.sealer, timeout=10.0 if kind != "ping" else self.config.swim.probe_interval,
+                    expect_reply=expect_reply, max_frame=self.config.swim.max_stream_frame + 64,
+                    aad=TCP_AAD_PREFIX + self.config.cluster.encode(),
+                )
+            except StreamError as exc:
+                log.debug("node %s: %s exchange with %s:%d failed: %s", machine.id, kind, addr[0], addr[1], exc)
+        if expect_reply:
+            machine.stream_reply(token, reply, self._now())
+            self._flush()
+
+    async def _handle_stream(self, payload: bytes, peer: Addr) -> bytes | None:
+        machine = self._require_machine()
+        reply = machine.handle_stream(payload, peer, self._now())
+        self._flush()
+        return reply
+
+    async def _seeds(self) -> list[Addr]:
+        cfg = self.config
+        seeds: list[Addr] = list(cfg.join)
+        try:
+            path = find_bootstrap_file(cfg.bootstrap_file, cfg.data_dir.expanduser())
+            if path is not None:
+                seeds += load_bootstrap(path)
+        except (BootstrapError, OSError) as exc:
+            log.warning("bootstrap file: %s", exc)
+        resolved: list[Addr] = []
+        for host, port in seeds:
+            try:
+                for addr in await resolve(host, port):
+                    if addr not in resolved and addr != self.gossip_addr:
+                        resolved.append(addr)
+            except OSError as exc:
+                log.warning("cannot resolve seed %s:%d: %s", host, port, exc)
+        return resolved
+
+    async def _join_loop(self) -> None:
+        """Join through the seeds; while alone, keep trying with back-off."""
+        machine = self._require_machine()
+        delay = self.config.rejoin_interval
+        announced_alone = False
+        while True:
+            seeds = await self._seeds()
+            if machine.num_active() > 1:
+                await asyncio.sleep(self.config.rejoin_interval * 6)
+                continue
+            if seeds:
+                for addr in seeds:
+                    machine.join(addr, self._now())
+                self._flush()
+                await asyncio.sleep(min(2.0, delay))
+            if machine.num_active() > 1:
+                log.info("node %s joined a pool of %d", machine.id, machine.num_active())
+                delay = self.config.rejoin_interval
+                continue
+            if not announced_alone:
+                log.warning(
+                    "node %s: no peer answered (%s); running as a pool of one and still looking",
+                    machine.id, ", ".join(f"{h}:{p}" for h, p in seeds) or "no seeds configured",
+                )
+                announced_alone = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.rejoin_interval * 8)
+
+    async def _load_loop(self) -> None:
+        sampler = hardware.LoadSampler()
+        try:
+            while True:
+                await asyncio.sleep(LOAD_SAMPLE_INTERVAL)
+                figures = await asyncio.to_thread(sampler.sample)
+                machine = self._require_machine()
+                machine.update_load(
+                    Load(
+                        int(round(figures.cpu_percent)),
+                        int(round(figures.memory_percent)),
+                        int(round(figures.gpu_utilization)),
+                        self.active_requests,
+                    ),
+                    self._now(),
+                )
+                self._flush()
+        finally:
+            sampler.close()
+
+    # ------------------------------------------------------------ views for the API
+
+    def members(self) -> list[MemberView]:
+        return self._require_machine().members()
+
+    def wall_time(self, loop_time: float | None) -> float | None:
+        """Convert a loop-clock instant to Unix time for humans and JSON."""
+        if loop_time is None:
+            return None
+        return time.time() - (self._now() - loop_time)
+
+    def uptime(self) -> float:
+        return time.time() - self.started_at
+
+    def udp_stats(self) -> dict[str, int]:
+        return self._udp.stats.as_dict() if self._udp is not None else {}
+
+    def tcp_stats(self) -> dict[str, int]:
+        return self._tcp.stats.as_dict() if self._tcp is not None else {}
+
+    def save_keyring(self) -> None:
+        if self.keyring is not None and self.config.key_file is not None:
+            save_keyring(self.config.key_file, self.keyring)
+
+
+class _Shutdown(Exception):
+    """Raised inside the task group to cancel every task once the leave is done."""
+
+
+def _advertise_host(bind_host: str) -> str:
+    """The address peers should use when we bind a wildcard: the one our default route uses."""
+    if bind_host not in ("0.0.0.0", "", "::"):
+        return bind_host
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        # connect() on UDP sends nothing; it only asks the kernel which source address it would use.
+        s.connect(("192.0.2.1", 9))
+        return s.getsockname()[0]
+    return "127.0.0.1"
+

@@ -1,0 +1,211 @@
+"""The HTTP API every node serves (aiohttp): health, the admin views, key rotation, leave.
+
+Field names follow the seeds (``worker_id``, ``status``, ``tier``,
+``loaded_models``, ``current_load``, ...). Every document is computed from
+the node's own membership view, so any node answers for the whole pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from allocator.gaps import gaps, services_doc
+from allocator.leaders import elect
+from allocator.view import NodeView
+from membership import MemberView
+from p2p.keyring import KeyringError, decode_key, encode_key
+from rmap2p.daemon import Node, tier_of
+
+log = logging.getLogger(__name__)
+
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+
+
+def node_view(m: MemberView) -> NodeView:
+    """A membership view row as the allocator's input."""
+    meta = m.meta
+    return NodeView(
+        node_id=m.node,
+        worker_type=meta.worker_type if meta.worker_type in ("gpu", "cpu", "storage", "edge") else "cpu",
+        services=meta.service_names,
+        status=m.status.label,
+        can_run=meta.capabilities or None,
+        specialization=meta.specialization,
+        incarnation=m.incarnation,
+        loaded_models=meta.loaded_models,
+        current_load=m.load.cpu_percent / 100.0,
+        gpu_utilization=float(m.load.gpu_utilization),
+        active_requests=m.load.active_requests,
+        healthy_services=meta.healthy_services,
+    )
+
+
+def pool_view(node: Node) -> list[NodeView]:
+    return [node_view(m) for m in node.members()]
+
+
+def worker_doc(node: Node, m: MemberView) -> dict[str, Any]:
+    meta = m.meta
+    is_self = m.node == node.machine.id  # type: ignore[union-attr]
+    last_seen = node.wall_time(node._now()) if is_self else node.wall_time(m.last_seen)
+    return {
+        "worker_id": m.node,
+        "name": meta.name,
+        "status": m.status.label,
+        "incarnation": m.incarnation,
+        "address": f"{m.addr[0]}:{m.addr[1]}",
+        "http": meta.http,
+        "worker_type": meta.worker_type,
+        "tier": tier_of(meta.worker_type),
+        "services": list(meta.service_names),
+        "services_status": dict(meta.services),
+        "capabilities": list(meta.capabilities),
+        "loaded_models": list(meta.loaded_models),
+        "current_load": round(m.load.cpu_percent / 100.0, 3),
+        "memory_percent": m.load.memory_percent,
+        "gpu_utilization": float(m.load.gpu_utilization),
+        "active_requests": m.load.active_requests,
+        "specialization": meta.specialization,
+        "edge_public": meta.edge_public,
+        "last_seen": last_seen,
+        "status_since": node.wall_time(m.since),
+        "self": is_self,
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    machine = node.machine
+    if machine is None:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response(
+        {
+            "status": "ok",
+            "node_id": machine.id,
+            "name": machine.meta.name,
+            "worker_type": node.worker_type,
+            "incarnation": machine.incarnation,
+            "cluster": machine.cluster,
+            "members_alive": machine.num_active(),
+            "members_known": machine.known(),
+            "gossip": f"{machine.addr[0]}:{machine.addr[1]}",
+            "uptime_s": round(node.uptime(), 1),
+        }
+    )
+
+
+async def workers(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    docs = sorted((worker_doc(node, m) for m in node.members()), key=lambda d: (d["name"], d["worker_id"]))
+    return web.json_response({"node_id": node.machine.id, "count": len(docs), "workers": docs})  # type: ignore[union-attr]
+
+
+async def admin_gaps(request: web.Request) -> web.Response:
+    return web.json_response(gaps(pool_view(request.app[NODE_KEY])))
+
+
+async def admin_services(request: web.Request) -> web.Response:
+    return web.json_response(services_doc(pool_view(request.app[NODE_KEY])))
+
+
+async def admin_leaders(request: web.Request) -> web.Response:
+    return web.json_response(elect(pool_view(request.app[NODE_KEY])).to_json())
+
+
+async def admin_stats(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    machine = node.machine
+    stats = dataclasses.asdict(machine.stats) if machine is not None else {}
+    return web.json_response(
+        {
+            "membership": stats,
+            "awareness": machine.awareness.score if machine else None,
+            "dropped_outbound": node.dropped_outbound,
+            "udp": node.udp_stats(),
+            "tcp": node.tcp_stats(),
+        }
+    )
+
+
+async def admin_leave(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    node.stop("leave requested over HTTP")
+    return web.json_response({"status": "leaving", "node_id": node.machine.id if node.machine else None})
+
+
+def _keys_doc(node: Node) -> dict[str, Any]:
+    ring = node.keyring
+    if ring is None:
+        return {"keys": [], "primary": None, "encrypted": False}
+    return {"keys": [encode_key(k) for k in ring.list()], "primary": encode_key(ring.primary), "encrypted": True}
+
+
+async def keys_get(request: web.Request) -> web.Response:
+    return web.json_response(_keys_doc(request.app[NODE_KEY]))
+
+
+async def keys_post(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    if node.keyring is None:
+        return web.json_response({"error": "this node runs without a keyring (start it with --key-file)"}, status=400)
+    try:
+        body = await request.json()
+        action = body["action"]
+        key = decode_key(body["key"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"expected {{\"action\": ..., \"key\": base64}}: {exc}"}, status=400)
+    try:
+        if action == "install":
+            node.keyring.install(key)
+        elif action == "use":
+            node.keyring.use(key)
+        elif action == "remove":
+            node.keyring.remove(key)
+        else:
+            return web.json_response({"error": f"unknown action {action!r}"}, status=400)
+        node.save_keyring()
+    except (KeyringError, ValueError, OSError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    log.info("node %s: keyring %s done", node.machine.id if node.machine else "?", action)
+    return web.json_response(_keys_doc(node))
+
+
+def make_app(node: Node) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[NODE_KEY] = node
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/admin/workers", workers)
+    app.router.add_get("/api/admin/gaps", admin_gaps)
+    app.router.add_get("/api/admin/services", admin_services)
+    app.router.add_get("/api/admin/leaders", admin_leaders)
+    app.router.add_get("/api/admin/stats", admin_stats)
+    app.router.add_post("/api/admin/leave", admin_leave)
+    app.router.add_get("/api/admin/keys", keys_get)
+    app.router.add_post("/api/admin/keys", keys_post)
+    return app
+
+
+async def serve(node: Node) -> None:
+    """Run the HTTP server as one of the node's tasks; cleaned up when cancelled."""
+    await node.ready.wait()
+    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        host, port = node.config.http
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        node.set_http_addr((host, bound[1]))
+        log.info("node %s: HTTP API on http://%s:%d", node.machine.id if node.machine else "?", host, bound[1])
+        await _forever()
+    finally:
+        await runner.cleanup()
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
