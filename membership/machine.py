@@ -84,6 +84,8 @@ class MemberEvent:
     incarnation: int
     at: float
     detail: str = ""
+    record: Alive | None = field(default=None, compare=False, repr=False)
+    """For ``conflict``: the signed alive record of the other daemon using our identity."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,13 +526,19 @@ class Membership:
         status = self.status_of(a.node)
         inc = self.incarnation if about_self else (self.incarnation_of(a.node) or 0)
         verdict = rules.on_alive(status, inc, a.incarnation, about_self)
+        if about_self and a.addr != self._addr and a.incarnation >= inc and not self.leaving:
+            # Our identity at another address, as new as ours: a second daemon runs from a
+            # copy of our data dir (our own older lives always carry lower incarnations).
+            if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
+                raise RemoteProtocolError("unsigned alive in our name")
+            self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
         if verdict is Verdict.IGNORE:
             return
         if verdict is Verdict.REFUTE:
             if self.leaving:
                 return
-            if a.addr != self._addr:
-                self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}")
+            if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
+                raise RemoteProtocolError("unsigned alive in our name")
             self._refute(a.incarnation, now)
             return
         a = self._accept_alive(a)
@@ -902,6 +910,8 @@ class Membership:
         self._seq = (self._seq + 1) % wire.MAX_INT
         return self._seq
 
-    def _event(self, kind: str, node: str, incarnation: int, now: float, detail: str = "") -> None:
+    def _event(
+        self, kind: str, node: str, incarnation: int, now: float, detail: str = "", record: Alive | None = None
+    ) -> None:
         if self._record_events:
-            self._events.append(MemberEvent(kind, node, incarnation, now, detail))
+            self._events.append(MemberEvent(kind, node, incarnation, now, detail, record))

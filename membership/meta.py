@@ -68,6 +68,10 @@ class NodeMeta:
     specialization: str = ""
     load: Load = Load()
     edge_public: bool = False
+    service_ports: tuple[tuple[str, int], ...] = ()
+    """(service, port) where each running service listens, on the host of ``http``."""
+    started_at: int = 0
+    """Unix time the daemon started: when two daemons share an identity, the younger one yields."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -81,6 +85,8 @@ class NodeMeta:
                 self.specialization,
                 self.load.to_wire(),
                 self.edge_public,
+                [list(p) for p in self.service_ports],
+                self.started_at,
             ],
             use_bin_type=True,
         )
@@ -107,6 +113,17 @@ class NodeMeta:
             raise RemoteProtocolError("metadata: services must be [name, health] pairs")
         if not isinstance(edge, bool):
             raise RemoteProtocolError("metadata: edge flag must be a boolean")
+        # Field 10 arrived after the first release: absent means no ports advertised.
+        ports = raw[9] if len(raw) > 9 else []
+        if not isinstance(ports, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+            and isinstance(p[1], int) and not isinstance(p[1], bool) and 0 < p[1] < 65536
+            for p in ports
+        ):
+            raise RemoteProtocolError("metadata: service ports must be [name, port] pairs")
+        started = raw[10] if len(raw) > 10 else 0
+        if not isinstance(started, int) or isinstance(started, bool) or not 0 <= started < 2**40:
+            raise RemoteProtocolError("metadata: start time must be a non-negative integer")
         return cls(
             name=name,
             worker_type=wtype,
@@ -117,11 +134,16 @@ class NodeMeta:
             specialization=spec,
             load=Load.from_wire(load),
             edge_public=edge,
+            service_ports=tuple((p[0], p[1]) for p in ports),
+            started_at=started,
         )
 
     @property
     def service_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.services)
+
+    def port_of(self, service: str) -> int | None:
+        return next((port for name, port in self.service_ports if name == service), None)
 
     @property
     def healthy_services(self) -> tuple[str, ...]:

@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-services", action="store_true", help="membership and HTTP only: run no service"
     )
     join.add_argument(
+        "--ephemeral-service-ports",
+        action="store_true",
+        help="let the OS pick each service's port instead of the catalog port (for several nodes on one host); ports are gossiped",
+    )
+    join.add_argument(
         "--profile",
         choices=("lan", "local"),
         default=_env("RMAP2P_PROFILE", "lan"),

@@ -10,22 +10,26 @@ import sys
 from pathlib import Path
 
 from membership import SwimConfig
-from p2p.discovery import BootstrapError, parse_host_port
+from p2p.discovery import parse_host_port
 from rmap2p.daemon import Node, NodeConfig, StartupError
 from rmap2p.http_api import serve
+from services.manager import ServiceManager
 
 log = logging.getLogger(__name__)
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     """Turn CLI arguments into a NodeConfig; raises ValueError with a user-facing message."""
-    try:
-        bind = parse_host_port(args.bind)
-        http = parse_host_port(args.http)
-        advertise = parse_host_port(args.advertise) if args.advertise else None
-        joins = tuple(parse_host_port(j, default_port=7946) for j in args.join)
-    except BootstrapError as exc:
-        raise ValueError(str(exc)) from None
+    def addr(option: str, text: str, default_port: int | None = None) -> tuple[str, int]:
+        try:
+            return parse_host_port(text, default_port=default_port)
+        except ValueError as exc:
+            raise ValueError(f"{option} {text!r}: {exc}") from None
+
+    bind = addr("--bind", args.bind)
+    http = addr("--http", args.http)
+    advertise = addr("--advertise", args.advertise) if args.advertise else None
+    joins = tuple(addr("--join", j, default_port=7946) for j in args.join)
     swim = SwimConfig.local() if args.profile == "local" else SwimConfig.lan()
     return NodeConfig(
         bind=bind,
@@ -41,6 +45,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         cluster=args.cluster,
         mdns=not args.no_mdns,
         services=not args.no_services,
+        ephemeral_service_ports=args.ephemeral_service_ports,
         swim=swim,
     )
 
@@ -48,6 +53,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
 async def _main(config: NodeConfig) -> int:
     node = Node(config)
     node.add_task(lambda: serve(node))
+    if config.services:
+        manager = ServiceManager(node, ephemeral_ports=config.ephemeral_service_ports)
+        node.add_task(manager.run)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.stop, f"signal {signal.Signals(sig).name}")

@@ -26,7 +26,8 @@ from pathlib import Path
 from membership import Load, Membership, MemberEvent, MemberView, NodeMeta, SwimConfig
 from membership.messages import Addr
 from p2p import identity as ident
-from p2p.discovery import BootstrapError, find_bootstrap_file, load_bootstrap, resolve
+from p2p.discovery import BootstrapError, find_bootstrap_file, load_bootstrap, parse_bootstrap, resolve
+from p2p.mdns import MdnsDiscovery
 from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
 from p2p.stream import StreamError, StreamServer, request
 from p2p.transport import UdpTransport
@@ -41,6 +42,10 @@ LEAVE_GRACE = 1.0
 LOAD_SAMPLE_INTERVAL = 2.0
 MAX_STREAMS_IN_FLIGHT = 32
 OUTBOX_LIMIT = 4096
+
+
+MAX_KNOWN_EDGES = 32
+EDGES_FILE = "known_edges.txt"
 
 
 class StartupError(RuntimeError):
@@ -62,9 +67,13 @@ class NodeConfig:
     cluster: str = "rmap2p"
     mdns: bool = True
     services: bool = True
+    ephemeral_service_ports: bool = False
+    """Let the OS pick each service's port (many nodes on one host); the port is gossiped."""
     swim: SwimConfig = field(default_factory=SwimConfig.lan)
     rejoin_interval: float = 5.0
     """While alone, retry every seed this often (with back-off up to 8×)."""
+    recontact_interval: float = 30.0
+    """Once in a pool, push-pull this often with seeds that are not alive in our view."""
 
 
 def tier_of(worker_type: str) -> int:
@@ -84,6 +93,10 @@ class Node:
         self.http_addr: Addr | None = None
         self.gossip_addr: Addr | None = None
         self.ready = asyncio.Event()
+        self._push_pull_ok = asyncio.Event()
+        self.settled = asyncio.Event()
+        """Set once the first join round is over (joined, or nobody answered): a node that
+        allocates before it has seen the pool would take services the pool already covers."""
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -94,6 +107,9 @@ class Node:
         self._tg: asyncio.TaskGroup | None = None
         self._view_listeners: list[Callable[[list[MemberEvent]], None]] = []
         self._extra_tasks: list[Callable[[], Awaitable[None]]] = []
+        self._mdns: MdnsDiscovery | None = None
+        self._known_edges: list[Addr] = []
+        self._saved_incarnation = -1
         self.dropped_outbound = 0
         self.active_requests = 0
         self.exit_reason = ""
@@ -179,6 +195,16 @@ class Node:
             incarnation=incarnation,
             cluster=cfg.cluster,
         )
+        self._known_edges = _load_edges(data_dir)
+        self._save_incarnation()
+        if cfg.mdns:
+            self._mdns = MdnsDiscovery(self.machine.id, cfg.cluster, self.gossip_addr)
+            try:
+                await self._mdns.start()
+            except (OSError, RuntimeError, ValueError) as exc:
+                log.warning("mDNS unavailable (%s); relying on --join and the bootstrap file", exc)
+                await self._mdns.close()
+                self._mdns = None
         log.info(
             "node %s (%s, %s) gossiping on %s:%d, incarnation %d",
             self.machine.id, self.config.name or socket.gethostname(), self.worker_type,
@@ -195,6 +221,7 @@ class Node:
             http=f"{http[0]}:{http[1]}",
             specialization=cfg.specialization,
             edge_public=bool(self.hardware and self.hardware.public_ip),
+            started_at=int(self.started_at),
         )
 
     def set_http_addr(self, addr: Addr) -> None:
@@ -219,12 +246,13 @@ class Node:
         deadline = self._now() + LEAVE_GRACE
         while self._now() < deadline and (machine.broadcasts_queued() or not self._outbox.empty()):
             await asyncio.sleep(0.05)
-        with contextlib.suppress(OSError):
-            ident.save_incarnation(self.config.data_dir.expanduser(), machine.incarnation)
+        self._save_incarnation()
 
     async def _close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._mdns is not None:
+            await self._mdns.close()
         if self._tcp is not None:
             await self._tcp.close()
         if self._udp is not None:
@@ -254,10 +282,13 @@ class Node:
                 self._tg.create_task(self._stream_exchange(req.token, req.addr, req.payload, req.expect_reply, req.kind))
             elif req.expect_reply:
                 machine.stream_reply(req.token, None, self._now())
+        if machine.incarnation != self._saved_incarnation:
+            self._save_incarnation()
         events = machine.take_events()
         if events:
             for ev in events:
                 self._log_event(ev)
+            self._remember_edges(events)
             for listener in self._view_listeners:
                 listener(events)
         self._rearm()
@@ -277,14 +308,49 @@ class Node:
         machine.tick(self._now())
         self._flush()
 
+    def _save_incarnation(self) -> None:
+        # Persisted at every change: a restarted node must come back above anything it ever
+        # announced, or its own old alive records would look like a second daemon in its name.
+        machine = self._require_machine()
+        try:
+            ident.save_incarnation(self.config.data_dir.expanduser(), machine.incarnation)
+            self._saved_incarnation = machine.incarnation
+        except OSError as exc:
+            log.warning("node %s: cannot save incarnation: %s", machine.id, exc)
+
+    def _remember_edges(self, events: list[MemberEvent]) -> None:
+        """Edge nodes that join become introducers for our next start (kept in the data dir)."""
+        machine = self._require_machine()
+        changed = False
+        for ev in events:
+            if ev.kind not in ("joined", "updated", "alive") or ev.node == machine.id:
+                continue
+            rec = machine.alive_record(ev.node)
+            if rec is None or rec.meta.worker_type != "edge" or rec.addr in self._known_edges:
+                continue
+            self._known_edges = [rec.addr, *self._known_edges][:MAX_KNOWN_EDGES]
+            changed = True
+        if changed:
+            _save_edges(self.config.data_dir.expanduser(), self._known_edges)
+
     def _log_event(self, ev: MemberEvent) -> None:
         machine = self._require_machine()
         if ev.kind == "conflict":
-            log.error(
-                "node %s: another daemon at %s claims our identity (copied data dir?)", machine.id, ev.detail
-            )
-            if time.time() - self.started_at < 30:
-                self.stop("identity conflict: another running node has this node's identity")
+            other = ev.record.meta.started_at if ev.record is not None else 0
+            mine = machine.meta.started_at
+            # The younger daemon is the copy; equal start seconds: the higher address yields.
+            if other < mine or (other == mine and ev.detail < "%s:%d" % machine.addr):
+                log.error(
+                    "node %s: another daemon at %s already runs with this identity (was the data dir "
+                    "%s copied?); stopping. Give each machine its own --data-dir.",
+                    machine.id, ev.detail, self.config.data_dir,
+                )
+                self.stop(f"identity conflict: node {machine.id} already runs at {ev.detail}")
+            else:
+                log.error(
+                    "node %s: a newer daemon at %s claims our identity (copied data dir?); keeping ours",
+                    machine.id, ev.detail,
+                )
             return
         level = logging.INFO if ev.kind in ("joined", "dead", "left", "alive") else logging.DEBUG
         if ev.kind == "suspect":
@@ -327,7 +393,8 @@ class Node:
             except StreamError as exc:
                 log.debug("node %s: %s exchange with %s:%d failed: %s", machine.id, kind, addr[0], addr[1], exc)
         if expect_reply:
-            machine.stream_reply(token, reply, self._now())
+            if machine.stream_reply(token, reply, self._now()) and kind == "push-pull":
+                self._push_pull_ok.set()
             self._flush()
 
     async def _handle_stream(self, payload: bytes, peer: Addr) -> bytes | None:
@@ -343,8 +410,15 @@ class Node:
             path = find_bootstrap_file(cfg.bootstrap_file, cfg.data_dir.expanduser())
             if path is not None:
                 seeds += load_bootstrap(path)
-        except (BootstrapError, OSError) as exc:
+        except BootstrapError as exc:
+            # Bad lines are reported; the good ones are still worth trying.
             log.warning("bootstrap file: %s", exc)
+            seeds += list(getattr(exc, "addresses", ()))
+        except OSError as exc:
+            log.warning("bootstrap file: %s", exc)
+        seeds += self._known_edges
+        if self._mdns is not None:
+            seeds += self._mdns.peers()
         resolved: list[Addr] = []
         for host, port in seeds:
             try:
@@ -356,32 +430,58 @@ class Node:
         return resolved
 
     async def _join_loop(self) -> None:
-        """Join through the seeds; while alone, keep trying with back-off."""
+        """Join through the seeds; while alone keep trying with back-off; later, re-contact seeds.
+
+        Seeds are the --join addresses, the bootstrap file, edge nodes remembered
+        from earlier runs and peers found by mDNS. Once in a pool, every
+        ``recontact_interval`` we push-pull with seeds that are not alive in our
+        view: a bootstrap node on the far side of a healed partition, or a second
+        pool that formed on the same LAN, merges without an operator.
+        """
         machine = self._require_machine()
-        delay = self.config.rejoin_interval
+        cfg = self.config
+        delay = cfg.rejoin_interval
         announced_alone = False
+        first = True
         while True:
             seeds = await self._seeds()
-            if machine.num_active() > 1:
-                await asyncio.sleep(self.config.rejoin_interval * 6)
-                continue
-            if seeds:
-                for addr in seeds:
+            if first and not seeds and self._mdns is not None:
+                # Give mDNS a moment to hear the neighbours before deciding we are alone.
+                for _ in range(20):
+                    await asyncio.sleep(0.15)
+                    seeds = await self._seeds()
+                    if seeds:
+                        break
+            first = False
+            alone = machine.num_active() <= 1
+            if alone:
+                targets = seeds
+            else:
+                live = {m.addr for m in machine.members() if not m.status.is_down}
+                targets = [a for a in seeds if a not in live][:3]
+            if targets:
+                for addr in targets:
                     machine.join(addr, self._now())
                 self._flush()
-                await asyncio.sleep(min(2.0, delay))
+                self._push_pull_ok.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._push_pull_ok.wait(), min(2.0, delay))
             if machine.num_active() > 1:
-                log.info("node %s joined a pool of %d", machine.id, machine.num_active())
-                delay = self.config.rejoin_interval
+                if alone:
+                    log.info("node %s joined a pool of %d", machine.id, machine.num_active())
+                self.settled.set()
+                delay = cfg.rejoin_interval
+                await asyncio.sleep(cfg.recontact_interval)
                 continue
+            self.settled.set()
             if not announced_alone:
                 log.warning(
                     "node %s: no peer answered (%s); running as a pool of one and still looking",
                     machine.id, ", ".join(f"{h}:{p}" for h, p in seeds) or "no seeds configured",
                 )
                 announced_alone = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.rejoin_interval * 8)
+            await asyncio.sleep(delay if not self._mdns else min(delay, 2.0))
+            delay = min(delay * 2, cfg.rejoin_interval * 8)
 
     async def _load_loop(self) -> None:
         sampler = hardware.LoadSampler()
@@ -426,6 +526,24 @@ class Node:
     def save_keyring(self) -> None:
         if self.keyring is not None and self.config.key_file is not None:
             save_keyring(self.config.key_file, self.keyring)
+
+
+def _load_edges(data_dir: Path) -> list[Addr]:
+    try:
+        text = (data_dir / EDGES_FILE).read_text()
+    except OSError:
+        return []
+    try:
+        return parse_bootstrap(text)[:MAX_KNOWN_EDGES]
+    except BootstrapError as exc:
+        return list(getattr(exc, "addresses", ()))[:MAX_KNOWN_EDGES]
+
+
+def _save_edges(data_dir: Path, edges: list[Addr]) -> None:
+    lines = ["# Edge nodes this node has seen; used as introducers at the next start."]
+    lines += [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in edges]
+    with contextlib.suppress(OSError):
+        ident.atomic_write(data_dir / EDGES_FILE, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
 
 class _Shutdown(Exception):

@@ -20,33 +20,15 @@ from allocator.view import NodeView
 from membership import MemberView
 from p2p.keyring import KeyringError, decode_key, encode_key
 from rmap2p.daemon import Node, tier_of
+from rmap2p.views import to_node_views
 
 log = logging.getLogger(__name__)
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 
 
-def node_view(m: MemberView) -> NodeView:
-    """A membership view row as the allocator's input."""
-    meta = m.meta
-    return NodeView(
-        node_id=m.node,
-        worker_type=meta.worker_type if meta.worker_type in ("gpu", "cpu", "storage", "edge") else "cpu",
-        services=meta.service_names,
-        status=m.status.label,
-        can_run=meta.capabilities or None,
-        specialization=meta.specialization,
-        incarnation=m.incarnation,
-        loaded_models=meta.loaded_models,
-        current_load=m.load.cpu_percent / 100.0,
-        gpu_utilization=float(m.load.gpu_utilization),
-        active_requests=m.load.active_requests,
-        healthy_services=meta.healthy_services,
-    )
-
-
 def pool_view(node: Node) -> list[NodeView]:
-    return [node_view(m) for m in node.members()]
+    return to_node_views(node.members())
 
 
 def worker_doc(node: Node, m: MemberView) -> dict[str, Any]:

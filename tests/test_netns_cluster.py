@@ -26,14 +26,18 @@ class LabPool:
         self.workdir = workdir
         self.procs: dict[str, object] = {}
 
-    def start(self, host: Host, *extra: str, join: Host | None = None) -> None:
+    def start(self, host: Host, *extra: str, join: Host | None = None, mdns: bool = False, services: bool = False) -> None:
         data = self.workdir / host.name
         data.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "rmap2p", "-v", "join",
             "--bind", f"{host.ip}:{GOSSIP_PORT}", "--http", HTTP, "--data-dir", str(data),
-            "--name", host.name, "--no-services", "--no-mdns", *extra,
+            "--name", host.name, *extra,
         ]
+        if not mdns:
+            argv.append("--no-mdns")
+        if not services:
+            argv.append("--no-services")
         if join is not None:
             argv += ["--join", f"{join.ip}:{GOSSIP_PORT}"]
         self.procs[host.name] = host.popen(argv, log_name=f"daemon{len(self.procs)}", cwd=data)

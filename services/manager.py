@@ -1,0 +1,178 @@
+"""Reconciliation: run exactly this node's row of the allocation, make-before-break.
+
+On every batch of membership events (debounced) and every few seconds, the
+manager computes ``allocate(view)`` from the node's own view, takes its own
+row, starts what the row gains and stops what it loses once another node
+serves it healthy (``services.plan``), checks the health of what runs, and
+gossips the result in the node's metadata (services with their health,
+their ports, loaded models). It never tells another node what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from allocator.allocate import allocate
+from allocator.catalog import CATALOG, ServiceSpec, by_name
+from membership import MemberEvent, NodeMeta
+from rmap2p.views import to_node_views
+from services.plan import plan
+from services.runner import PlaceholderRunner, Runner, RunnerError
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE = 0.3
+"""Seconds to let a burst of membership events settle before recomputing."""
+RECHECK = 2.0
+"""Seconds between reconciliations when nothing happens (health, hand-overs)."""
+
+IN_DAEMON = ("coordinator",)
+"""Services the daemon itself provides: the coordinator is the admin API every node serves."""
+
+
+class InDaemonRunner:
+    """A service that is part of the daemon (the coordinator role): healthy while the node's HTTP API is."""
+
+    def __init__(self, service: str, port: int | None) -> None:
+        self.service = service
+        self._port = port
+        self._running = False
+
+    @property
+    def port(self) -> int | None:
+        return self._port if self._running else None
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        return ()
+
+    async def start(self) -> None:
+        self._running = True
+
+    async def health(self) -> str:
+        return "healthy" if self._running else "starting"
+
+    async def stop(self) -> None:
+        self._running = False
+
+
+RunnerFactory = Callable[[ServiceSpec], Runner]
+
+
+class ServiceManager:
+    def __init__(self, node: object, factory: RunnerFactory | None = None, ephemeral_ports: bool = False) -> None:
+        # ``node`` is a rmap2p.daemon.Node; typed loosely to keep services/ free of a daemon import cycle.
+        self.node = node
+        self._ephemeral = ephemeral_ports
+        self._factory = factory or self._default_factory
+        self._runners: dict[str, Runner] = {}
+        self._health: dict[str, str] = {}
+        self._failed: set[str] = set()
+        self._wake = asyncio.Event()
+        self.reconciliations = 0
+
+    # ------------------------------------------------------------ wiring
+
+    def capabilities(self, worker_type: str) -> tuple[str, ...]:
+        """Services this node can run: those of its type, minus any that failed to start here."""
+        return tuple(s.name for s in CATALOG if s.requires == worker_type and s.name not in self._failed)
+
+    def on_events(self, events: list[MemberEvent]) -> None:
+        self._wake.set()
+
+    def _default_factory(self, spec: ServiceSpec) -> Runner:
+        node = self.node
+        http_host, http_port = node.http_addr or node.config.http  # type: ignore[attr-defined]
+        if spec.name in IN_DAEMON:
+            return InDaemonRunner(spec.name, http_port)
+        port = 0 if self._ephemeral else spec.port
+        return PlaceholderRunner(spec.name, http_host, port, node.machine.id)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        node = self.node
+        await node.ready.wait()  # type: ignore[attr-defined]
+        await node.settled.wait()  # type: ignore[attr-defined]
+        node.on_view_change(self.on_events)  # type: ignore[attr-defined]
+        self._publish()
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), RECHECK)
+                if self._wake.is_set():
+                    await asyncio.sleep(DEBOUNCE)
+                    self._wake.clear()
+                await self.reconcile()
+        finally:
+            await self.stop_all()
+
+    async def reconcile(self) -> None:
+        node = self.node
+        machine = node.machine  # type: ignore[attr-defined]
+        if machine is None or machine.leaving:
+            return
+        self.reconciliations += 1
+        view = to_node_views(machine.members())
+        desired = allocate(view).get(machine.id, ())
+        p = plan(machine.id, self._runners, desired, view)
+        for service in p.start:
+            await self._start(service)
+        for service in p.stop:
+            await self._stop(service, "handed over: another node serves it healthy")
+        for service, runner in list(self._runners.items()):
+            self._health[service] = await runner.health()
+        self._publish()
+
+    async def _start(self, service: str) -> None:
+        spec = by_name(service)
+        if spec is None:
+            return
+        runner = self._factory(spec)
+        self._health[service] = "starting"
+        try:
+            await runner.start()
+        except RunnerError as exc:
+            # Stop advertising what cannot start here, so the allocator places it elsewhere.
+            log.error("node %s: %s; no longer offering %s", self.node.machine.id, exc, service)  # type: ignore[attr-defined]
+            self._failed.add(service)
+            self._health.pop(service, None)
+            return
+        self._runners[service] = runner
+        log.info("node %s: started %s (assigned by the allocation)", self.node.machine.id, service)  # type: ignore[attr-defined]
+
+    async def _stop(self, service: str, why: str) -> None:
+        runner = self._runners.pop(service, None)
+        self._health.pop(service, None)
+        if runner is not None:
+            await runner.stop()
+            log.info("node %s: stopped %s (%s)", self.node.machine.id, service, why)  # type: ignore[attr-defined]
+
+    async def stop_all(self) -> None:
+        for service in list(self._runners):
+            with contextlib.suppress(Exception):
+                await self._stop(service, "node shutting down")
+
+    def _publish(self) -> None:
+        node = self.node
+        machine = node.machine  # type: ignore[attr-defined]
+        if machine is None or machine.leaving:
+            return
+        services = tuple((s, self._health.get(s, "starting")) for s in sorted(self._runners))
+        ports = tuple((s, r.port) for s, r in sorted(self._runners.items()) if r.port)
+        models = tuple(sorted({m for r in self._runners.values() for m in r.loaded_models}))
+        caps = self.capabilities(node.worker_type)  # type: ignore[attr-defined]
+
+        def change(meta: NodeMeta) -> NodeMeta:
+            return replace(meta, services=services, service_ports=ports, loaded_models=models, capabilities=caps)
+
+        if change(machine.meta) != machine.meta:
+            node.update_meta(change)  # type: ignore[attr-defined]
+
+    @property
+    def running(self) -> dict[str, str]:
+        return dict(self._health)
