@@ -40,7 +40,10 @@ def free_port() -> int:
 
 
 class NodeProc:
-    def __init__(self, name: str, workdir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, workdir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None, services: bool = False
+    ) -> None:
+        self.services = services
         self.name = name
         self.data_dir = workdir / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,8 @@ class NodeProc:
         argv = [
             sys.executable, "-m", "rmap2p", "-v", "join",
             "--bind", self.gossip, "--http", self.http, "--data-dir", str(self.data_dir),
-            "--name", self.name, "--no-mdns", "--no-services", "--profile", "local",
+            "--name", self.name, "--no-mdns", "--profile", "local",
+            *(["--ephemeral-service-ports"] if self.services else ["--no-services"]),
             *self.extra, *extra,
         ]
         for j in join:
