@@ -113,3 +113,44 @@ def settled_without(nodes: list[NodeProc], dead: str) -> bool:
         if any(h != "healthy" for h in w["services_status"].values()):
             return False
     return True
+
+
+def test_primary_leader_fails_over_within_one_failure_detection(tmp_path: Path) -> None:
+    import math
+
+    from membership import SwimConfig
+
+    nodes = [NodeProc(f"edge{i}", tmp_path, extra=["--type", "edge"], services=True) for i in range(3)]
+    nodes.append(NodeProc("cpu0", tmp_path, extra=["--type", "cpu"], services=True))
+    try:
+        nodes[0].start().wait_healthy()
+        for n in nodes[1:]:
+            n.start(join=[nodes[0].gossip]).wait_healthy()
+
+        def one_primary(group: list[NodeProc]) -> str | None:
+            docs = [n.get("/api/admin/leaders") for n in group]
+            primaries = {d["primary"] for d in docs}
+            if len(primaries) == 1 and None not in primaries and all(d["quorum"] for d in docs):
+                return docs[0]["primary"]
+            return None
+
+        wait_for(lambda: settled(nodes) and one_primary(nodes) is not None, 40, "one primary named by every node")
+        primary = one_primary(nodes)
+        term = nodes[3].get("/api/admin/leaders")["term"]
+        victim = next(n for n in nodes if n.view()[n.name]["worker_id"] == primary)
+        victim.kill()
+        survivors = [n for n in nodes if n is not victim]
+        cfg = SwimConfig.local()
+        detection = cfg.suspicion_max_mult * cfg.suspicion_mult * max(1.0, math.log10(4)) * cfg.probe_interval
+        took = wait_for(
+            lambda: (p := one_primary(survivors)) is not None and p != primary, detection + 5, "a new primary everywhere",
+        )
+        print(f"new primary {took:.1f}s after the old one was killed (detection bound {detection:.1f}s)")
+        assert nodes[3].get("/api/admin/leaders")["term"] > term
+    except BaseException:
+        for n in nodes:
+            print(f"----- {n.name}\n{n.tail(40)}")
+        raise
+    finally:
+        for n in nodes:
+            n.terminate()

@@ -11,6 +11,9 @@ import pytest
 from netns import NetnsLab
 from test_netns_cluster import GOSSIP_PORT, LabPool, wait_for
 
+from allocator.allocate import allocate
+from allocator.view import NodeView
+
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
@@ -52,16 +55,39 @@ def test_bootstrap_file_naming_one_edge_node_is_enough(netns_lab: Callable[..., 
         raise
 
 
+TYPES = ["edge", "storage", "cpu", "cpu", "cpu", "edge", "storage", "cpu"]
+
+
+def running_matches_allocation(pool: LabPool, hosts: list) -> bool:
+    """Every host sees the same services and each runs exactly its row of allocate() on that view."""
+    views = [pool.view(h) for h in hosts]
+    ref = views[0]
+    if any({k: sorted(w["services"]) for k, w in v.items()} != {k: sorted(w["services"]) for k, w in ref.items()} for v in views):
+        return False
+    nodes = [
+        NodeView(node_id=w["worker_id"], worker_type=w["worker_type"], services=tuple(w["services"]),
+                 status=w["status"], can_run=tuple(w["capabilities"]))
+        for w in ref.values()
+    ]
+    rows = allocate(nodes)
+    return all(
+        sorted(w["services"]) == sorted(rows.get(w["worker_id"], ()))
+        and all(hs == "healthy" for hs in w["services_status"].values())
+        for w in ref.values() if w["status"] == "alive"
+    )
+
+
 def test_partition_five_three_heals_into_one_view(netns_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
     lab = netns_lab(8)
     pool = LabPool(lab, tmp_path)
     try:
         first = lab.hosts[0]
-        pool.start(first)
-        for h in lab.hosts[1:]:
-            pool.start(h, join=first)
+        pool.start(first, "--type", TYPES[0], services=True)
+        for h, kind in zip(lab.hosts[1:], TYPES[1:]):
+            pool.start(h, "--type", kind, join=first, services=True)
         names = {h.name for h in lab.hosts}
         wait_for(lambda: all(s == names for s in alive_sets(pool, lab.hosts)), 60, "convergence")
+        wait_for(lambda: running_matches_allocation(pool, lab.hosts), 30, "services to match the allocation")
         big, small = lab.hosts[:5], lab.hosts[5:]
         lab.partition(big, small)
         big_names, small_names = {h.name for h in big}, {h.name for h in small}
@@ -79,11 +105,21 @@ def test_partition_five_three_heals_into_one_view(netns_lab: Callable[..., Netns
 
         took = wait_for(split_seen, 90, "each side to see the other as dead")
         print(f"split detected in {took:.1f}s")
+        # The minority sees it lacks most edge nodes it knows of, so it names no primary.
+        minority = [h.http_get_json("http://127.0.0.1:8080/api/admin/leaders") for h in small]
+        assert all(d["primary"] is None for d in minority), minority
         lab.heal()
         push_pull = 30.0  # LAN profile at N <= 32
         took = wait_for(lambda: all(s == names for s in alive_sets(pool, lab.hosts)), 2 * push_pull + 10, "merge after heal")
         print(f"one view again {took:.1f}s after heal")
         assert took <= 2 * push_pull + 5
+        # Both halves ran their own copies during the split; once merged, the allocation sheds
+        # the duplicates (make-before-break) and each storage service is covered once, not twice.
+        wait_for(lambda: running_matches_allocation(pool, lab.hosts), 30, "services to match the merged allocation")
+        gaps = {g["service"]: g["current_workers"] for g in lab.hosts[0].http_get_json("http://127.0.0.1:8080/api/admin/gaps")["gaps"]}
+        assert gaps["chromadb"] == 1 and gaps["redis"] == 1, gaps
+        leaders = [h.http_get_json("http://127.0.0.1:8080/api/admin/leaders") for h in lab.hosts]
+        assert len({d["primary"] for d in leaders}) == 1 and leaders[0]["primary"] is not None
     except BaseException:
         print(pool.logs())
         raise
@@ -109,6 +145,25 @@ def test_copied_data_dir_newcomer_stops_with_a_clear_error(netns_lab: Callable[.
         time.sleep(2)
         assert pool.statuses(a)[b.name] == "alive"
         assert pool.view(a)[b.name]["address"].startswith(b.ip + ":")
+    except BaseException:
+        print(pool.logs())
+        raise
+
+
+def test_pools_with_different_cluster_names_do_not_merge_over_mdns(netns_lab: Callable[..., NetnsLab], tmp_path: Path) -> None:
+    lab = netns_lab(4)
+    pool = LabPool(lab, tmp_path)
+    try:
+        for i, h in enumerate(lab.hosts):
+            pool.start(h, "--cluster", "blue" if i % 2 == 0 else "green", mdns=True)
+        blue = {lab.hosts[0].name, lab.hosts[2].name}
+        green = {lab.hosts[1].name, lab.hosts[3].name}
+        wait_for(
+            lambda: all(alive_sets(pool, [h])[0] == (blue if i % 2 == 0 else green) for i, h in enumerate(lab.hosts)),
+            30, "two separate pools",
+        )
+        time.sleep(6)  # several more discovery and re-contact rounds: still apart
+        assert all(set(pool.view(h)) == (blue if i % 2 == 0 else green) for i, h in enumerate(lab.hosts))
     except BaseException:
         print(pool.logs())
         raise
