@@ -225,6 +225,7 @@ class Membership:
         self._fresh_load: dict[str, Load] = {}
         self._reap_queue: deque[tuple[float, str]] = deque()
         self._pending_streams: dict[int, _PendingStream] = {}
+        self._identity_checks: dict[int, Alive] = {}
         self._n_down = 0  # members dead or left: kept as a count so N is O(1)
         self._seq = 0
         self._token = 0
@@ -314,6 +315,10 @@ class Membership:
     def join(self, addr: Addr, now: float) -> int:
         """Start a push-pull with a seed address; returns the stream token."""
         return self._push_pull(addr, now, join=True)
+
+    def push_pull(self, addr: Addr, now: float) -> int:
+        """Start an anti-entropy exchange with ``addr`` (what the periodic timer does); returns the token."""
+        return self._push_pull(addr, now, join=False)
 
     def leave(self, now: float) -> None:
         """Announce a graceful leave: peers mark us ``left``, not ``dead``."""
@@ -506,6 +511,11 @@ class Membership:
             if self.config.lifeguard:
                 self.awareness.apply_delta(-1)
             return
+        other = self._identity_checks.pop(msg.seq, None)
+        if other is not None:
+            # Something at another address answers to our id: a second daemon with our identity.
+            self._event("conflict", self.id, other.incarnation, now, f"{other.host}:{other.port}", record=other)
+            return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
             self._send(relay.requester, [wire.encode_message(Ack(relay.orig_seq, None))])
@@ -526,12 +536,19 @@ class Membership:
         status = self.status_of(a.node)
         inc = self.incarnation if about_self else (self.incarnation_of(a.node) or 0)
         verdict = rules.on_alive(status, inc, a.incarnation, about_self)
-        if about_self and a.addr != self._addr and a.incarnation >= inc and not self.leaving:
-            # Our identity at another address, as new as ours: a second daemon runs from a
-            # copy of our data dir (our own older lives always carry lower incarnations).
-            if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
-                raise RemoteProtocolError("unsigned alive in our name")
-            self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
+        if about_self and a.addr != self._addr and not self.leaving:
+            if a.incarnation >= inc:
+                # Our identity at another address, as new as ours: a second daemon runs from a
+                # copy of our data dir (our own older lives always carry lower incarnations).
+                if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
+                    raise RemoteProtocolError("unsigned alive in our name")
+                self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
+            elif a.addr not in self._identity_checks.values() and len(self._identity_checks) < 16:
+                # An older record of ours elsewhere: a past life (that address is silent now)
+                # or a copy of us that started earlier. Ask that address for our own id.
+                seq = self._next_seq()
+                self._identity_checks[seq] = a
+                self._send(a.addr, [wire.encode_message(Ping(seq, self.id, self.id))])
         if verdict is Verdict.IGNORE:
             return
         if verdict is Verdict.REFUTE:
@@ -540,6 +557,10 @@ class Membership:
             if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
                 raise RemoteProtocolError("unsigned alive in our name")
             self._refute(a.incarnation, now)
+            if a.addr != self._addr:
+                # Tell the other daemon directly: nobody gossips to it, since every view holds
+                # one address for our id, and it must learn it is the copy to stand down.
+                self._send(a.addr, [wire.encode_message(self._alive[self.id])])
             return
         a = self._accept_alive(a)
         old = self._alive.get(a.node)
@@ -854,7 +875,10 @@ class Membership:
         for node in self._alive:
             mine = self._rank(node)
             other = theirs.get(node)
-            if other is None or mine.newer_than(other):
+            # A joiner gets everything we hold, even records it claims to know as well: a daemon
+            # started from a copied data dir announces our member's id from another address, and
+            # only by seeing our record of "itself" can it notice that it is the copy.
+            if other is None or mine.newer_than(other) or msg.join:
                 send.append(self._state_of(node))
         want = []
         for e in msg.digest:

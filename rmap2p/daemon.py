@@ -461,7 +461,10 @@ class Node:
                 targets = [a for a in seeds if a not in live][:3]
             if targets:
                 for addr in targets:
-                    machine.join(addr, self._now())
+                    if alone:
+                        machine.join(addr, self._now())
+                    else:
+                        machine.push_pull(addr, self._now())
                 self._flush()
                 self._push_pull_ok.clear()
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -243,8 +243,8 @@ def test_push_pull_reply_sends_only_what_differs() -> None:
         feed(a, alive(name, 3))
         feed(b, alive(name, 3))
     feed(b, alive("y", 4))
-    (req,) = [s for s in a.take_streams()] or [None]
-    token = a.join(b.addr, 0.0)
+    a.take_streams()
+    token = a.push_pull(b.addr, 0.0)
     req = a.take_streams()[-1]
     reply_frame = b.handle_stream(req.payload, a.addr, 0.0)
     reply = wire.decode_frame(reply_frame)
@@ -256,6 +256,39 @@ def test_push_pull_reply_sends_only_what_differs() -> None:
     assert third.kind == "states" and not third.expect_reply
     b.handle_stream(third.payload, a.addr, 0.0)
     assert b.status_of("a") is Status.ALIVE
+
+
+def test_join_reply_shows_the_joiner_our_record_at_its_own_incarnation() -> None:
+    b = machine("b")
+    feed(b, alive("twin", 4, port=9000))
+    twin = Membership(SwimConfig.lan(), UnsignedIdentity("twin"), accept_unsigned, ("10.0.0.9", 7000), NodeMeta(), random.Random(3), 0.0, incarnation=4)
+    twin.join(b.addr, 0.0)
+    req = twin.take_streams()[-1]
+    reply = b.handle_stream(req.payload, twin.addr, 0.0)
+    assert twin.stream_reply(req.token, reply, 0.0)
+    conflicts = [e for e in twin.take_events() if e.kind == "conflict"]
+    assert conflicts and conflicts[0].detail == "10.0.0.2:9000", "same id and incarnation at another address"
+
+
+def test_join_reply_with_an_older_record_of_the_joiner_prompts_an_identity_check() -> None:
+    b = machine("b")
+    feed(b, alive("twin", 3, port=9000))
+    twin = Membership(SwimConfig.lan(), UnsignedIdentity("twin"), accept_unsigned, ("10.0.0.9", 7000), NodeMeta(), random.Random(3), 0.0, incarnation=4)
+    twin.join(b.addr, 0.0)
+    req = twin.take_streams()[-1]
+    assert twin.stream_reply(req.token, b.handle_stream(req.payload, twin.addr, 0.0), 0.0)
+    pings = [(wire.decode_datagram(d), a) for d, a in twin.take_datagrams() if a == ("10.0.0.2", 9000)]
+    assert pings and isinstance(pings[0][0][0], Ping) and pings[0][0][0].target == "twin"
+
+
+def test_an_older_record_of_ourselves_elsewhere_is_checked_by_a_ping() -> None:
+    m = machine(inc=5)
+    (ping,) = feed(m, alive("me", 2, port=9999))
+    assert isinstance(ping[0], Ping) and ping[0].target == "me", "ask that address whether it is us"
+    assert not [e for e in m.take_events() if e.kind == "conflict"]
+    feed(m, Ack(ping[0].seq), src=("10.0.0.2", 9999))
+    (conflict,) = [e for e in m.take_events() if e.kind == "conflict"]
+    assert conflict.detail == "10.0.0.2:9999" and conflict.record is not None
 
 
 def test_push_pull_across_clusters_is_refused() -> None:
