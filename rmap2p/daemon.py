@@ -370,7 +370,12 @@ class Node:
             except ValueError:
                 machine.stats.malformed += 1
                 continue
-            machine.receive(plain, addr, self._now())
+            try:
+                machine.receive(plain, addr, self._now())
+            except Exception:
+                # A bug of ours that some input triggers: say so loudly, but one datagram
+                # must not take the node out of the pool.
+                log.exception("node %s: internal error handling a datagram from %s:%d", machine.id, addr[0], addr[1])
             self._flush()
 
     async def _send_loop(self) -> None:
@@ -378,7 +383,12 @@ class Node:
         aad = UDP_AAD_PREFIX + self.config.cluster.encode()
         while True:
             data, addr = await self._outbox.get()
-            await self._udp.send(self.sealer.seal(data, aad), addr)
+            try:
+                await self._udp.send(self.sealer.seal(data, aad), addr)
+            except (OSError, ValueError) as exc:
+                # Addresses come from peers' records: an unusable one costs that datagram only.
+                self.dropped_outbound += 1
+                log.debug("node %s: cannot send to %s:%s: %s", self.machine.id if self.machine else "?", addr[0], addr[1], exc)
 
     async def _stream_exchange(self, token: int, addr: Addr, payload: bytes, expect_reply: bool, kind: str) -> None:
         machine = self._require_machine()
@@ -390,11 +400,14 @@ class Node:
                     expect_reply=expect_reply, max_frame=self.config.swim.max_stream_frame + 64,
                     aad=TCP_AAD_PREFIX + self.config.cluster.encode(),
                 )
-            except StreamError as exc:
+            except (StreamError, OSError, ValueError) as exc:
                 log.debug("node %s: %s exchange with %s:%d failed: %s", machine.id, kind, addr[0], addr[1], exc)
         if expect_reply:
-            if machine.stream_reply(token, reply, self._now()) and kind == "push-pull":
-                self._push_pull_ok.set()
+            try:
+                if machine.stream_reply(token, reply, self._now()) and kind == "push-pull":
+                    self._push_pull_ok.set()
+            except Exception:
+                log.exception("node %s: internal error handling a %s reply from %s:%d", machine.id, kind, addr[0], addr[1])
             self._flush()
 
     async def _handle_stream(self, payload: bytes, peer: Addr) -> bytes | None:
