@@ -21,6 +21,7 @@ from membership import MemberView
 from p2p.keyring import KeyringError, decode_key, encode_key
 from rmap2p.daemon import Node, tier_of
 from rmap2p.views import to_node_views
+from services import gateway  # gateway hook: /api/service, broadcast-job, worker jobs
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_post("/api/admin/leave", admin_leave)
     app.router.add_get("/api/admin/keys", keys_get)
     app.router.add_post("/api/admin/keys", keys_post)
+    gateway.add_routes(app, node)  # gateway hook: forwarding and job broadcast live in services/gateway.py
     return app
 
 

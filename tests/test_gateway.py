@@ -1,0 +1,450 @@
+"""The gateway: pure helpers, failover between in-process gateways, and a mixed pool of real processes."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from procs import NodeProc, wait_for
+
+from allocator.view import NodeView
+from membership import Load, MemberView, NodeMeta, Status
+from services import gateway as gw
+from services.runner import PlaceholderRunner
+
+# ---------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("raw", "hops"),
+    [
+        (None, 0), ("0", 0), ("3", 3), (" 2 ", 2),
+        ("", None), ("-1", None), ("x", None), ("1.5", None), ("²", None), ("9999999", None),
+    ],
+)
+def test_parse_hops(raw: str | None, hops: int | None) -> None:
+    assert gw.parse_hops(raw) == hops
+
+
+def test_load_header_round_trips_and_rejects_garbage() -> None:
+    load = Load(37, 52, 80, 4)
+    assert gw.format_load(load) == "37,52,80,4"
+    assert gw.parse_load(gw.format_load(load)) == load
+    assert gw.parse_load(" 1, 2 ,3,0") == Load(1, 2, 3, 0)
+    for bad in (None, "", "1,2,3", "1,2,3,4,5", "a,b,c,d", "101,0,0,0", "-1,0,0,0", "1.5,0,0,0", "1," * 40 + "1"):
+        assert gw.parse_load(bad) is None, bad
+
+
+def test_forward_headers_drop_hop_by_hop_and_connection_listed_ones() -> None:
+    headers = CIMultiDict(
+        [
+            ("Content-Type", "application/json"), ("Connection", "keep-alive, X-Private"), ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"), ("x-private", "secret"), ("Host", "a:1"), ("X-Trace", "1"), ("X-Trace", "2"),
+            ("Upgrade", "h2c"),
+        ]
+    )
+    out = gw.forward_headers(headers, drop=("host",))
+    assert list(out.items()) == [("Content-Type", "application/json"), ("X-Trace", "1"), ("X-Trace", "2")]
+
+
+def _cpu(node_id: str, *, load: float = 0.0, active: int = 0, healthy: bool = True, status: str = "alive", **kw: Any) -> NodeView:
+    return NodeView(
+        node_id=node_id, worker_type="cpu", services=("ner-extraction",), status=status,
+        current_load=load, active_requests=active, healthy_services=("ner-extraction",) if healthy else (), **kw,
+    )
+
+
+def _order(views: list[NodeView], *, in_flight: dict[str, int] | None = None, first_hand: dict[str, gw.FirstHand] | None = None,
+           unreachable: dict[str, float] | None = None, now: float = 100.0, seed: int = 1) -> list[str]:
+    ranked = gw.order_candidates(
+        views, "ner", None, in_flight or {}, first_hand or {}, unreachable or {}, now, random.Random(seed)
+    )
+    return [v.node_id for v in ranked]
+
+
+def test_first_hand_load_overrides_gossip_while_fresh() -> None:
+    # Gossip says a is idle and b busy; a's own answer two seconds ago says the opposite.
+    views = [_cpu("a", load=0.0, active=0), _cpu("b", load=0.9, active=6)]
+    assert _order(views) == ["a", "b"]
+    seen = {"a": gw.FirstHand(Load(95, 50, 0, 8), at=98.0), "b": gw.FirstHand(Load(5, 50, 0, 0), at=98.0)}
+    assert _order(views, first_hand=seen) == ["b", "a"]
+    # Older than FIRST_HAND_MAX_AGE: gossip is all we have again.
+    assert _order(views, first_hand=seen, now=98.0 + gw.FIRST_HAND_MAX_AGE + 0.1) == ["a", "b"]
+    # The router's own requests in flight count on top of what the node reported.
+    assert _order([_cpu("a"), _cpu("b")], in_flight={"a": 3}) == ["b", "a"]
+
+
+def test_book_does_not_count_the_routers_own_requests_twice() -> None:
+    book = gw.RouterBook()
+    for _ in range(3):
+        book.sent("a")
+    # a serves 5 requests, 3 of them ours: others send it 2.
+    book.saw_load("a", Load(40, 10, 0, 5), now=1.0)
+    assert book.first_hand["a"] == gw.FirstHand(Load(40, 10, 0, 2), 1.0)
+    for _ in range(3):
+        book.done("a")
+    assert book.in_flight == {}
+    book.saw_unreachable("b", now=2.0)
+    book.saw_load("b", Load(0, 0, 0, 0), now=3.0)
+    assert "b" not in book.unreachable, "an answer clears the failed-connect mark"
+
+
+def test_book_stays_bounded() -> None:
+    book = gw.RouterBook(max_entries=10)
+    for i in range(50):
+        book.saw_load(f"n{i}", Load(), now=float(i))
+        book.saw_unreachable(f"n{i}", now=float(i))
+    assert len(book.first_hand) <= 10 and len(book.unreachable) <= 10
+    assert "n49" in book.first_hand
+
+
+def test_candidates_healthy_first_then_alive_then_suspect_then_unreachable() -> None:
+    assert _order([_cpu("a", healthy=False), _cpu("b")]) == ["b"], "a starting runner is no candidate while one is healthy"
+    assert _order([_cpu("a", healthy=False)]) == ["a"], "but better than nothing"
+    assert _order([_cpu("a", status="dead")]) == []
+    # a outscores b and c by far, yet a suspect goes after alive nodes and a failed connect after all.
+    views = [_cpu("a", specialization="ner"), _cpu("b"), _cpu("c", status="suspect", specialization="ner")]
+    assert _order(views) == ["a", "b", "c"]
+    assert _order(views, unreachable={"a": 99.0}) == ["b", "c", "a"]
+    assert _order(views, unreachable={"a": 99.0 - gw.UNREACHABLE_FOR}) == ["a", "b", "c"], "the mark expires"
+
+
+def test_parse_job_and_capable_nodes() -> None:
+    job = gw.parse_job({"job_type": "rag_ingestion", "job_data": {"docs": [1]}, "required_capability": "embeddings"})
+    assert job == gw.Job("rag_ingestion", {"docs": [1]}, "rag-embeddings")
+    assert gw.parse_job({"job_type": "x", "job_data": {}}).capability is None
+    for bad, says in [
+        ([], "JSON object"), ({"job_data": {}}, "job_type"), ({"job_type": " ", "job_data": {}}, "job_type"),
+        ({"job_type": "x"}, "job_data"), ({"job_type": "x", "job_data": [1]}, "job_data"),
+        ({"job_type": "x", "job_data": {}, "required_capability": 3}, "required_capability"),
+        ({"job_type": "x", "job_data": {}, "required_capability": "teleport"}, "unknown required_capability"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            gw.parse_job(bad)
+    views = [
+        NodeView("g", "gpu", ("rag-embeddings",), healthy_services=("rag-embeddings",)),
+        NodeView("c", "cpu", ("ner-extraction",), healthy_services=()),
+        NodeView("s", "storage", ("chromadb",), healthy_services=("chromadb",)),
+        NodeView("e", "edge", ("coordinator",), healthy_services=("coordinator",)),
+        NodeView("d", "cpu", status="dead"),
+    ]
+    assert [v.node_id for v in gw.capable(views, None)] == ["c", "g"]
+    assert [v.node_id for v in gw.capable(views, "chromadb")] == ["s"]
+    assert [v.node_id for v in gw.capable(views, "ner-extraction")] == [], "running but not healthy"
+
+
+@dataclass
+class _Source:
+    chunks: list[bytes]
+
+    async def readany(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+async def _collect(body: gw.ReplayableBody, upto: int | None = None) -> bytes:
+    out = b""
+    async for chunk in body.chunks():
+        out += chunk
+        if upto is not None and len(out) >= upto:
+            break
+    return out
+
+
+async def test_replayable_body_replays_what_was_read_then_streams_on() -> None:
+    body = gw.ReplayableBody(_Source([b"ab", b"cd", b"ef"]), limit=4)  # type: ignore[arg-type]
+    assert await _collect(body, upto=2) == b"ab", "an attempt that failed after reading one chunk"
+    assert body.replayable
+    assert await _collect(body) == b"abcdef", "the next attempt gets it all"
+    assert not body.replayable, "6 bytes read > limit 4"
+    with pytest.raises(RuntimeError):
+        await _collect(body)
+
+
+# ---------------------------------------------------------------- gateways in one process
+
+SERVICE = "ner-extraction"
+
+
+@dataclass
+class _Machine:
+    id: str
+    meta: NodeMeta
+    others: list[MemberView] = field(default_factory=list)
+
+    def members(self) -> list[MemberView]:
+        me = MemberView(self.id, Status.ALIVE, 1, ("127.0.0.1", 1), self.meta, Load(), None, None)
+        return [me, *self.others]
+
+
+@dataclass
+class _Node:
+    machine: _Machine
+    active_requests: int = 0
+
+
+def _meta(http: str, port: int | None, specialization: str = "") -> NodeMeta:
+    return NodeMeta(
+        name="t", worker_type="cpu", http=http, services=((SERVICE, "healthy"),) if port else (),
+        service_ports=((SERVICE, port),) if port else (), specialization=specialization,
+    )
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def trio() -> AsyncIterator[dict[str, Any]]:
+    """Router r (runs nothing); live l (gateway + echo service); dead d (specialized, so ranked first; nothing listens)."""
+    service = PlaceholderRunner(SERVICE, "127.0.0.1", 0, "l")
+    await service.start()
+    runners: list[web.AppRunner] = []
+    try:
+        l_node = _Node(_Machine("l", _meta("127.0.0.1:1", service.port)))
+        l_app = web.Application()
+        gw.add_routes(l_app, l_node)  # type: ignore[arg-type]
+        l_runner, l_port = await _serve(l_app)
+        runners.append(l_runner)
+        l_node.machine.meta = _meta(f"127.0.0.1:{l_port}", service.port)
+        dead = _closed_port()
+        r_node = _Node(_Machine("r", _meta("127.0.0.1:1", None)))
+        r_node.machine.others = [
+            MemberView("l", Status.ALIVE, 1, ("127.0.0.1", 2), l_node.machine.meta, Load(), None, None),
+            MemberView("d", Status.ALIVE, 1, ("127.0.0.1", 3), _meta(f"127.0.0.1:{dead}", dead, "ner"), Load(), None, None),
+        ]
+        r_app = web.Application()
+        router = gw.add_routes(r_app, r_node)  # type: ignore[arg-type]
+        r_runner, r_port = await _serve(r_app)
+        runners.append(r_runner)
+        async with aiohttp.ClientSession() as client:
+            yield {"client": client, "r": f"http://127.0.0.1:{r_port}", "l": f"http://127.0.0.1:{l_port}",
+                   "router": router, "l_node": l_node, "service": service}
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await service.stop()
+
+
+async def test_a_failed_connect_moves_on_to_the_next_best_node(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    async with client.post(trio["r"] + "/api/service/ner/extract?x=1", data=b"hello") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+        assert resp.headers[gw.ATTEMPTS_HEADER] == "2", "d (ranked first) refused, l answered"
+        assert resp.headers[gw.NODE_HEADER] == "l"
+        assert gw.parse_load(resp.headers[gw.LOAD_HEADER]) is not None
+    assert doc == {"service": SERVICE, "node_id": "l", "runner": "placeholder", "method": "POST", "path": "/extract", "bytes": 5}
+    router: gw.Gateway = trio["router"]
+    assert "d" in router.book.unreachable and "l" in router.book.first_hand
+    assert router.book.in_flight == {} and trio["l_node"].active_requests == 0
+    async with client.post(trio["r"] + "/api/service/ner/extract", data=b"again") as resp:
+        assert resp.status == 200 and resp.headers[gw.ATTEMPTS_HEADER] == "1", "d is tried last while marked"
+
+
+async def test_an_unreachable_service_behind_a_live_gateway_is_retried_elsewhere(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    await trio["service"].stop()  # l's gateway is up, its service is not
+    async with client.post(trio["l"] + "/api/service/ner-extraction/x", data=b"b", headers={gw.ROUTE_HEADER: "l"}) as resp:
+        assert resp.status == 503 and resp.headers.get(gw.UNSERVED_HEADER) == "1"
+    async with client.post(trio["r"] + "/api/service/ner-extraction/x", data=b"body") as resp:
+        assert resp.status == 502
+        doc = await resp.json()
+    assert doc["service"] == SERVICE
+    assert [a["worker_id"] for a in doc["attempts"]] == ["d", "l"], "both tried, the body replayed for the second"
+
+
+async def test_a_request_routed_to_a_node_that_no_longer_runs_the_service_is_routed_afresh(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    # r runs nothing (as after a hand-over the sender had not heard of): it routes on, one hop more.
+    headers = {gw.ROUTE_HEADER: "r", gw.HOPS_HEADER: "1"}
+    async with client.post(trio["r"] + "/api/service/ner/y", data=b"z", headers=headers) as resp:
+        assert resp.status == 200 and resp.headers[gw.NODE_HEADER] == "l"
+    headers = {gw.ROUTE_HEADER: "r", gw.HOPS_HEADER: str(gw.HOP_LIMIT - 1)}
+    async with client.post(trio["r"] + "/api/service/ner/y", data=b"z", headers=headers) as resp:
+        assert resp.status == 508, "the next gateway refuses the forward that reaches the limit; its answer comes back"
+
+
+async def test_hop_limit_and_errors_in_process(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    async with client.get(trio["r"] + "/api/service/ner/x", headers={gw.HOPS_HEADER: str(gw.HOP_LIMIT)}) as resp:
+        assert resp.status == 508
+    async with client.get(trio["r"] + "/api/service/ner/x", headers={gw.HOPS_HEADER: "lots"}) as resp:
+        assert resp.status == 400
+    async with client.get(trio["r"] + "/api/service/redis/x") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["gap"]["status"] == "critical"
+
+
+# ---------------------------------------------------------------- real processes
+
+TYPES = [("e0", "edge"), ("c0", "cpu"), ("c1", "cpu"), ("c2", "cpu"), ("c3", "cpu"), ("s0", "storage")]
+CPU_SERVICES = ("ner-extraction", "document-processing", "notes-coa")
+
+
+def call(node: NodeProc, path: str, body: bytes | None = b"{}", headers: dict[str, str] | None = None,
+         method: str = "POST", timeout: float = 10.0) -> tuple[int, dict[str, str], Any]:
+    req = urllib.request.Request(f"http://{node.http}{path}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def runners_of(view: dict[str, dict], service: str) -> set[str]:
+    return {w["worker_id"] for w in view.values()
+            if w["status"] == "alive" and w["services_status"].get(service) == "healthy"}
+
+
+def ready(nodes: list[NodeProc]) -> bool:
+    """Every node sees everyone alive, the same services everywhere, all healthy, every CPU service covered."""
+    views = [n.view() for n in nodes]
+    names = {n.name for n in nodes}
+    if any({k for k, w in v.items() if w["status"] == "alive"} != names for v in views):
+        return False
+    placed = [{k: sorted(w["services_status"].items()) for k, w in v.items()} for v in views]
+    if any(p != placed[0] for p in placed):
+        return False
+    if any(h != "healthy" for w in views[0].values() for h in w["services_status"].values()):
+        return False
+    return all(runners_of(views[0], s) for s in CPU_SERVICES) and any(len(runners_of(views[0], s)) >= 2 for s in CPU_SERVICES)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    nodes = [NodeProc(name, tmp, extra=["--type", kind], services=True) for name, kind in TYPES]
+    try:
+        nodes[0].start().wait_healthy()
+        for n in nodes[1:]:
+            n.start(join=[nodes[0].gossip]).wait_healthy()
+        took = wait_for(lambda: ready(nodes), 40, "the pool to settle with every CPU service healthy")
+        print(f"pool settled in {took:.1f}s")
+        yield nodes
+    except BaseException:
+        for n in nodes:
+            print(f"----- {n.name}\n{n.tail(60)}")
+        raise
+    finally:
+        for n in nodes:
+            n.terminate()
+
+
+def ids(nodes: list[NodeProc]) -> dict[str, str]:
+    return {name: w["worker_id"] for name, w in nodes[0].view().items()}
+
+
+@pytest.mark.slow
+def test_any_node_forwards_to_a_node_that_runs_the_service(pool: list[NodeProc]) -> None:
+    ner = runners_of(pool[0].view(), "ner-extraction")
+    for node in pool:
+        for name in ("ner-extraction", "ner", "NER"):
+            status, headers, doc = call(node, f"/api/service/{name}/extract?lang=en", b'{"text": "Jane Doe"}')
+            assert status == 200, (node.name, name, doc)
+            assert doc["service"] == "ner-extraction" and doc["node_id"] in ner, doc
+            assert doc["path"] == "/extract" and doc["bytes"] == len(b'{"text": "Jane Doe"}')
+            assert headers[gw.NODE_HEADER] == doc["node_id"]
+            assert gw.parse_load(headers[gw.LOAD_HEADER]) is not None
+    status, _, doc = call(pool[0], "/api/service/document-processing/health", None, method="GET")
+    assert status == 200 and doc["service"] == "document-processing"
+
+
+@pytest.mark.slow
+def test_error_answers(pool: list[NodeProc]) -> None:
+    status, _, doc = call(pool[1], "/api/service/teleport/x")
+    assert (status, doc["service"]) == (404, "teleport") and "unknown service" in doc["error"]
+    status, _, doc = call(pool[1], "/api/service/llm/v1/chat/completions")  # no GPU node in this pool
+    assert status == 503 and doc["service"] == "llm-inference"
+    assert doc["gap"]["status"] == "critical" and doc["gap"]["current_workers"] == 0
+    status, _, doc = call(pool[2], "/api/service/ner/extract", headers={gw.HOPS_HEADER: str(gw.HOP_LIMIT)})
+    assert status == 508 and "hop limit" in doc["error"]
+    # The forward to the serving node adds one hop: two below the limit still arrives under it.
+    status, _, doc = call(pool[2], "/api/service/ner/extract", headers={gw.HOPS_HEADER: str(gw.HOP_LIMIT - 2)})
+    assert status == 200, doc
+
+
+@pytest.mark.slow
+def test_concurrent_requests_spread_over_the_runners(pool: list[NodeProc]) -> None:
+    view = pool[0].view()
+    service = next(s for s in CPU_SERVICES if len(runners_of(view, s)) >= 2)
+    entry = pool[0]
+    with ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(lambda i: call(entry, f"/api/service/{service}/work", b"x" * i), range(48)))
+    assert all(status == 200 for status, _, _ in results), [r[0] for r in results]
+    served = {doc["node_id"] for _, _, doc in results}
+    assert served == runners_of(view, service), f"{service}: served by {served}"
+
+
+@pytest.mark.slow
+def test_broadcast_job_reaches_every_capable_node(pool: list[NodeProc]) -> None:
+    view = pool[0].view()
+    cpus = {w["worker_id"] for w in view.values() if w["worker_type"] in ("gpu", "cpu")}
+    body = json.dumps({"job_type": "rag_ingestion", "job_data": {"documents": ["a"], "chunk_size": 512}}).encode()
+    status, _, doc = call(pool[5], "/api/coordinator/broadcast-job", body, {"Content-Type": "application/json"})
+    assert status == 200, doc
+    assert set(doc) == {"job_type", "broadcasted_to", "successful", "failed", "workers"}
+    assert (doc["job_type"], doc["broadcasted_to"], doc["successful"], doc["failed"]) == ("rag_ingestion", len(cpus), len(cpus), 0)
+    assert {w["worker_id"] for w in doc["workers"]} == cpus
+    assert all(w == {"worker_id": w["worker_id"], "status": "accepted", "status_code": 200} for w in doc["workers"])
+
+    body = json.dumps({"job_type": "ner_batch", "job_data": {"ids": [1, 2]}, "required_capability": "ner"}).encode()
+    status, _, doc = call(pool[0], "/api/coordinator/broadcast-job", body)
+    ner = runners_of(view, "ner-extraction")
+    assert status == 200 and (doc["broadcasted_to"], doc["successful"]) == (len(ner), len(ner))
+    assert {w["worker_id"] for w in doc["workers"]} == ner
+
+    status, _, doc = call(pool[0], "/api/coordinator/broadcast-job", b'{"job_data": {}}')
+    assert status == 400 and "job_type" in doc["error"]
+    status, _, doc = call(pool[0], "/api/coordinator/broadcast-job", b"not json")
+    assert status == 400 and "JSON" in doc["error"]
+
+
+@pytest.mark.slow
+def test_requests_survive_a_sigkilled_runner_before_and_after_detection(pool: list[NodeProc]) -> None:
+    # Last in the file: it kills a node of the module's pool.
+    view = pool[0].view()
+    service = next(s for s in CPU_SERVICES if len(runners_of(view, s)) >= 2)
+    by_id = {w["worker_id"]: name for name, w in view.items()}
+    victim_id = sorted(runners_of(view, service))[0]
+    victim = next(n for n in pool if n.name == by_id[victim_id])
+    survivors = [n for n in pool if n is not victim]
+    victim.kill()
+    t0 = time.monotonic()
+    failovers = 0
+    for node in survivors:
+        for _ in range(3):
+            status, headers, doc = call(node, f"/api/service/{service}/after-kill")
+            assert status == 200, (node.name, doc)
+            assert doc["node_id"] != victim_id
+            failovers += headers.get(gw.ATTEMPTS_HEADER) != "1"
+    before = time.monotonic() - t0
+    still_listed = survivors[0].view()[victim.name]["status"]
+    print(f"{len(survivors) * 3} requests in {before:.2f}s after SIGKILL, {failovers} needed a second node; "
+          f"victim still {still_listed} in {survivors[0].name}'s view")
+    wait_for(lambda: all(n.view()[victim.name]["status"] == "dead" for n in survivors), 30, "the victim to be dead everywhere")
+    for node in survivors:
+        status, headers, doc = call(node, f"/api/service/{service}/after-detection")
+        assert status == 200 and doc["node_id"] != victim_id, doc
+        assert headers[gw.ATTEMPTS_HEADER] == "1", "a dead member is no candidate"
