@@ -419,6 +419,11 @@ class Membership:
     def meta(self) -> NodeMeta:
         return self._meta
 
+    @property
+    def load(self) -> Load:
+        """Our own latest load figures (what our acks carry)."""
+        return self._load
+
     def status_of(self, node: str) -> Status | None:
         down = self._down.get(node)
         if down is not None:

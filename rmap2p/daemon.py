@@ -214,11 +214,10 @@ class Node:
 
     def _initial_meta(self) -> NodeMeta:
         cfg = self.config
-        http = self.http_addr or cfg.http
         return NodeMeta(
             name=cfg.name or socket.gethostname(),
             worker_type=self.worker_type,
-            http=f"{http[0]}:{http[1]}",
+            http=self._advertised_http(),
             specialization=cfg.specialization,
             edge_public=bool(self.hardware and self.hardware.public_ip),
             started_at=int(self.started_at),
@@ -228,7 +227,14 @@ class Node:
         """The HTTP server is listening here (known only once it has bound)."""
         self.http_addr = addr
         if self.machine is not None:
-            self.update_meta(lambda m: replace(m, http=f"{addr[0]}:{addr[1]}"))
+            self.update_meta(lambda m: replace(m, http=self._advertised_http()))
+
+    def _advertised_http(self) -> str:
+        # A wildcard bind is reachable at the address we gossip from, not at 0.0.0.0.
+        host, port = self.http_addr or self.config.http
+        if host in ("0.0.0.0", "", "::") and self.gossip_addr is not None:
+            host = self.gossip_addr[0]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
         machine = self._require_machine()

@@ -487,7 +487,7 @@ class Gateway:
         assert self._rng is not None
         ranked = order_candidates(
             views, service, detect_required_model(service, request.match_info.get("path", "")),
-            self.book.in_flight, ChainMap({me: self._own_first_hand(members, now)}, self.book.first_hand),
+            self.book.in_flight, ChainMap({me: self._own_first_hand(now)}, self.book.first_hand),
             self.book.unreachable, now, self._rng,
         )
         if not ranked:
@@ -534,13 +534,13 @@ class Gateway:
             views.append(node_view(m))
         return views, targets
 
-    def _own_load(self, members: Iterable[MemberView]) -> Load:
-        me = self._me()
-        sampled = next((m.load for m in members if m.node == me), Load())
+    def _own_load(self) -> Load:
+        machine = self.node.machine  # type: ignore[union-attr]
+        sampled = machine.load if machine is not None else Load()
         return replace(sampled, active_requests=self.node.active_requests)
 
-    def _own_first_hand(self, members: Iterable[MemberView], now: float) -> FirstHand:
-        own = self._own_load(members)
+    def _own_first_hand(self, now: float) -> FirstHand:
+        own = self._own_load()
         others = max(0, own.active_requests - self.book.in_flight.get(self._me(), 0))
         return FirstHand(replace(own, active_requests=others), now)
 
@@ -619,8 +619,7 @@ class Gateway:
                         return Attempt(target.node, target.where, f"{upstream.status}: its service was not reachable", True)
                 out_headers = forward_headers(upstream.headers)
                 if serve_here:
-                    members = self.node.machine.members()  # type: ignore[union-attr]
-                    out_headers[LOAD_HEADER] = format_load(self._own_load(members))
+                    out_headers[LOAD_HEADER] = format_load(self._own_load())
                     out_headers[NODE_HEADER] = me
                 if attempt:
                     out_headers[ATTEMPTS_HEADER] = str(attempt)

@@ -182,6 +182,7 @@ class _Machine:
     id: str
     meta: NodeMeta
     others: list[MemberView] = field(default_factory=list)
+    load: Load = field(default_factory=Load)
 
     def members(self) -> list[MemberView]:
         me = MemberView(self.id, Status.ALIVE, 1, ("127.0.0.1", 1), self.meta, Load(), None, None)
