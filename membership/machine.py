@@ -226,6 +226,7 @@ class Membership:
         self._reap_queue: deque[tuple[float, str]] = deque()
         self._pending_streams: dict[int, _PendingStream] = {}
         self._identity_checks: dict[int, Alive] = {}
+        self._corrections: dict[tuple[Addr, str], float] = {}
         self._n_down = 0  # members dead or left: kept as a count so N is O(1)
         self._seq = 0
         self._token = 0
@@ -489,8 +490,10 @@ class Membership:
                 case Alive():
                     self._on_alive(msg, now)
                 case Suspect():
+                    self._correct_stale(msg.node, msg.incarnation, src, now)
                     self._on_suspect(msg, now)
                 case Dead():
+                    self._correct_stale(msg.node, msg.incarnation, src, now)
                     self._on_dead(msg, now)
                 case _:
                     raise RemoteProtocolError(f"{type(msg).__name__} is not a datagram message")
@@ -601,6 +604,26 @@ class Membership:
         if self._intern is not None:
             self._intern[key] = a
         return a
+
+    def _correct_stale(self, node: str, claimed: int, src: Addr, now: float) -> None:
+        """Answer a suspicion or death claim about an older incarnation with the newer record.
+
+        A node that missed a member's newer alive (it came back at a new address, say)
+        keeps probing the old one and accusing it; the rest of the pool ignores the stale
+        accusation, so without this the accuser learns the truth only at its next
+        push-pull. We send the record straight back to whoever relayed the claim, at
+        most once per member per source every probe interval.
+        """
+        alive = self._alive.get(node)
+        if alive is None or node == self.id or self._is_down(node) or claimed >= alive.incarnation:
+            return
+        key = (src, node)
+        if now - self._corrections.get(key, -1e18) < self.config.probe_interval:
+            return
+        if len(self._corrections) >= 256:
+            self._corrections.clear()
+        self._corrections[key] = now
+        self._send(src, [wire.encode_message(alive)])
 
     def _on_suspect(self, s: Suspect, now: float) -> None:
         about_self = s.node == self.id

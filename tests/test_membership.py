@@ -104,6 +104,15 @@ def test_alive_suspect_dead_rules_for_others() -> None:
     assert kinds == ["joined", "suspect", "alive", "dead", "alive", "left"]
 
 
+def test_a_stale_accusation_is_answered_with_the_newer_record() -> None:
+    m = machine()
+    feed(m, alive("p", 5))
+    out = feed(m, Suspect("p", 3, "slowpoke"), src=("10.0.0.7", 7000))
+    assert m.status_of("p") is Status.ALIVE
+    assert any(isinstance(x, Alive) and x.node == "p" and x.incarnation == 5 for d in out for x in d)
+    assert not feed(m, Dead("p", 3, "slowpoke"), src=("10.0.0.7", 7000)), "at most once per probe interval"
+
+
 def test_forged_alive_is_rejected_and_counted() -> None:
     m = machine(verify=lambda node, pk, payload, sig: sig == b"\x01" * 64)
     feed(m, alive("p", 1))
