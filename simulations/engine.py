@@ -180,24 +180,62 @@ class SimOptions:
         return base(lifeguard=self.lifeguard, **dict(self.swim))
 
     def repro(self) -> str:
-        """A command line that replays this run (for the options the CLI exposes)."""
+        """The ``rmap2p simulate`` command line that replays this run (actions given as data are not expressible)."""
         net = self.network
+        lat = net.latency
+        defaults = NetworkOptions()
         parts = [
             "python -m rmap2p simulate",
             f"--nodes {self.nodes}",
             f"--seconds {self.seconds:g}",
             f"--seed {self.seed}",
             f"--start {self.start}",
-            f"--profile {self.profile}",
         ]
+        if self.profile != "lan":
+            parts.append(f"--profile {self.profile}")
         if not self.lifeguard:
             parts.append("--no-lifeguard")
-        if net.loss:
-            parts.append(f"--loss {net.loss:g}")
+        if self.start == "cold" and self.join_waves != 8:
+            parts.append(f"--waves {self.join_waves}")
         if self.kills:
             parts.append(f"--kill {self.kills}")
-        if net.starvation.how_many(self.nodes):
-            parts.append(f"--starved {net.starvation.how_many(self.nodes)}")
+            if self.kill_at_s is not None:
+                parts.append(f"--kill-at {self.kill_at_s:g}")
+            if self.kill_spread_s is not None:
+                parts.append(f"--kill-spread {self.kill_spread_s:g}")
+        if self.restart_after_s is not None:
+            parts.append(f"--restart-after {self.restart_after_s:g}")
+        if self.leaves:
+            parts.append(f"--leave {self.leaves}")
+        if self.updates != 20:
+            parts.append(f"--updates {self.updates}")
+        if self.meta_interval_s:
+            parts.append(f"--meta-interval {self.meta_interval_s:g}")
+        if self.allocator:
+            parts.append("--allocator")
+        if net.loss:
+            parts.append(f"--loss {net.loss:g}")
+        if net.duplicate:
+            parts.append(f"--dup {net.duplicate:g}")
+        if lat != defaults.latency:
+            parts.append(
+                f"--latency-ms {lat.base_s * 1000:g} --jitter-ms {lat.jitter_s * 1000:g} "
+                f"--link-spread-ms {lat.link_spread_s * 1000:g}"
+            )
+        for p in net.partitions:
+            end = "" if p.end_s is None else f"{p.end_s:g}"
+            parts.append(f"--partition {p.fraction:g}@{p.start_s:g}-{end}{'' if p.symmetric else ':asym'}")
+        for c in net.clogs:
+            parts.append(f"--clog {c.count}@{c.start_s:g}-{c.end_s:g}")
+        st = net.starvation
+        k = st.how_many(self.nodes)
+        if k:
+            parts.append(f"--starved {st.fraction:g}" if st.fraction and st.count is None else f"--starved {k}")
+            parts.append(f"--stall-mean {st.stall_mean_s:g} --run-mean {st.run_mean_s:g}")
+            if st.timers_late:
+                parts.append("--stall-timers")
+        if net.seal_overhead != defaults.seal_overhead:
+            parts.append("--no-seal")
         return " ".join(parts)
 
 
@@ -277,7 +315,7 @@ class Simulation:
         self._alloc_cache: dict[tuple, dict[str, tuple[str, ...]]] = {}
         self._alloc_first_crash: float | None = None
         self.services_moved = 0
-        self.services_covered_s: float | None = None
+        self.coverage_gaps: list[float] = []
         self._uncovered_since: float | None = None
         if options.allocator:
             self._init_allocator()
@@ -415,6 +453,10 @@ class Simulation:
         if self.options.meta_interval_s > 0:
             for i in range(self.n):
                 self._schedule_heartbeat(i)
+        if self.alloc is not None:
+            # No membership event will come to prompt the first allocation: every node runs it now.
+            for i in range(self.n):
+                self._alloc_mark_dirty(i)
 
     def _join_wave(self, members: list[int]) -> None:
         earlier = list(self._started)
@@ -468,8 +510,10 @@ class Simulation:
         self._retire(i, m)
         if was_live:
             self.rec.node_down(i, self.now, "crash", m.incarnation)
-            if self.alloc is not None and self._alloc_first_crash is None:
-                self._alloc_first_crash = self.now
+            if self.alloc is not None:
+                if self._alloc_first_crash is None:
+                    self._alloc_first_crash = self.now
+                self._check_coverage()
         self.rec.log(f"{self.now!r}|crash|{i}")
 
     def _retire(self, i: int, m: Membership) -> None:
@@ -486,10 +530,11 @@ class Simulation:
         must refute its own death (it restarts at incarnation 0, so it learns a higher one)."""
         if self.machines[i] is not None:
             return
-        m = self._make_machine(i)
         if self.alloc is not None:
+            # A restarted node runs nothing until the allocator gives it a row again.
             self.alloc[i] = _AllocState()
             self.metas[i] = replace(self.metas[i], services=())
+        m = self._make_machine(i)
         self.rec.restarted(i, self.now)
         self.rec.node_up(i, self.now)
         live = [j for j in range(self.n) if j != i and self.machines[j] is not None and not self.leaving[j]]
@@ -846,14 +891,18 @@ class Simulation:
         self.alloc = [_AllocState() for _ in range(self.n)]
 
     def _alloc_note(self, i: int, events: list) -> None:
-        st = self.alloc[i]  # type: ignore[index]
+        # Suspect members count as alive for allocation, so a suspicion alone changes nothing.
         if any(ev.kind != "suspect" for ev in events):
-            st.dirty = True
-            if not st.scheduled:
-                st.scheduled = True
-                gen = self.gen[i]
-                # Debounce: a burst of membership news costs one allocation, half a second later.
-                self.at(self.now + 0.5, lambda: self._reallocate(i, gen))
+            self._alloc_mark_dirty(i)
+
+    def _alloc_mark_dirty(self, i: int) -> None:
+        st = self.alloc[i]  # type: ignore[index]
+        st.dirty = True
+        if not st.scheduled:
+            st.scheduled = True
+            gen = self.gen[i]
+            # Debounce: a burst of membership news costs one allocation, half a second later.
+            self.at(self.now + 0.5, lambda: self._reallocate(i, gen))
 
     def _view_of(self, m: Membership) -> tuple:
         from allocator.view import NodeView
@@ -931,22 +980,43 @@ class Simulation:
         self._publish_services(i)
 
     def _check_coverage(self) -> None:
-        if self._alloc_first_crash is None or self.services_covered_s is not None:
+        """Time each stretch during which a crash left some service without a healthy live runner."""
+        if self._alloc_first_crash is None:
             return
-        if not self.uncovered_services():
-            self.services_covered_s = self.now - self._alloc_first_crash
+        if self.uncovered_services():
+            if self._uncovered_since is None:
+                self._uncovered_since = self.now
+        elif self._uncovered_since is not None:
+            self.coverage_gaps.append(self.now - self._uncovered_since)
+            self._uncovered_since = None
 
     def uncovered_services(self) -> list[str]:
-        """Services some live node could run that no live node reports healthy (the ground truth)."""
-        runnable: set[str] = set()
+        """Services the allocator assigns on the true view of the live nodes that no live node
+        reports healthy. (A service the allocator leaves as a gap by its own rule, e.g. for want
+        of capacity, is not counted: no amount of waiting covers it.)"""
+        from allocator.allocate import allocate
+        from allocator.view import NodeView
+
+        truth = []
         healthy: set[str] = set()
         for i in range(self.n):
             if not self._is_live(i):
                 continue
             meta = self.machines[i].meta  # type: ignore[union-attr]
-            runnable.update(meta.capabilities)
+            truth.append(
+                NodeView(
+                    node_id=self.ids[i],
+                    worker_type=meta.worker_type,
+                    services=meta.service_names,
+                    can_run=meta.capabilities or None,
+                    specialization=meta.specialization,
+                )
+            )
             healthy.update(s for s, h in meta.services if h == "healthy")
-        return sorted(runnable - healthy)
+        wanted: set[str] = set()
+        for row in allocate(truth).values():
+            wanted.update(row)
+        return sorted(wanted - healthy)
 
     # ------------------------------------------------------------ the run
 
@@ -994,9 +1064,12 @@ class Simulation:
             bw = udp_bw + tcp_bw
             msgs = (sum(self.msgs) - m0) / self.node_seconds * self.config.probe_interval
         rounds = rec.update_rounds
-        uncovered = None
+        uncovered = covered_s = None
         if self.alloc is not None:
             uncovered = len(self.uncovered_services())
+            if self._alloc_first_crash is not None and not uncovered:
+                # The longest stretch a crash left a service uncovered (0: redundancy absorbed it).
+                covered_s = max(self.coverage_gaps, default=0.0)
         return Figures(
             nodes=self.n,
             seed=o.seed,
@@ -1034,7 +1107,7 @@ class Simulation:
             events=rec.events,
             events_hash=rec.events_hash(),
             sim_speed=now / wall_s if wall_s > 0 else None,
-            services_covered_s=self.services_covered_s,
+            services_covered_s=covered_s,
             services_moved=self.services_moved if self.alloc is not None else None,
             uncovered_at_end=uncovered,
             stuck_deadlines=self.stuck_deadlines,
