@@ -197,7 +197,30 @@ def _configure_logging(verbosity: int) -> None:
     )
 
 
+def _split_simulate(argv: list[str]) -> tuple[int, list[str]] | None:
+    """``[-v...] simulate ARGS`` → (verbosity, ARGS): the simulator parses its own options."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            if arg not in ("-v", "-vv", "-vvv", "--verbose"):
+                return None
+            continue
+        if arg != "simulate":
+            return None
+        verbosity = sum(a.count("v") if a.startswith("-v") else 1 for a in argv[:i])
+        rest = argv[i + 1 :]
+        return verbosity, rest[1:] if rest[:1] == ["--"] else rest
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sim = _split_simulate(argv)
+    if sim is not None:
+        # argparse's REMAINDER would not take options like --nodes after the verb.
+        _configure_logging(sim[0])
+        from simulations.cli import run as simulate
+
+        return int(simulate(sim[1]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     # A daemon should say what it does by default; one-shot commands stay quiet.
