@@ -78,11 +78,12 @@ class ResolveError(OSError):
     """A host name did not resolve (or took longer than the timeout)."""
 
 
-def parse_host_port(text: str, default_port: int | None = None) -> Addr:
+def parse_host_port(text: str, default_port: int | None = None, *, allow_any_port: bool = False) -> Addr:
     """Parse ``host:port``, ``[v6]:port`` or (with ``default_port``) a bare host.
 
     Returns ``(host, port)`` with IPv6 brackets removed; raises ``ValueError``
-    with the reason. Also used for ``--join`` and ``--bind`` values.
+    with the reason. Also used for ``--join`` and ``--bind`` values; a local
+    bind address may use port 0 (``allow_any_port``: the OS picks one).
     """
     text = text.strip()
     if not text:
@@ -100,12 +101,12 @@ def parse_host_port(text: str, default_port: int | None = None) -> Addr:
             return (host, default_port)
         if not rest.startswith(":"):
             raise ValueError("expected ':port' after ']'")
-        return (host, _parse_port(rest[1:]))
+        return (host, _parse_port(rest[1:], allow_any_port))
     if text.count(":") > 1:
         raise ValueError("IPv6 addresses need brackets: [addr]:port")
     if ":" in text:
         host, port_text = text.split(":", 1)
-        port = _parse_port(port_text)
+        port = _parse_port(port_text, allow_any_port)
     elif default_port is not None:
         host, port = text, default_port
     else:
@@ -114,10 +115,12 @@ def parse_host_port(text: str, default_port: int | None = None) -> Addr:
     return (host, port)
 
 
-def _parse_port(text: str) -> int:
+def _parse_port(text: str, allow_zero: bool = False) -> int:
     if not text.isascii() or not text.isdigit():
         raise ValueError(f"port {text!r} is not a number")
     port = int(text)
+    if port == 0 and allow_zero:
+        return 0
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is out of range 1-65535")
     return port

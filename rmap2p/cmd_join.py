@@ -20,14 +20,14 @@ log = logging.getLogger(__name__)
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     """Turn CLI arguments into a NodeConfig; raises ValueError with a user-facing message."""
-    def addr(option: str, text: str, default_port: int | None = None) -> tuple[str, int]:
+    def addr(option: str, text: str, default_port: int | None = None, local: bool = False) -> tuple[str, int]:
         try:
-            return parse_host_port(text, default_port=default_port)
+            return parse_host_port(text, default_port=default_port, allow_any_port=local)
         except ValueError as exc:
             raise ValueError(f"{option} {text!r}: {exc}") from None
 
-    bind = addr("--bind", args.bind)
-    http = addr("--http", args.http)
+    bind = addr("--bind", args.bind, local=True)
+    http = addr("--http", args.http, local=True)
     advertise = addr("--advertise", args.advertise) if args.advertise else None
     joins = tuple(addr("--join", j, default_port=7946) for j in args.join)
     swim = SwimConfig.local() if args.profile == "local" else SwimConfig.lan()

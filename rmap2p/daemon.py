@@ -159,8 +159,11 @@ class Node:
 
     async def _start(self, loop: asyncio.AbstractEventLoop, data_dir: Path) -> None:
         cfg = self.config
-        self.identity = ident.NodeIdentity.load_or_create(data_dir)
-        incarnation = ident.next_incarnation(data_dir)
+        try:
+            self.identity = ident.NodeIdentity.load_or_create(data_dir)
+            incarnation = ident.next_incarnation(data_dir)
+        except (ident.IdentityError, OSError) as exc:
+            raise StartupError(f"cannot use data dir {data_dir}: {exc}") from None
         if cfg.key_file is not None:
             try:
                 self.keyring = load_keyring(cfg.key_file)
