@@ -227,6 +227,9 @@ class Membership:
         self._pending_streams: dict[int, _PendingStream] = {}
         self._identity_checks: dict[int, Alive] = {}
         self._corrections: dict[tuple[Addr, str], float] = {}
+        self._pinged_by: dict[str, float] = {}
+        self.rtt: float | None = None
+        """Smoothed round trip of our direct probes, in seconds (None before the first ack)."""
         self._n_down = 0  # members dead or left: kept as a count so N is O(1)
         self._seq = 0
         self._token = 0
@@ -470,6 +473,14 @@ class Membership:
             )
         return views
 
+    def inbound_peers(self, now: float, window: float) -> int:
+        """Distinct members that reached us with a ping of their own in the last ``window`` s.
+
+        Evidence that others can open contact to our advertised address (we are
+        reachable, not only able to reach out), which edge qualification asks for.
+        """
+        return sum(1 for node, at in self._pinged_by.items() if now - at <= window and node in self._alive)
+
     def broadcasts_queued(self) -> int:
         return len(self._broadcasts)
 
@@ -507,6 +518,7 @@ class Membership:
             raise RemoteProtocolError(f"ping for {msg.target}")
         if msg.source in self._alive:
             self._last_seen[msg.source] = now
+            self._pinged_by[msg.source] = now
         self._send(src, [wire.encode_message(Ack(msg.seq, self._load))])
 
     def _on_ack(self, msg: Ack, src: Addr, now: float) -> None:
@@ -514,7 +526,10 @@ class Membership:
         if probe is not None and msg.seq == probe.seq:
             self._last_seen[probe.target] = now
             if msg.load is not None:
+                # Only the target itself puts its load on an ack: this one came straight back.
                 self._fresh_load[probe.target] = msg.load
+                sample = now - probe.started
+                self.rtt = sample if self.rtt is None else 0.8 * self.rtt + 0.2 * sample
             self._probe = None
             if self.config.lifeguard:
                 self.awareness.apply_delta(-1)
@@ -723,6 +738,7 @@ class Membership:
         del self._alive[node]
         self._last_seen.pop(node, None)
         self._fresh_load.pop(node, None)
+        self._pinged_by.pop(node, None)
         pos = self._id_pos.pop(node)
         last = self._ids.pop()
         if last != node:

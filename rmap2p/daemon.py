@@ -32,6 +32,7 @@ from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
 from p2p.stream import StreamError, StreamServer, request
 from p2p.transport import UdpTransport
 from rmap2p import hardware
+from rmap2p.edge import EDGE_WINDOW, qualifies_as_edge
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ OUTBOX_LIMIT = 4096
 
 
 MAX_KNOWN_EDGES = 32
+EDGE_CHECK_INTERVAL = 5.0
 EDGES_FILE = "known_edges.txt"
 
 
@@ -110,6 +112,7 @@ class Node:
         self._mdns: MdnsDiscovery | None = None
         self._known_edges: list[Addr] = []
         self._saved_incarnation = -1
+        self.edge_candidate = False
         self.dropped_outbound = 0
         self.active_requests = 0
         self.exit_reason = ""
@@ -145,6 +148,8 @@ class Node:
                 tg.create_task(self._send_loop())
                 tg.create_task(self._join_loop())
                 tg.create_task(self._load_loop())
+                if self.edge_candidate:
+                    tg.create_task(self._edge_loop())
                 for factory in self._extra_tasks:
                     tg.create_task(factory())
                 self.ready.set()
@@ -172,6 +177,11 @@ class Node:
             self.sealer = self.keyring
         self.hardware = await asyncio.to_thread(hardware.detect, data_dir)
         self.worker_type = hardware.resolve_worker_type(cfg.worker_type, self.hardware)
+        if cfg.worker_type == "auto" and self.worker_type == "edge":
+            # A public address makes us a candidate only: run as the fallback type until
+            # peers show we are reachable and close (rmap2p/edge.py).
+            self.edge_candidate = True
+            self.worker_type = hardware.resolve_worker_type("auto", replace(self.hardware, public_ip=False))
         host, port = cfg.bind
         try:
             self._udp = await UdpTransport.bind(host, port, max_size=cfg.swim.max_datagram + 64)
@@ -507,6 +517,20 @@ class Node:
                 announced_alone = True
             await asyncio.sleep(delay if not self._mdns else min(delay, 2.0))
             delay = min(delay * 2, cfg.rejoin_interval * 8)
+
+    async def _edge_loop(self) -> None:
+        machine = self._require_machine()
+        while True:
+            await asyncio.sleep(EDGE_CHECK_INTERVAL)
+            inbound = machine.inbound_peers(self._now(), EDGE_WINDOW)
+            if qualifies_as_edge(True, inbound, machine.num_active(), machine.rtt):
+                log.info(
+                    "node %s qualifies as edge: public address, reached by %d peers, probe RTT %.1f ms; "
+                    "switching from %s", machine.id, inbound, (machine.rtt or 0) * 1000, self.worker_type,
+                )
+                self.worker_type = "edge"
+                self.update_meta(lambda m: replace(m, worker_type="edge"))
+                return
 
     async def _load_loop(self) -> None:
         sampler = hardware.LoadSampler()
