@@ -174,8 +174,15 @@ def run_case(case: Case) -> dict[str, object]:
     started = time.perf_counter()
     per_seed = []
     for opts in case.runs():
+        marks = [opts.seconds * k / 10 for k in range(1, 10)]
+
+        def progress(t: float, opts: SimOptions = opts) -> None:
+            # A long case says how far it got, a tenth of its simulated time at a time.
+            while marks and t >= marks[0]:
+                log.info("%s seed %d: %.0f/%g s simulated, %.0f s wall", case.name, opts.seed, marks.pop(0), opts.seconds, time.perf_counter() - started)
+
         try:
-            f = Simulation(opts).run()
+            f = Simulation(opts, progress=progress if len(case.seeds) == 1 else None).run()
         except Exception as exc:  # a case that cannot run is reported, not fatal to the sweep
             log.exception("case %s seed %d failed", case.name, opts.seed)
             per_seed.append({"seed": opts.seed, "error": f"{type(exc).__name__}: {exc}"})

@@ -302,11 +302,6 @@ def test_python_m_rmap2p_simulate_json() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "rmap2p", "simulate", *COMMAND], cwd=ROOT, capture_output=True, text=True
     )
-    if proc.returncode == 2 and "usage: rmap2p [-h]" in proc.stderr and "unrecognized arguments" in proc.stderr:
-        pytest.xfail(
-            "rmap2p/cli.py: the simulate subparser's argparse.REMAINDER does not take arguments that "
-            "start with '--', so the top-level parser rejects them; `simulate -- --nodes ...` works"
-        )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
