@@ -1080,7 +1080,8 @@ class Simulation:
             lifeguard=o.lifeguard,
             loss=o.network.loss,
             starved=len(self.starved_nodes),
-            join_convergence_s=rec.first_converged_at,
+            # A warm start has no join to time.
+            join_convergence_s=rec.first_converged_at if o.start == "cold" else None,
             dissemination_rounds_p50=percentile(rounds, 50),
             dissemination_rounds_p99=percentile(rounds, 99),
             dissemination_rounds_max=max(rounds) if rounds else None,
