@@ -116,7 +116,15 @@ class MetaUpdate:
     at: float
 
 
-Action = Crash | Restart | Leave | MetaUpdate
+@dataclass(frozen=True, slots=True)
+class CrashRunners:
+    """Crash every live node whose metadata lists ``service``: the allocator's worst case."""
+
+    service: str
+    at: float
+
+
+Action = Crash | Restart | Leave | MetaUpdate | CrashRunners
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +406,8 @@ class Simulation:
                     self.at(a.at, lambda a=a: self.leave(a.node))
                 case MetaUpdate():
                     self.at(a.at, lambda a=a: self.inject_update(a.node))
+                case CrashRunners():
+                    self.at(a.at, lambda a=a: self.crash_runners(a.service))
 
         for p in o.network.partitions:
             self.at(p.start_s, lambda p=p: self._open_partition(p))
@@ -515,6 +525,17 @@ class Simulation:
                     self._alloc_first_crash = self.now
                 self._check_coverage()
         self.rec.log(f"{self.now!r}|crash|{i}")
+
+    def crash_runners(self, service: str) -> list[int]:
+        """Crash every live node that runs ``service`` now; returns them."""
+        victims = [
+            i
+            for i in range(self.n)
+            if self._is_live(i) and service in self.machines[i].meta.service_names  # type: ignore[union-attr]
+        ]
+        for i in victims:
+            self.crash(i)
+        return victims
 
     def _retire(self, i: int, m: Membership) -> None:
         self._account_node_seconds()

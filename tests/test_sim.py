@@ -18,7 +18,7 @@ import pytest
 from membership import Status
 from membership.suspicion import suspicion_timeout
 from simulations import cli
-from simulations.engine import Crash, Leave, Restart, SimOptions, Simulation
+from simulations.engine import Crash, CrashRunners, Leave, Restart, SimOptions, Simulation
 from simulations.metrics import Figures, gossip_rounds, percentile
 import random
 
@@ -230,8 +230,11 @@ def test_partition_parsing() -> None:
 
 
 def test_allocator_covers_the_services_of_crashed_nodes_again() -> None:
-    sim, f = run(nodes=30, seconds=120, seed=1, start="warm", kills=5, kill_at_s=40.0, kill_spread_s=0.0, updates=0, allocator=True)
-    assert f.uncovered_at_end == 0, replay(sim)
+    sim, f = run(
+        nodes=30, seconds=120, seed=1, start="warm", updates=0, allocator=True,
+        actions=(CrashRunners("llm-inference", 40.0), CrashRunners("redis", 40.0)),
+    )
+    assert f.kills >= 2 and f.uncovered_at_end == 0, replay(sim)
     assert f.services_covered_s is not None and f.services_moved is not None and f.services_moved >= 1, replay(sim)
     # Detection, a 0.5 s debounce, gossip of the new row and a 5 s service start.
     assert f.services_covered_s <= (f.detection_all_s or 0) + 10.0, replay(sim)
