@@ -694,7 +694,7 @@ class Simulation:
                 self._send_stream(i, req)
         events = m.take_events()
         if events:
-            self.rec.on_events(i, events, now)
+            self.rec.on_events(i, events, now, after_tick)
             if self.alloc is not None:
                 self._alloc_note(i, events)
         d = m.next_deadline()
@@ -1114,6 +1114,7 @@ class Simulation:
             kills=len(rec.kills_done),
             detection_incomplete=incomplete,
             false_suspicions=rec.false_suspicions,
+            imported_suspicions=rec.imported_suspicions,
             probe_rounds=probes,
             false_suspicion_rate=rec.false_suspicions / probes if probes else None,
             false_deaths=len(rec.false_death_keys),

@@ -14,8 +14,8 @@ and the fresh updates it injected. Everything else is derived:
   or newer, in gossip rounds ``ceil(elapsed / gossip_interval)``.
 - **Detection.** For each crash, when each live observer that knew the node
   declares it dead: the first, the median and the last.
-- **False positives.** A ``suspect`` raised by an observer itself about a node
-  that is running (not crashed, not leaving) is a false suspicion; a ``dead``
+- **False positives.** A ``suspect`` raised by an observer's own failed probe of
+  a node that is running (not crashed, not leaving) is a false suspicion; a ``dead``
   about a running node, for an incarnation of its current life, is a false
   death, counted once per (member, incarnation) however many observers
   declare it.
@@ -109,6 +109,9 @@ class Figures:
     kills: int
     detection_incomplete: int
     false_suspicions: int
+    """Failed probes of a running node that raised a suspicion (what the 0.1 % target counts)."""
+    imported_suspicions: int
+    """Suspicions of running nodes taken over from a push-pull peer's dead/suspect verdict."""
     probe_rounds: int
     false_suspicion_rate: float | None
     false_deaths: int
@@ -183,6 +186,7 @@ class Recorder:
         self.kills_done: list[_Kill] = []
 
         self.false_suspicions = 0
+        self.imported_suspicions = 0
         self.false_death_keys: set[tuple[int, int]] = set()
         self.unhealthy: set[int] = set()
         """Starved nodes: running but stalling, so a verdict on them is reported apart."""
@@ -308,7 +312,10 @@ class Recorder:
 
     # ------------------------------------------------------------ events
 
-    def on_events(self, o: int, events: list[MemberEvent], now: float) -> None:
+    def on_events(self, o: int, events: list[MemberEvent], now: float, after_tick: bool = False) -> None:
+        """Fold one machine's events in. ``after_tick``: they came out of ``tick()``, where the
+        only suspicion an observer raises itself is a failed probe (one raised while merging a
+        push-pull is an imported verdict, counted apart)."""
         index = self.index
         live = self.live
         nonalive = self.nonalive[o]
@@ -339,7 +346,10 @@ class Recorder:
                     delta -= 1
                 nonalive[s] = Status.SUSPECT
                 if ev.detail == my_id and s_live and o_live:
-                    self.false_suspicions += 1
+                    if after_tick:
+                        self.false_suspicions += 1
+                    else:
+                        self.imported_suspicions += 1
             elif kind in _DOWN_KINDS:
                 if s not in nonalive and s_live:
                     delta -= 1

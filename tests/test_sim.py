@@ -156,9 +156,9 @@ def test_leave_is_left_not_dead() -> None:
     seen_dead = []
     original = sim.rec.on_events
 
-    def spy(o: int, events: list, now: float) -> None:
+    def spy(o: int, events: list, now: float, after_tick: bool = False) -> None:
         seen_dead.extend(ev for ev in events if ev.kind == "dead" and ev.node == sim.ids[3])
-        original(o, events, now)
+        original(o, events, now, after_tick)
 
     sim.rec.on_events = spy  # type: ignore[method-assign]
     sim.run_until(40.0)
