@@ -53,10 +53,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from membership import Load, Membership, NodeMeta, Status, SwimConfig
+from membership import Load, Membership, MemberEvent, NodeMeta, Status, StreamRequest, SwimConfig
 from membership.signing import UnsignedIdentity, accept_unsigned
 from simulations.metrics import Figures, Recorder, percentile
-from simulations.network import NetworkModel, NetworkOptions, StallSchedule
+from simulations.network import ActivePartition, Clog, NetworkModel, NetworkOptions, Partition, StallSchedule
 
 log = logging.getLogger(__name__)
 
@@ -624,7 +624,7 @@ class Simulation:
 
     # ------------------------------------------------------------ faults
 
-    def _open_partition(self, p) -> None:  # p: network.Partition
+    def _open_partition(self, p: Partition) -> None:
         present = [i for i in range(self.n) if self.machines[i] is not None]
         if p.nodes is not None:
             side = frozenset(p.nodes)
@@ -636,11 +636,11 @@ class Simulation:
         if p.end_s is not None:
             self.at(p.end_s, lambda: self._heal(active))
 
-    def _heal(self, active) -> None:
+    def _heal(self, active: ActivePartition) -> None:
         self.net.heal_partition(active)
         self.rec.partition_healed(self.now)
 
-    def _clog(self, c) -> None:  # c: network.Clog
+    def _clog(self, c: Clog) -> None:
         nodes = list(c.nodes) if c.nodes is not None else self.scenario_rng.sample(range(self.n), c.count)
         for i in nodes:
             self.net.clog(i, c.end_s)
@@ -710,7 +710,7 @@ class Simulation:
             self.armed[i] = d
             heapq.heappush(self._heap, (d, next(self._seq), _TICK, i, self.gen[i]))
 
-    def _send_stream(self, i: int, req) -> None:
+    def _send_stream(self, i: int, req: StreamRequest) -> None:
         size = len(req.payload) + self.seal
         dst = self.addr_index.get(req.addr)
         net = self.net
@@ -731,7 +731,7 @@ class Simulation:
         t += net.transfer_time(i, dst, size, now)
         self._push(now + t, _SREQ, dst, i, self.gen[i], req)
 
-    def _serve_stream(self, dst: int, src: int, src_gen: int, req) -> None:
+    def _serve_stream(self, dst: int, src: int, src_gen: int, req: StreamRequest) -> None:
         m = self.machines[dst]
         now = self.now
         net = self.net
@@ -911,7 +911,7 @@ class Simulation:
 
         self.alloc = [_AllocState() for _ in range(self.n)]
 
-    def _alloc_note(self, i: int, events: list) -> None:
+    def _alloc_note(self, i: int, events: list[MemberEvent]) -> None:
         # Suspect members count as alive for allocation, so a suspicion alone changes nothing.
         if any(ev.kind != "suspect" for ev in events):
             self._alloc_mark_dirty(i)

@@ -167,7 +167,9 @@ class NetworkOptions:
 
 
 @dataclass(slots=True)
-class _ActivePartition:
+class ActivePartition:
+    """A partition while it is open (what ``heal_partition`` takes back)."""
+
     side: frozenset[int]
     symmetric: bool
 
@@ -213,7 +215,7 @@ class NetworkModel:
         self.options = options
         self.rng = rng
         self._offsets: list[float] = []
-        self._partitions: list[_ActivePartition] = []
+        self._partitions: list[ActivePartition] = []
         self._clogged: dict[int, float] = {}  # node -> when its clog lifts
         lat = options.latency
         self._base = lat.base_s
@@ -229,12 +231,12 @@ class NetworkModel:
     def offsets(self) -> list[float]:
         return self._offsets
 
-    def open_partition(self, side: frozenset[int], symmetric: bool) -> _ActivePartition:
-        active = _ActivePartition(side, symmetric)
+    def open_partition(self, side: frozenset[int], symmetric: bool) -> ActivePartition:
+        active = ActivePartition(side, symmetric)
         self._partitions.append(active)
         return active
 
-    def heal_partition(self, active: _ActivePartition) -> None:
+    def heal_partition(self, active: ActivePartition) -> None:
         self._partitions.remove(active)
 
     def clog(self, node: int, until: float) -> None:
