@@ -193,6 +193,71 @@ def cases() -> list[Case]:
     return out
 
 
+NOTES = """
+## How the scenarios are built
+
+- **Warm start** (most cases): every node starts knowing every other one, with empty broadcast
+  queues and push-pull phases spread over the whole N-scaled period: a cluster that has run for a
+  while. **Cold start**: node 0 alone, the others join in 8 waves 1 s apart, each through a random
+  node of an earlier wave. A cold start at 10,000 nodes is out of reach (see the join storm below).
+- **Starved node**: its event loop alternates running (Exp, mean 2 s) and stalled (Exp, mean 2 s).
+  *Packets read late*: while stalled it reads no datagram (they are read in order when the stall
+  ends) but its timers fire on time: a process that keeps its timers while its socket backlog
+  drains (memberlist's goroutines; asyncio's datagram transport reads one datagram per loop
+  iteration). *Whole loop stalls*: timers wait too. "Healthy members" excludes the starved node.
+- **Metadata heartbeat**: each node's coarse load changes markedly every Exp(meta) seconds and
+  goes through `update_load`, which re-gossips it (a new signed alive, ~240 bytes) at most every
+  30 s. "Every ~30 s" is the worst case: a marked change at every opportunity.
+- **TCP**: reliable but slower under loss (a lost SYN costs 1 s, doubling; a lost segment 200 ms
+  on short transfers), failing across partitions and to crashed hosts after 10 s.
+- **Common random numbers**: protocol randomness comes from per-node generators and is not
+  consumed by the network, so the loss levels of a sweep see the same probe schedule (hence the
+  near-identical detection times across the 1,000-node loss rows).
+
+## Targets not met, and what would have to change
+
+- **False suspicions at 10 % loss** (about 0.2 % of probe rounds at 1,000 nodes, target 0.1 %).
+  A probe fails when the direct ping or ack is lost (1 − 0.9² = 19 %), all three indirect paths
+  fail (each has four legs: 1 − 0.9⁴ = 34 %, all three 4 %), and the TCP fallback does not finish
+  in the 0.5 s left of the round (it needs the SYN and SYN-ACK through: a loss costs the 1 s
+  initial RTO): 0.19 × 0.04 × ~0.25 ≈ 0.2 %. Five indirect checks (0.34⁵ = 0.5 %), or starting
+  the TCP ping with the direct ping so that it gets the whole round, would bring it under 0.1 %.
+- **One false death at 10 % loss** in the 300 s, 30-crash run at 1,000 nodes (none in the hour
+  without crashes): one observer missed every one of the 12 retransmissions of a refutation, kept
+  an unconfirmed suspicion for its full Lifeguard maximum (6 × 12 s) and declared the node dead;
+  the stale-claim correction put it right 37 ms later. A last-chance probe of the suspect (with
+  the suspicion attached) before an unconfirmed suspicion expires would close this.
+- **10,000 nodes at 10 % loss**: every node raises a false suspicion every few hundred probes and
+  each suspicion and refutation is gossiped to all 10,000 nodes, 20 times by each: the gossip
+  demand exceeds what a node sends (three datagrams per 200 ms tick plus piggybacks), queues
+  grow, and because equal-count items go newest first a fresh update waits behind newer
+  suspicions: most updates did not reach every node within the run. Fewer false suspicions
+  (above) and a bounded, prioritised broadcast queue (serf prunes to a maximum depth) are needed.
+- **Bandwidth with a frequent metadata heartbeat**: a marked load change costs every node R
+  retransmissions of a ~240-byte signed alive (R = 16 at 1,000 nodes); the targets hold with one
+  change per node per hour and fail with one per 10 minutes. Load that changes often must not
+  travel as a cluster-wide signed alive: it already rides on acks and response headers; a compact
+  unsigned load delta, or a load gossip interval that scales with N, would be needed.
+- **Lifeguard when the whole loop stalls**: with timers stalled as well, a starved node raises
+  no false suspicion of others (its acks are read before its timers fire), and it is itself
+  declared dead whenever a stall outlasts the suspicion timeout: Lifeguard neither helps nor hurts
+  (no false deaths of healthy members either way). The 50× figure holds for healthy members when
+  packets are read late; counting the starved node itself the ratio is about 4×.
+- **Cold start at 1,000 nodes** (join storm): a joiner re-gossips every alive record it learns by
+  push-pull (memberlist does the same), so N joins cost O(N² log N) messages: the view converges
+  only after about two minutes and the simulator needs more than the 30 s budget for 120 simulated
+  seconds (the warm run meets it). Not re-broadcasting records learned by push-pull (anti-entropy
+  already spreads them) would make a join O(1) broadcasts.
+- **Dissemination tail**: R = 4 · ceil(log10(N + 1)) drops from 16 to 12 just below 1,000 live
+  nodes; at 12 a node misses an update with probability about e⁻¹² and waits for push-pull (one
+  update of 100 took 29 s in the 1,000-node run without loss, while p99 stayed at 6 rounds).
+- **Detection "all"** is the wait for the first probe of the dead node (about Exp(1 s), since
+  every node probes one member per second) plus one probe round plus the 12 s minimum
+  suspicion: p50 ≈ 13.7 s and the worst of 30 crashes stays under 17 s on average, but the tail is
+  unbounded (one crash of ten waited 6.8 s for its first probe in an earlier run).
+"""
+
+
 def run_case(case: Case) -> dict[str, object]:
     started = time.perf_counter()
     per_seed = []
@@ -426,6 +491,7 @@ def render(cache: dict[str, dict]) -> str:
                     f"{r['uncovered_at_end']} | {_v(r['detection_p50_s'], 2)} |"
                 )
 
+    lines += ["", NOTES.strip(), ""]
     lines += ["", "## Reproduce", "", "| case | command | bench wall s |", "|---|---|---|"]
     for name in sorted(cache):
         entry = cache[name]
