@@ -290,7 +290,8 @@ class Recorder:
         for records in self._updates.values():
             for u in records:
                 u.got.pop(i, None)
-        self._close_updates_of(i, now, complete=False)
+        # An origin that went down before its update reached everyone yields no sample.
+        self._updates.pop(i, None)
         self._check_updates(now)
         self.log(f"{now!r}|down|{i}|{reason}|{incarnation}")
         self._check_converged(now)
@@ -415,10 +416,6 @@ class Recorder:
                 self._updates[origin] = keep
             else:
                 del self._updates[origin]
-
-    def _close_updates_of(self, origin: int, now: float, complete: bool) -> None:
-        # An origin that went down before its update reached everyone yields no sample.
-        self._updates.pop(origin, None)
 
     # ------------------------------------------------------------ detection
 
