@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the OS pick each service's port instead of the catalog port (for several nodes on one host); ports are gossiped",
     )
     join.add_argument(
+        "--edge-window",
+        type=float,
+        default=_env("RMAP2P_EDGE_WINDOW", "60"),
+        metavar="SECONDS",
+        help="--type auto with a public address: evidence window and hold time of edge promotion "
+        "and demotion (default 60; shorter for tests and labs)",
+    )
+    join.add_argument(
         "--profile",
         choices=("lan", "local"),
         default=_env("RMAP2P_PROFILE", "lan"),

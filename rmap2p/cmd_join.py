@@ -12,6 +12,7 @@ from pathlib import Path
 from membership import SwimConfig
 from p2p.discovery import parse_host_port
 from rmap2p.daemon import Node, NodeConfig, StartupError
+from rmap2p.edge import EdgeTimings
 from rmap2p.http_api import serve
 from services.manager import ServiceManager
 
@@ -31,6 +32,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     advertise = addr("--advertise", args.advertise) if args.advertise else None
     joins = tuple(addr("--join", j, default_port=7946) for j in args.join)
     swim = SwimConfig.local() if args.profile == "local" else SwimConfig.lan()
+    if not args.edge_window > 0:
+        raise ValueError(f"--edge-window {args.edge_window}: must be > 0 seconds")
     return NodeConfig(
         bind=bind,
         http=http,
@@ -47,6 +50,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         services=not args.no_services,
         ephemeral_service_ports=args.ephemeral_service_ports,
         swim=swim,
+        edge=EdgeTimings(window=args.edge_window, hold=args.edge_window),
     )
 
 

@@ -32,7 +32,7 @@ from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
 from p2p.stream import StreamError, StreamServer, request
 from p2p.transport import UdpTransport
 from rmap2p import hardware
-from rmap2p.edge import EDGE_WINDOW, qualifies_as_edge
+from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ OUTBOX_LIMIT = 4096
 
 
 MAX_KNOWN_EDGES = 32
-EDGE_CHECK_INTERVAL = 5.0
 EDGES_FILE = "known_edges.txt"
 
 
@@ -76,6 +75,8 @@ class NodeConfig:
     """While alone, retry every seed this often (with back-off up to 8×)."""
     recontact_interval: float = 30.0
     """Once in a pool, push-pull this often with seeds that are not alive in our view."""
+    edge: EdgeTimings = field(default_factory=EdgeTimings)
+    """Evidence window and hold time of edge promotion/demotion for ``--type auto`` (rmap2p/edge.py)."""
 
 
 def tier_of(worker_type: str) -> int:
@@ -113,6 +114,8 @@ class Node:
         self._known_edges: list[Addr] = []
         self._saved_incarnation = -1
         self.edge_candidate = False
+        self.edge_state = EdgeState()
+        self._fallback_type = config.worker_type
         self.dropped_outbound = 0
         self.active_requests = 0
         self.exit_reason = ""
@@ -182,6 +185,7 @@ class Node:
             # peers show we are reachable and close (rmap2p/edge.py).
             self.edge_candidate = True
             self.worker_type = hardware.resolve_worker_type("auto", replace(self.hardware, public_ip=False))
+        self._fallback_type = self.worker_type
         host, port = cfg.bind
         try:
             self._udp = await UdpTransport.bind(host, port, max_size=cfg.swim.max_datagram + 64)
@@ -519,18 +523,31 @@ class Node:
             delay = min(delay * 2, cfg.rejoin_interval * 8)
 
     async def _edge_loop(self) -> None:
+        """Promote this candidate to edge, and demote it again, by the rule in rmap2p/edge.py."""
         machine = self._require_machine()
+        timings = self.config.edge
         while True:
-            await asyncio.sleep(EDGE_CHECK_INTERVAL)
-            inbound = machine.inbound_peers(self._now(), EDGE_WINDOW)
-            if qualifies_as_edge(True, inbound, machine.num_active(), machine.rtt):
+            await asyncio.sleep(timings.check_interval)
+            now = self._now()
+            evidence = EdgeEvidence(machine.inbound_peers(now, timings.window), machine.num_active(), machine.rtt)
+            before = self.edge_state
+            self.edge_state = next_edge_state(before, evidence, now, timings)
+            if self.edge_state.is_edge == before.is_edge:
+                continue
+            if self.edge_state.is_edge:
                 log.info(
-                    "node %s qualifies as edge: public address, reached by %d peers, probe RTT %.1f ms; "
-                    "switching from %s", machine.id, inbound, (machine.rtt or 0) * 1000, self.worker_type,
+                    "node %s qualifies as edge (%s); switching from %s",
+                    machine.id, self.edge_state.reason, self.worker_type,
                 )
                 self.worker_type = "edge"
-                self.update_meta(lambda m: replace(m, worker_type="edge"))
-                return
+            else:
+                log.warning(
+                    "node %s demoted from edge: %s; back to %s",
+                    machine.id, self.edge_state.reason, self._fallback_type,
+                )
+                self.worker_type = self._fallback_type
+            kind = self.worker_type
+            self.update_meta(lambda m: replace(m, worker_type=kind))
 
     async def _load_loop(self) -> None:
         sampler = hardware.LoadSampler()
