@@ -19,12 +19,23 @@ Topology and safety (this harness must never emit traffic outside itself):
 * Hosts get addresses in the harness's own test network ``10.213.7.0/24``
   (``.11`` upwards). Labs are isolated from each other (separate hubs), so
   parallel labs may reuse the same addresses without colliding.
+* "Public" hosts (``NetnsLab(n, public=[i, ...])``) get a second address in
+  :data:`PUBLIC_SUBNET` ``11.213.7.0/24``, a globally routed range
+  (``ipaddress`` ``is_global``), so that ``--type auto`` sees a public address
+  and edge promotion runs. That range belongs to someone else out there, which
+  is safe only because the lab is a closed box: no namespace has a default
+  route (every host has only on-link routes for the lab's own subnets), the
+  hub has no address, and the root namespace holds no address or route of
+  the lab. :meth:`NetnsLab.isolation_problems` checks exactly that.
 * Each host has a route for ``224.0.0.0/4`` on its veth so mDNS
   (224.0.0.251:5353) works; multicast snooping is off on the bridge so
   multicast is flooded to every host.
-* IPv6 is disabled on the lab links: iptables faults only cover IPv4, and an
-  IPv6 side channel (e.g. mDNS over ff02::fb) would quietly bypass partitions.
-  ``::1`` on loopback stays available.
+* IPv6 is disabled on the lab links by default: an IPv6 side channel (e.g.
+  mDNS over ff02::fb) would quietly bypass IPv4-only fault rules. ``::1`` on
+  loopback stays available. ``NetnsLab(n, ipv6=True)`` enables it and gives
+  each host a ULA address in :data:`SUBNET6` ``fd00:213:7::/64`` (``nodad``, so
+  it is usable at once); the fault rules are then also loaded with
+  ``ip6tables-restore`` for the hosts' IPv6 addresses.
 * Proxy variables are removed from the environment of every command run in a
   namespace, so HTTP clients talk to the lab address directly.
 
@@ -61,7 +72,9 @@ from typing import Any, Literal
 
 __all__ = [
     "NAME_ROOT",
+    "PUBLIC_SUBNET",
     "SUBNET",
+    "SUBNET6",
     "Host",
     "NetnsError",
     "NetnsLab",
@@ -77,6 +90,10 @@ log = logging.getLogger(__name__)
 NAME_ROOT = "rmnt-"
 #: The harness's own test network. Never routed from the root namespace.
 SUBNET = ipaddress.IPv4Network("10.213.7.0/24")
+#: Second subnet on the same bridge for "public" hosts: globally routed, see the module doc.
+PUBLIC_SUBNET = ipaddress.IPv4Network("11.213.7.0/24")
+#: ULA IPv6 addresses of ``ipv6=True`` labs.
+SUBNET6 = ipaddress.IPv6Network("fd00:213:7::/64")
 _FIRST_HOST_OFFSET = 11
 MAX_HOSTS = 200
 
@@ -273,6 +290,19 @@ def _iptables() -> str:
     return _IPTABLES
 
 
+def _ip6_for(offset: int) -> str:
+    """``fd00:213:7::<offset>`` with the decimal digits read as hex: host .11 is ``::11``, for the eye."""
+    return str(SUBNET6[int(str(offset), 16)])
+
+
+def _ip6tables() -> str:
+    """The IPv6 twin of the probed iptables backend (``ip6tables-nft`` for ``iptables-nft``)."""
+    binary = _iptables().replace("iptables", "ip6tables", 1)
+    if shutil.which(binary) is None or shutil.which(binary + "-restore") is None:
+        raise NetnsError(f"IPv6 labs need {binary} and {binary}-restore")
+    return binary
+
+
 # --------------------------------------------------------------------------
 # lab
 
@@ -306,16 +336,27 @@ def _render_rules(rules: Iterable[str]) -> str:
 class Host:
     """One simulated machine: a network namespace with one address on the lab bridge."""
 
-    def __init__(self, lab: NetnsLab, index: int, ip: str) -> None:
+    def __init__(self, lab: NetnsLab, index: int, ip: str, public_ip: str | None = None,
+                 ip6: str | None = None) -> None:
         self._lab = lab
         self.index = index
         self.name = f"h{index}"
         self.ns = f"{lab.prefix}{self.name}"
         self.ip = ip
+        self.public_ip = public_ip
+        """An address in PUBLIC_SUBNET, for hosts made with ``public=``; else None."""
+        self.ip6 = ip6
+        """A ULA address in SUBNET6 in ``ipv6=True`` labs; else None."""
         self._n_procs = 0
 
+    def addresses(self, v6: bool = False) -> list[str]:
+        """Every address of this host on the lab link, of one family (fault rules match them all)."""
+        if v6:
+            return [self.ip6] if self.ip6 else []
+        return [self.ip] + ([self.public_ip] if self.public_ip else [])
+
     def __repr__(self) -> str:
-        return f"Host({self.name}, ns={self.ns}, ip={self.ip})"
+        return f"Host({self.name}, ns={self.ns}, ip={self.ip}, public_ip={self.public_ip}, ip6={self.ip6})"
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside this host's namespace."""
@@ -465,15 +506,24 @@ class NetnsLab:
     """
 
     def __init__(self, n_hosts: int, prefix: str | None = None,
-                 log_dir: str | os.PathLike[str] | None = None) -> None:
+                 log_dir: str | os.PathLike[str] | None = None, *,
+                 public: Iterable[int] = (), ipv6: bool = False) -> None:
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be in 1..{MAX_HOSTS}, got {n_hosts}")
         if prefix is not None and not prefix.startswith(NAME_ROOT):
             raise ValueError(f"prefix must start with {NAME_ROOT!r} so the sweep can find it")
+        public = set(public)
+        if not public <= set(range(n_hosts)):
+            raise ValueError(f"public host indexes must be in 0..{n_hosts - 1}, got {sorted(public)}")
         self.prefix = prefix or _new_prefix()
         self.hub = f"{self.prefix}hub"
-        self.hosts = [Host(self, i, str(SUBNET[_FIRST_HOST_OFFSET + i]))
-                      for i in range(n_hosts)]
+        self.ipv6 = ipv6
+        self.hosts = [
+            Host(self, i, str(SUBNET[_FIRST_HOST_OFFSET + i]),
+                 public_ip=str(PUBLIC_SUBNET[_FIRST_HOST_OFFSET + i]) if i in public else None,
+                 ip6=_ip6_for(_FIRST_HOST_OFFSET + i) if ipv6 else None)
+            for i in range(n_hosts)
+        ]
         self.log_dir = Path(log_dir) if log_dir is not None else Path(
             tempfile.mkdtemp(prefix=f"{self.prefix}logs-"))
         self.created = False
@@ -481,6 +531,7 @@ class NetnsLab:
         self._procs: list[tuple[subprocess.Popen[bytes], list[Any]]] = []
         self._loss: dict[str, dict[str, float]] = {}  # host name -> {"in": p, "out": p}
         self._partitions: list[tuple[frozenset[str], frozenset[str], bool]] = []
+        self._port_drops: dict[str, set[tuple[str, int | None]]] = {}  # host name -> {(proto, dport)}
 
     # ---- lifecycle
 
@@ -510,6 +561,8 @@ class NetnsLab:
         if self.destroyed:
             raise NetnsError("a destroyed lab cannot be re-created; make a new one")
         _iptables()  # fail early with the probe's reason
+        if self.ipv6:
+            _ip6tables()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.created = True  # so destroy() cleans a half-built lab
         _LIVE_LABS.add(self)
@@ -534,14 +587,56 @@ class NetnsLab:
             # Both ends are created inside lab namespaces: nothing in the root one.
             _run(["ip", "-n", hub, "link", "add", port, "type", "veth",
                   "peer", "name", _IF, "netns", h.ns])
-            self._sysctl(h.ns, f"net.ipv6.conf.{_IF}.disable_ipv6", "1")
+            self._sysctl(h.ns, f"net.ipv6.conf.{_IF}.disable_ipv6", "0" if self.ipv6 else "1")
             _run(["ip", "-n", hub, "link", "set", port, "master", _BRIDGE])
             _run(["ip", "-n", hub, "link", "set", port, "up"])
             _run(["ip", "-n", h.ns, "link", "set", "lo", "up"])
             _run(["ip", "-n", h.ns, "addr", "add", f"{h.ip}/{SUBNET.prefixlen}", "dev", _IF])
             _run(["ip", "-n", h.ns, "link", "set", _IF, "up"])
             _run(["ip", "-n", h.ns, "route", "replace", "224.0.0.0/4", "dev", _IF])
+            if h.public_ip is not None:
+                _run(["ip", "-n", h.ns, "addr", "add", f"{h.public_ip}/{PUBLIC_SUBNET.prefixlen}", "dev", _IF])
+            elif any(x.public_ip for x in self.hosts):
+                # On-link like the public hosts' own connected route: everyone reaches them directly.
+                _run(["ip", "-n", h.ns, "route", "replace", str(PUBLIC_SUBNET), "dev", _IF])
+            if h.ip6 is not None:
+                # nodad: usable at once instead of after duplicate address detection (~1 s).
+                _run(["ip", "-n", h.ns, "-6", "addr", "add", f"{h.ip6}/{SUBNET6.prefixlen}",
+                      "dev", _IF, "nodad"])
             self._apply_rules(h)
+        if any(h.public_ip for h in self.hosts) or self.ipv6:
+            problems = self.isolation_problems()
+            if problems:
+                raise NetnsError("lab is not isolated: " + "; ".join(problems))
+
+    def isolation_problems(self) -> list[str]:
+        """Ways traffic for the lab's addresses could leave it; empty when the lab is a closed box.
+
+        Checks that no host or hub namespace has a default route (IPv4 or IPv6)
+        or any route through a gateway, and that the root namespace holds no
+        address or route inside the lab's subnets.
+        """
+        problems = []
+        lab_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [SUBNET, PUBLIC_SUBNET, SUBNET6]
+        for ns in self.namespaces:
+            for fam in ("-4", "-6"):
+                routes = _run(["ip", "-n", ns, fam, "-o", "route", "show", "table", "all"]).stdout
+                for line in routes.splitlines():
+                    words = line.split()
+                    if words and words[0] == "default" or " via " in line:
+                        problems.append(f"{ns} has a route out: {line.strip()}")
+        for fam in ("-4", "-6"):
+            for what in ("addr", "route"):
+                for line in _run(["ip", fam, "-o", what, "show"]).stdout.splitlines():
+                    for word in line.split():
+                        try:
+                            net = ipaddress.ip_network(word.split("/")[0] if what == "addr" else word,
+                                                       strict=False)
+                        except ValueError:
+                            continue
+                        if any(net.version == n.version and net.overlaps(n) for n in lab_nets):
+                            problems.append(f"the root namespace has a lab {what}: {line.strip()}")
+        return problems
 
     @staticmethod
     def _sysctl(ns: str, key: str, value: str) -> None:
@@ -629,10 +724,23 @@ class NetnsLab:
         self._partitions.append((names_a, names_b, symmetric))
         self._apply_all()
 
+    def drop_incoming(self, host: Host, proto: Literal["udp", "tcp"], dport: int | None = None) -> None:
+        """Drop every ``proto`` packet (to ``dport``, if given) that reaches ``host`` over the lab link.
+
+        Why: a fault on one protocol only, e.g. a node the others can no longer
+        ping over UDP while TCP still works. Adds up until :meth:`heal`.
+        """
+        if proto not in ("udp", "tcp"):
+            raise ValueError(f"proto must be udp or tcp, got {proto!r}")
+        self._check_host(host)
+        self._port_drops.setdefault(host.name, set()).add((proto, dport))
+        self._apply_rules(host)
+
     def heal(self) -> None:
-        """Remove every loss and partition rule the harness added, on every host."""
+        """Remove every loss, partition and protocol rule the harness added, on every host."""
         self._loss.clear()
         self._partitions.clear()
+        self._port_drops.clear()
         self._apply_all()
 
     def set_ip(self, host: Host, new_ip: str) -> None:
@@ -666,18 +774,21 @@ class NetnsLab:
         if not self.created or self.destroyed:
             raise NetnsError("lab is not up")
 
-    def _rules_for(self, host: Host) -> list[str]:
-        """``host``'s incoming-drop rules, rendered from partitions and loss."""
+    def _rules_for(self, host: Host, v6: bool = False) -> list[str]:
+        """``host``'s incoming-drop rules for one address family, rendered from the fault state."""
         by_name = {h.name: h for h in self.hosts}
+        bits = 128 if v6 else 32
         rules: list[str] = []
+        for proto, dport in sorted(self._port_drops.get(host.name, ()), key=str):
+            rules.append(f"-p {proto}" + (f" --dport {dport}" if dport is not None else "") + " -j DROP")
         for names_a, names_b, symmetric in self._partitions:
             pairs = [(names_a, names_b)] + ([(names_b, names_a)] if symmetric else [])
             for src, dst in pairs:
                 if host.name in dst:
-                    rules += [f"-s {by_name[n].ip}/32 -j DROP" for n in sorted(src)]
+                    rules += [f"-s {ip}/{bits} -j DROP" for n in sorted(src) for ip in by_name[n].addresses(v6)]
         sources: list[tuple[str, float]] = [("", self._loss.get(host.name, {}).get("in", 0.0))]
-        sources += [(f"-s {h.ip}/32 ", self._loss.get(h.name, {}).get("out", 0.0))
-                    for h in self.hosts if h is not host]
+        sources += [(f"-s {ip}/{bits} ", self._loss.get(h.name, {}).get("out", 0.0))
+                    for h in self.hosts if h is not host for ip in h.addresses(v6)]
         for match, p in sources:
             if p >= 1.0:
                 rules.append(f"{match}-j DROP")
@@ -692,3 +803,6 @@ class NetnsLab:
     def _apply_rules(self, host: Host) -> None:
         _run(host.exec_argv([_iptables() + "-restore", "-w", "10"]),
              input=_render_rules(self._rules_for(host)))
+        if self.ipv6:
+            _run(host.exec_argv([_ip6tables() + "-restore", "-w", "10"]),
+                 input=_render_rules(self._rules_for(host, v6=True)))

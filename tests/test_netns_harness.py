@@ -8,6 +8,7 @@ behind. Each of those is checked here with real packets between namespaces.
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from netns import SUBNET, Host, NetnsError, NetnsLab, _proc_starttime, list_lab_namespaces, sweep_stale
+from netns import PUBLIC_SUBNET, SUBNET, SUBNET6, Host, NetnsError, NetnsLab, _proc_starttime, list_lab_namespaces, sweep_stale
 
 pytestmark = pytest.mark.netns
 
@@ -26,9 +27,10 @@ PORT = 47000
 # Echo server: answers every datagram to its sender; ends by itself after 60 s.
 ECHO_SERVER = r"""
 import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+bind = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"
+s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s.bind((bind, int(sys.argv[1])))
 print("ready", flush=True)
 deadline = time.monotonic() + 60
 for _ in range(1_000_000):
@@ -48,7 +50,7 @@ for _ in range(1_000_000):
 ECHO_PROBE = r"""
 import socket, sys, time
 ip, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.1)
 deadline, got = time.monotonic() + limit, 0
 for i in range(10_000):
@@ -120,9 +122,9 @@ def wait_ready(host: Host, log_name: str, proc: subprocess.Popen[bytes],
     pytest.fail(f"{log_name} on {host.name} never became ready")
 
 
-def start_echo(host: Host) -> None:
-    proc = host.popen([sys.executable, "-c", ECHO_SERVER, str(PORT)], log_name="echo")
-    wait_ready(host, "echo", proc)
+def start_echo(host: Host, bind: str = "0.0.0.0") -> None:
+    proc = host.popen([sys.executable, "-c", ECHO_SERVER, str(PORT), bind], log_name=f"echo{bind}")
+    wait_ready(host, f"echo{bind}", proc)
 
 
 def echo_ok(client: Host, ip: str, limit: float = 3.0) -> bool:
@@ -171,6 +173,41 @@ def test_hosts_have_own_addresses_and_reach_each_other(netns_lab: MakeLab) -> No
     assert root["link"] == root_links
     net = str(SUBNET.network_address).rsplit(".", 1)[0] + "."
     assert net not in root["addr"] and net not in root["route"]
+
+
+def test_public_hosts_have_a_global_address_and_the_lab_stays_closed(netns_lab: MakeLab) -> None:
+    lab = netns_lab(3, public=[0])
+    a, b, c = lab.hosts
+    assert a.public_ip is not None and ipaddress.ip_address(a.public_ip) in PUBLIC_SUBNET
+    assert ipaddress.ip_address(a.public_ip).is_global and b.public_ip is None
+    # A closed box: no route out of any namespace, nothing of the lab in the root namespace.
+    assert lab.isolation_problems() == []
+    out = b.python("import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(('1.1.1.1', 9))",
+                   timeout=10)
+    assert "Network is unreachable" in out.stderr
+    start_echo(a)  # bound to 0.0.0.0: answers on both of a's addresses
+    assert echo_ok(b, a.public_ip) and echo_ok(c, a.ip)
+    lab.partition([b], [a])  # fault rules cover every address of a host
+    assert not echo_ok(b, a.public_ip, limit=1.0) and not echo_ok(b, a.ip, limit=1.0)
+    lab.heal()
+    lab.drop_incoming(a, "udp", PORT)  # one protocol and port only: ICMP still passes
+    assert not echo_ok(c, a.public_ip, limit=1.0)
+    assert c.ping(a.public_ip) == 1
+    lab.heal()
+    assert echo_ok(c, a.public_ip)
+
+
+def test_ipv6_lab_has_ula_addresses_and_faults_cover_them(netns_lab: MakeLab) -> None:
+    lab = netns_lab(2, ipv6=True)
+    a, b = lab.hosts
+    assert (a.ip6, b.ip6) == ("fd00:213:7::11", "fd00:213:7::12")
+    assert ipaddress.ip_address(b.ip6) in SUBNET6 and lab.isolation_problems() == []
+    start_echo(b, bind="::")
+    assert echo_ok(a, b.ip6)
+    lab.partition([a], [b])
+    assert not echo_ok(a, b.ip6, limit=1.0)
+    lab.heal()
+    assert echo_ok(a, b.ip6)
 
 
 def test_partition_blocks_and_heal_restores(netns_lab: MakeLab) -> None:
