@@ -20,18 +20,26 @@ GOSSIP_PORT = 7946
 HTTP = "127.0.0.1:8080"
 
 
+def hostport(ip: str, port: int = GOSSIP_PORT) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 class LabPool:
     def __init__(self, lab: NetnsLab, workdir: Path) -> None:
         self.lab = lab
         self.workdir = workdir
         self.procs: dict[str, object] = {}
 
-    def start(self, host: Host, *extra: str, join: Host | None = None, mdns: bool = False, services: bool = False) -> None:
+    def start(
+        self, host: Host, *extra: str, join: Host | str | None = None, mdns: bool = False, services: bool = False,
+        ip: str | None = None,
+    ) -> None:
+        """Run a daemon on ``host`` bound to ``ip`` (default its lab address); ``join`` a host or "addr:port"."""
         data = self.workdir / host.name
         data.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "rmap2p", "-v", "join",
-            "--bind", f"{host.ip}:{GOSSIP_PORT}", "--http", HTTP, "--data-dir", str(data),
+            "--bind", hostport(ip or host.ip), "--http", HTTP, "--data-dir", str(data),
             "--name", host.name, *extra,
         ]
         if not mdns:
@@ -39,7 +47,7 @@ class LabPool:
         if not services:
             argv.append("--no-services")
         if join is not None:
-            argv += ["--join", f"{join.ip}:{GOSSIP_PORT}"]
+            argv += ["--join", join if isinstance(join, str) else hostport(join.ip)]
         self.procs[host.name] = host.popen(argv, log_name=f"daemon{len(self.procs)}", cwd=data)
 
     def view(self, host: Host) -> dict[str, dict]:
