@@ -115,6 +115,15 @@ def parse_host_port(text: str, default_port: int | None = None, *, allow_any_por
     return (host, port)
 
 
+def format_host_port(host: str, port: int) -> str:
+    """The inverse of :func:`parse_host_port`: ``[v6]:port`` for an IPv6 host, ``host:port`` otherwise.
+
+    Every address shown to a user (logs, HTTP documents, known_edges.txt) is
+    written this way, so it can be pasted back into ``--join`` or a bootstrap file.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _parse_port(text: str, allow_zero: bool = False) -> int:
     if not text.isascii() or not text.isdigit():
         raise ValueError(f"port {text!r} is not a number")

@@ -22,6 +22,8 @@ import socket
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from p2p.discovery import format_host_port
+
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_rmap2p._udp.local."
@@ -63,7 +65,7 @@ class MdnsDiscovery:
         )
         await self._azc.async_register_service(self._info, allow_name_change=False)
         self._browser = AsyncServiceBrowser(self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_change])
-        log.info("node %s: mDNS advertising %s:%d as %s", self.node_id, host, port, SERVICE_TYPE)
+        log.info("node %s: mDNS advertising %s as %s", self.node_id, format_host_port(host, port), SERVICE_TYPE)
 
     async def close(self) -> None:
         for task in list(self._resolving):
@@ -114,7 +116,7 @@ class MdnsDiscovery:
             return
         addr = (addrs[0], info.port)
         if key not in self._peers:
-            log.info("node %s: mDNS found %s at %s:%d", self.node_id, key, addr[0], addr[1])
+            log.info("node %s: mDNS found %s at %s", self.node_id, key, format_host_port(*addr))
         self._peers[key] = addr
 
 

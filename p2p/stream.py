@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
 
+from p2p.discovery import format_host_port
 from p2p.keyring import NullSealer, SealError, Sealer
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class StreamServer:
         assert outer is not None
         peer = _peer(writer)
         inner = asyncio.get_running_loop().create_task(
-            self._serve(reader, writer, peer), name=f"tcp-conn {peer[0]}:{peer[1]}"
+            self._serve(reader, writer, peer), name=f"tcp-conn {format_host_port(*peer)}"
         )
         self._connections[outer] = inner
         self.stats.accepted += 1
@@ -329,17 +330,17 @@ async def request(
                 return None
             frame = await read_frame(reader, max_frame)
     except TimeoutError:
-        raise StreamError(f"{host}:{port}: no reply within {timeout}s") from None
+        raise StreamError(f"{format_host_port(host, port)}: no reply within {timeout}s") from None
     except FrameTooLarge as exc:
-        raise StreamError(f"{host}:{port}: {exc}") from None
+        raise StreamError(f"{format_host_port(host, port)}: {exc}") from None
     except asyncio.IncompleteReadError:
-        raise StreamError(f"{host}:{port}: connection closed without a complete reply") from None
+        raise StreamError(f"{format_host_port(host, port)}: connection closed without a complete reply") from None
     except OSError as exc:
-        raise StreamError(f"{host}:{port}: {exc.strerror or exc}") from exc
+        raise StreamError(f"{format_host_port(host, port)}: {exc.strerror or exc}") from exc
     finally:
         if writer is not None:
             writer.close()
     try:
         return sealer.open(frame, aad)
     except SealError as exc:
-        raise StreamError(f"{host}:{port}: reply failed authentication: {exc}") from None
+        raise StreamError(f"{format_host_port(host, port)}: reply failed authentication: {exc}") from None

@@ -26,7 +26,14 @@ from pathlib import Path
 from membership import Load, Membership, MemberEvent, MemberView, NodeMeta, SwimConfig
 from membership.messages import Addr
 from p2p import identity as ident
-from p2p.discovery import BootstrapError, find_bootstrap_file, load_bootstrap, parse_bootstrap, resolve
+from p2p.discovery import (
+    BootstrapError,
+    find_bootstrap_file,
+    format_host_port,
+    load_bootstrap,
+    parse_bootstrap,
+    resolve,
+)
 from p2p.mdns import MdnsDiscovery
 from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
 from p2p.stream import StreamError, StreamServer, request
@@ -190,7 +197,7 @@ class Node:
         try:
             self._udp = await UdpTransport.bind(host, port, max_size=cfg.swim.max_datagram + 64)
         except OSError as exc:
-            raise StartupError(f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from None
+            raise StartupError(f"cannot bind UDP {format_host_port(host, port)}: {exc.strerror or exc}") from None
         port = self._udp.local_addr[1]
         self._tcp = StreamServer(
             host, port, self._handle_stream, self.sealer,
@@ -199,7 +206,7 @@ class Node:
         try:
             await self._tcp.start()
         except OSError as exc:
-            raise StartupError(f"cannot listen on TCP {host}:{port}: {exc.strerror or exc}") from None
+            raise StartupError(f"cannot listen on TCP {format_host_port(host, port)}: {exc.strerror or exc}") from None
         self.gossip_addr = cfg.advertise or (_advertise_host(host), port)
         self.machine = Membership(
             cfg.swim,
@@ -223,9 +230,9 @@ class Node:
                 await self._mdns.close()
                 self._mdns = None
         log.info(
-            "node %s (%s, %s) gossiping on %s:%d, incarnation %d",
+            "node %s (%s, %s) gossiping on %s, incarnation %d",
             self.machine.id, self.config.name or socket.gethostname(), self.worker_type,
-            self.gossip_addr[0], self.gossip_addr[1], incarnation,
+            format_host_port(*self.gossip_addr), incarnation,
         )
         self._rearm()
 
@@ -251,7 +258,7 @@ class Node:
         host, port = self.http_addr or self.config.http
         if host in ("0.0.0.0", "", "::") and self.gossip_addr is not None:
             host = self.gossip_addr[0]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return format_host_port(host, port)
 
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
         machine = self._require_machine()
@@ -398,7 +405,7 @@ class Node:
             except Exception:
                 # A bug of ours that some input triggers: say so loudly, but one datagram
                 # must not take the node out of the pool.
-                log.exception("node %s: internal error handling a datagram from %s:%d", machine.id, addr[0], addr[1])
+                log.exception("node %s: internal error handling a datagram from %s", machine.id, format_host_port(*addr))
             self._flush()
 
     async def _send_loop(self) -> None:
@@ -411,7 +418,9 @@ class Node:
             except (OSError, ValueError) as exc:
                 # Addresses come from peers' records: an unusable one costs that datagram only.
                 self.dropped_outbound += 1
-                log.debug("node %s: cannot send to %s:%s: %s", self.machine.id if self.machine else "?", addr[0], addr[1], exc)
+                log.debug(
+                    "node %s: cannot send to %s: %s", self.machine.id if self.machine else "?", format_host_port(*addr), exc
+                )
 
     async def _stream_exchange(self, token: int, addr: Addr, payload: bytes, expect_reply: bool, kind: str) -> None:
         machine = self._require_machine()
@@ -424,13 +433,15 @@ class Node:
                     aad=TCP_AAD_PREFIX + self.config.cluster.encode(),
                 )
             except (StreamError, OSError, ValueError) as exc:
-                log.debug("node %s: %s exchange with %s:%d failed: %s", machine.id, kind, addr[0], addr[1], exc)
+                log.debug("node %s: %s exchange with %s failed: %s", machine.id, kind, format_host_port(*addr), exc)
         if expect_reply:
             try:
                 if machine.stream_reply(token, reply, self._now()) and kind == "push-pull":
                     self._push_pull_ok.set()
             except Exception:
-                log.exception("node %s: internal error handling a %s reply from %s:%d", machine.id, kind, addr[0], addr[1])
+                log.exception(
+                    "node %s: internal error handling a %s reply from %s", machine.id, kind, format_host_port(*addr)
+                )
             self._flush()
 
     async def _handle_stream(self, payload: bytes, peer: Addr) -> bytes | None:
@@ -441,6 +452,7 @@ class Node:
 
     async def _seeds(self) -> list[Addr]:
         cfg = self.config
+        machine_id = self.machine.id if self.machine else "?"
         seeds: list[Addr] = list(cfg.join)
         try:
             path = find_bootstrap_file(cfg.bootstrap_file, cfg.data_dir.expanduser())
@@ -462,7 +474,7 @@ class Node:
                     if addr not in resolved and addr != self.gossip_addr:
                         resolved.append(addr)
             except OSError as exc:
-                log.warning("cannot resolve seed %s:%d: %s", host, port, exc)
+                log.warning("node %s: cannot resolve seed %s: %s", machine_id, format_host_port(host, port), exc)
         return resolved
 
     async def _join_loop(self) -> None:
@@ -516,7 +528,7 @@ class Node:
             if not announced_alone:
                 log.warning(
                     "node %s: no peer answered (%s); running as a pool of one and still looking",
-                    machine.id, ", ".join(f"{h}:{p}" for h, p in seeds) or "no seeds configured",
+                    machine.id, ", ".join(format_host_port(h, p) for h, p in seeds) or "no seeds configured",
                 )
                 announced_alone = True
             await asyncio.sleep(delay if not self._mdns else min(delay, 2.0))
@@ -607,7 +619,7 @@ def _load_edges(data_dir: Path) -> list[Addr]:
 
 def _save_edges(data_dir: Path, edges: list[Addr]) -> None:
     lines = ["# Edge nodes this node has seen; used as introducers at the next start."]
-    lines += [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in edges]
+    lines += [format_host_port(h, p) for h, p in edges]
     with contextlib.suppress(OSError):
         ident.atomic_write(data_dir / EDGES_FILE, ("\n".join(lines) + "\n").encode(), mode=0o644)
 
@@ -617,12 +629,17 @@ class _Shutdown(Exception):
 
 
 def _advertise_host(bind_host: str) -> str:
-    """The address peers should use when we bind a wildcard: the one our default route uses."""
+    """The address peers should use when we bind a wildcard: the one our default route uses.
+
+    ``::`` asks the IPv6 routes (an IPv6 pool); ``0.0.0.0`` the IPv4 ones.
+    """
     if bind_host not in ("0.0.0.0", "", "::"):
         return bind_host
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    family, probe, fallback = (
+        (socket.AF_INET6, "2001:db8::1", "::1") if bind_host == "::" else (socket.AF_INET, "192.0.2.1", "127.0.0.1")
+    )
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
         # connect() on UDP sends nothing; it only asks the kernel which source address it would use.
-        s.connect(("192.0.2.1", 9))
-        return s.getsockname()[0]
-    return "127.0.0.1"
-
+        s.connect((probe, 9))
+        return str(s.getsockname()[0])
+    return fallback

@@ -18,6 +18,7 @@ from allocator.gaps import gaps, services_doc
 from allocator.leaders import elect
 from allocator.view import NodeView
 from membership import MemberView
+from p2p.discovery import format_host_port
 from p2p.keyring import KeyringError, decode_key, encode_key
 from rmap2p.daemon import Node, tier_of
 from rmap2p.views import to_node_views
@@ -41,7 +42,7 @@ def worker_doc(node: Node, m: MemberView) -> dict[str, Any]:
         "name": meta.name,
         "status": m.status.label,
         "incarnation": m.incarnation,
-        "address": f"{m.addr[0]}:{m.addr[1]}",
+        "address": format_host_port(*m.addr),
         "http": meta.http,
         "worker_type": meta.worker_type,
         "tier": tier_of(meta.worker_type),
@@ -76,7 +77,7 @@ async def health(request: web.Request) -> web.Response:
             "cluster": machine.cluster,
             "members_alive": machine.num_active(),
             "members_known": machine.known(),
-            "gossip": f"{machine.addr[0]}:{machine.addr[1]}",
+            "gossip": format_host_port(*machine.addr),
             "uptime_s": round(node.uptime(), 1),
         }
     )
@@ -185,7 +186,7 @@ async def serve(node: Node) -> None:
         await site.start()
         bound = runner.addresses[0] if runner.addresses else (host, port)
         node.set_http_addr((host, bound[1]))
-        log.info("node %s: HTTP API on http://%s:%d", node.machine.id if node.machine else "?", host, bound[1])
+        log.info("node %s: HTTP API on http://%s", node.machine.id if node.machine else "?", format_host_port(host, bound[1]))
         await _forever()
     finally:
         await runner.cleanup()

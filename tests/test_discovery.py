@@ -10,6 +10,7 @@ from p2p.discovery import (
     BootstrapError,
     ResolveError,
     find_bootstrap_file,
+    format_host_port,
     load_bootstrap,
     parse_bootstrap,
     parse_host_port,
@@ -100,6 +101,20 @@ def test_parse_host_port_for_cli_values() -> None:
     assert parse_host_port("[::]:8080") == ("::", 8080)
     with pytest.raises(ValueError):
         parse_host_port("")
+
+
+@pytest.mark.parametrize(
+    ("addr", "text"),
+    [
+        (("10.0.0.1", 7946), "10.0.0.1:7946"),
+        (("edge.example", 1), "edge.example:1"),
+        (("fd00:213:7::11", 7946), "[fd00:213:7::11]:7946"),
+        (("fe80::1%eth0", 7946), "[fe80::1%eth0]:7946"),
+    ],
+)
+def test_format_host_port_is_what_parse_host_port_reads(addr: tuple[str, int], text: str) -> None:
+    assert format_host_port(*addr) == text
+    assert parse_host_port(text) == addr
 
 
 def test_load_bootstrap_errors_name_the_file(tmp_path) -> None:

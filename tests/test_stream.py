@@ -50,6 +50,12 @@ async def test_round_trip_without_sealing() -> None:
         assert server.stats.bytes_in == 4 + 5
 
 
+async def test_round_trip_over_ipv6_loopback() -> None:
+    async with StreamServer("::1", 0, echo) as server:
+        assert server.local_addr[0] == "::1" and len(server.local_addr) == 2
+        assert await request(server.local_addr, b"v6", timeout=5) == b"echo:v6"
+
+
 async def test_round_trip_with_sealing() -> None:
     ring = Keyring.single(K1)
     async with StreamServer(LOOPBACK, 0, echo, ring) as server:

@@ -49,6 +49,14 @@ async def test_udp_send_recv_round_trip() -> None:
         assert b.stats.received == 1 and b.stats.bytes_in == 4
 
 
+async def test_udp_round_trip_over_ipv6_loopback() -> None:
+    async with await UdpTransport.bind("::1", 0) as a, await UdpTransport.bind("::1", 0) as b:
+        assert a.local_addr[0] == "::1" and len(a.local_addr) == 2
+        await a.send(b"ping", b.local_addr)
+        async with asyncio.timeout(2):
+            assert await b.recv() == (b"ping", a.local_addr)
+
+
 async def test_udp_flood_is_bounded_dropped_and_counted() -> None:
     queue_size = 16
     flood = 500
