@@ -27,6 +27,8 @@ class _Item:
     key: str
     payload: bytes
     transmits: int
+    cap: int | None = None
+    """A lower retransmit limit for this item (hints that need not reach every node)."""
 
 
 class BroadcastQueue:
@@ -38,12 +40,15 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def queue(self, key: str, payload: bytes) -> None:
-        """Queue ``payload`` about member ``key``, replacing any older update about it."""
+    def queue(self, key: str, payload: bytes, cap: int | None = None) -> None:
+        """Queue ``payload`` under ``key``, replacing any older update under it.
+
+        ``cap`` sends this item at most that many times, however large the limit.
+        """
         self._remove(key)
         if len(self._by_key) >= self._max_items:
             self._drop_oldest()
-        item = _Item(key, payload, 0)
+        item = _Item(key, payload, 0, cap)
         self._by_key[key] = item
         self._buckets.setdefault(0, {})[key] = item
 
@@ -70,7 +75,7 @@ class BroadcastQueue:
             if not self._buckets[item.transmits]:
                 del self._buckets[item.transmits]
             item.transmits += 1
-            if item.transmits >= limit:
+            if item.transmits >= (limit if item.cap is None else min(limit, item.cap)):
                 del self._by_key[item.key]
             else:
                 self._buckets.setdefault(item.transmits, {})[item.key] = item

@@ -14,6 +14,9 @@ from dataclasses import dataclass, fields, replace
 
 from membership.errors import ConfigError
 
+LOAD_SUMMARY_BYTES = 104
+"""A load summary's size on the wire with its piggyback framing (tests/test_wire.py checks it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class SwimConfig:
@@ -23,6 +26,9 @@ class SwimConfig:
     """Seconds to wait for a direct ack before asking ``indirect_checks`` members; also stretched."""
     indirect_checks: int = 3
     """k: members asked to ping-req a target that missed its direct ack."""
+    direct_retry: bool = True
+    """At the ack timeout, ping the target directly once more alongside the indirect checks
+    (not in memberlist): halves false suspicions' main cause on lossy links for one datagram."""
     tcp_fallback: bool = True
     """Also ping an unresponsive target over TCP (memberlist's fallback): survives heavy UDP loss."""
     nack_ratio: float = 0.8
@@ -43,6 +49,10 @@ class SwimConfig:
     """Anti-entropy period with one random member; scaled with N above ``push_pull_scale_threshold``."""
     push_pull_scale_threshold: int = 32
     """memberlist's pushPullScale: ``interval * ceil(log2(N) - log2(threshold))`` above it."""
+    join_follow_up: float = 5.0
+    """After a join, push-pull once more with a random member within this many seconds: the
+    seed may not yet know everyone who joined with us, and a joiner re-gossips nothing it
+    learns from its seed (that would make each join cost N broadcasts)."""
     reconnect_interval: float = 30.0
     """Every this many seconds push-pull with one random dead (not left) member: heals partitions."""
     reap_after: float = 4 * 3600.0
@@ -61,6 +71,12 @@ class SwimConfig:
     """Largest push-pull frame we build or accept."""
     load_gossip_interval: float = 30.0
     """A coarse load summary is re-gossiped at most this often, and only when it changed markedly."""
+    load_gossip_budget: float = 80.0
+    """Bytes/s per node that load summaries may cost the pool at worst (every node changing
+    markedly all the time): stretches the interval above with N (``load_gossip_period``)."""
+    load_retransmits: int = 4
+    """Times each node forwards a load summary: it reaches ~98 % of nodes (a hint, not news
+    every node must have), for a quarter of an alive's 4·log10(N) at 1,000 nodes."""
     load_change_threshold: float = 25.0
     """Percentage points of CPU/GPU (or active requests) that count as a marked change."""
     meta_max_bytes: int = 1024
@@ -110,6 +126,17 @@ class SwimConfig:
     def sim(cls, **overrides: object) -> SwimConfig:
         """The LAN profile, as the simulator measures it."""
         return cls.lan(**overrides)
+
+    def load_gossip_period(self, n: int) -> float:
+        """Shortest time between one node's load summaries in a pool of ``n``.
+
+        ``max(load_gossip_interval, n * load_retransmits * LOAD_SUMMARY_BYTES / load_gossip_budget)``:
+        every summary is forwarded ``load_retransmits`` times by every node.
+        """
+        if self.load_gossip_budget <= 0:
+            return self.load_gossip_interval
+        stretched = n * self.load_retransmits * LOAD_SUMMARY_BYTES / self.load_gossip_budget
+        return max(self.load_gossip_interval, stretched)
 
     def push_pull_period(self, n: int) -> float:
         """``push_pull_interval * ceil(log2(n) - log2(threshold))`` for ``n > threshold``."""

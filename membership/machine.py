@@ -18,13 +18,21 @@ simulator drive the very same object.
 
 Probing (one target per ``probe_interval``, round robin over a shuffled list):
 ping → ack within ``probe_timeout`` or ask ``indirect_checks`` members to
-ping-req it (and, with ``tcp_fallback``, ping it over TCP); no ack by the
-end of the interval → suspect. Lifeguard: both timeouts are stretched by the
-awareness score, relays send nacks so a prober can tell "the target is gone"
-from "I am the slow one", and suspicion timers shrink with independent
-confirmations. Updates are piggybacked on every datagram and pushed by the
-gossip tick to ``gossip_nodes`` random members while any are queued.
-Push-pull exchanges digests over TCP and sends only what differs.
+ping-req it (and, with ``direct_retry``, ping it directly once more; with
+``tcp_fallback``, over TCP too); no ack by the end of the interval →
+suspect. Lifeguard: both timeouts are stretched by the awareness score,
+relays send nacks so a prober can tell "the target is gone" from "I am the
+slow one", and suspicion timers shrink with independent confirmations; a
+suspicion nobody confirmed gets one last direct check before it turns into
+death. Updates are piggybacked on every datagram and pushed by the gossip
+tick to ``gossip_nodes`` random members while any are queued. Push-pull
+exchanges digests over TCP and sends only what differs; what a joiner learns
+from its seed is not re-gossiped (the pool has it), and a second push-pull
+with a random member follows each join.
+
+Departures from memberlist, each for a measured reason (simulations/RESULTS.md):
+the direct retry and the last check (false suspicions and deaths at 10 %
+loss), the quiet join (join storms), the signed load summary (below).
 
 Memory per member is one dict entry pointing at the member's signed
 ``Alive`` record (which a simulator shares among all its nodes) plus a small
@@ -38,7 +46,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from membership import state as rules
 from membership import wire
@@ -53,6 +61,7 @@ from membership.messages import (
     Dead,
     DigestEntry,
     IndirectPing,
+    LoadSummary,
     MemberState,
     Message,
     Nack,
@@ -62,6 +71,7 @@ from membership.messages import (
     PushPullStates,
     Suspect,
     signed_alive_payload,
+    signed_load_payload,
 )
 from membership.meta import Load, NodeMeta
 from membership.signing import Signer, Verify
@@ -71,6 +81,12 @@ from membership.suspicion import Suspicion, suspicion_timeout
 log = logging.getLogger(__name__)
 
 _DATAGRAM_OVERHEAD = 1 + wire.ARRAY_HEADER_MAX
+
+
+def _load_key(node: str) -> str:
+    # Its own slot in the broadcast queue: a load summary must not displace the node's alive.
+    return node + "/load"
+
 _MAX_PENDING_STREAMS = 256
 
 
@@ -131,6 +147,8 @@ class MembershipStats:
     probe_failures: int = 0
     indirect_probes: int = 0
     suspicions_raised: int = 0
+    last_chance_checks: int = 0
+    load_summaries: int = 0
     refutations: int = 0
     push_pulls: int = 0
     gossip_messages: int = 0
@@ -168,6 +186,7 @@ class _PendingStream:
     kind: str
     addr: Addr
     seq: int = 0
+    join: bool = False
 
 
 @dataclass(slots=True)
@@ -223,6 +242,7 @@ class Membership:
         self._broadcasts = BroadcastQueue(max_items=config.max_members)
         self._last_seen: dict[str, float] = {}
         self._fresh_load: dict[str, Load] = {}
+        self._load_seen: dict[str, tuple[int, int]] = {}  # (incarnation, seq) of the newest summary
         self._reap_queue: deque[tuple[float, str]] = deque()
         self._pending_streams: dict[int, _PendingStream] = {}
         self._identity_checks: dict[int, Alive] = {}
@@ -234,7 +254,9 @@ class Membership:
         self._seq = 0
         self._token = 0
         self._load = meta.load
+        self._gossiped_load = meta.load
         self._last_load_gossip = now
+        self._load_seq = 0
 
         self._out: list[tuple[bytes, Addr]] = []
         self._out_streams: list[StreamRequest] = []
@@ -303,7 +325,14 @@ class Membership:
             if pending.kind == "push-pull" and isinstance(msg, PushPullReply):
                 if msg.cluster != self.cluster:
                     raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
-                self._merge(msg.states, now)
+                # What a joiner learns from its seed the pool already knows: re-gossiping it would
+                # make every join cost N broadcasts, and a join wave O(N^2 log N) messages.
+                self._merge(msg.states, now, gossip=not pending.join)
+                if pending.join:
+                    # Nobody re-gossips what a joiner learned, so whatever its seed had not
+                    # heard of yet (a join wave) it learns from a second, random member soon.
+                    follow_up = now + self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
+                    self._next_push_pull = min(self._next_push_pull, follow_up)
                 wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
                 if wanted:
                     self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, "states")
@@ -340,18 +369,32 @@ class Membership:
             return
         self._meta = meta
         self._load = meta.load
+        self._gossiped_load = meta.load
         self._last_load_gossip = now
         self.incarnation += 1
         self._announce(now)
 
     def update_load(self, load: Load, now: float) -> None:
-        """New local load figures: sent on acks at once; gossiped only on a marked change, rarely."""
+        """New local load figures: sent on acks at once; gossiped only on a marked change, rarely.
+
+        The gossiped form is a signed ``LoadSummary`` (about 100 bytes, sent
+        ``load_retransmits`` times by each node, a hint that may miss a few),
+        at most once per ``load_gossip_period(N)``: the pool's bill for load
+        summaries then stays within ``load_gossip_budget`` bytes/s per node
+        however large N grows.
+        """
         self._load = load
-        if (
-            now - self._last_load_gossip >= self.config.load_gossip_interval
-            and load.differs_markedly(self._meta.load, self.config.load_change_threshold)
-        ):
-            self.update_meta(replace(self._meta, load=load), now)
+        if now - self._last_load_gossip < self.config.load_gossip_period(self.num_active()):
+            return
+        if not load.differs_markedly(self._gossiped_load, self.config.load_change_threshold):
+            return
+        self._last_load_gossip = now
+        self._gossiped_load = load
+        self._load_seq += 1
+        signature = self._signer.sign(signed_load_payload(self.id, self.incarnation, self._load_seq, load))
+        summary = LoadSummary(self.id, self.incarnation, self._load_seq, load, signature)
+        self.stats.load_summaries += 1
+        self._broadcasts.queue(_load_key(self.id), wire.encode_message(summary), self.config.load_retransmits)
 
     # ------------------------------------------------------------ timers
 
@@ -500,6 +543,8 @@ class Membership:
                         self._probe.nacks += 1
                 case Alive():
                     self._on_alive(msg, now)
+                case LoadSummary():
+                    self._on_load_summary(msg)
                 case Suspect():
                     self._correct_stale(msg.node, msg.incarnation, src, now)
                     self._on_suspect(msg, now)
@@ -554,7 +599,7 @@ class Membership:
 
     # ------------------------------------------------------------ state changes
 
-    def _on_alive(self, a: Alive, now: float) -> None:
+    def _on_alive(self, a: Alive, now: float, gossip: bool = True) -> None:
         about_self = a.node == self.id
         status = self.status_of(a.node)
         inc = self.incarnation if about_self else (self.incarnation_of(a.node) or 0)
@@ -590,6 +635,8 @@ class Membership:
         if old is None and len(self._alive) >= self.config.max_members:
             raise RemoteProtocolError("member table full")
         self._alive[a.node] = a
+        if old is not None and a.incarnation > old.incarnation:
+            self._fresh_load.pop(a.node, None)  # the new alive's metadata carries its current load
         down = self._clear_down(a.node)
         self._suspicions.pop(a.node, None)
         if old is None:
@@ -599,7 +646,24 @@ class Membership:
             self._event("alive", a.node, a.incarnation, now, down.status.label)
         else:
             self._event("updated", a.node, a.incarnation, now)
-        self._broadcasts.queue(a.node, wire.encode_message(a))
+        if gossip:
+            self._broadcasts.queue(a.node, wire.encode_message(a))
+
+    def _on_load_summary(self, msg: LoadSummary) -> None:
+        alive = self._alive.get(msg.node)
+        if alive is None or msg.node == self.id or self._is_down(msg.node):
+            return
+        # Another incarnation's summary: an older one is stale, and a newer one we cannot check
+        # without the alive that carries its key (that alive is on its way).
+        if msg.incarnation != alive.incarnation:
+            return
+        if (msg.incarnation, msg.seq) <= self._load_seen.get(msg.node, (-1, -1)):
+            return
+        if not self._verify(msg.node, alive.public_key, msg.signed_payload(), msg.signature):
+            raise RemoteProtocolError(f"bad signature on load summary for {msg.node}")
+        self._load_seen[msg.node] = (msg.incarnation, msg.seq)
+        self._fresh_load[msg.node] = msg.load
+        self._broadcasts.queue(_load_key(msg.node), wire.encode_message(msg), self.config.load_retransmits)
 
     def _accept_alive(self, a: Alive) -> Alive:
         """Verify (once) and intern an alive record; raises RemoteProtocolError if forged."""
@@ -640,7 +704,7 @@ class Membership:
         self._corrections[key] = now
         self._send(src, [wire.encode_message(alive)])
 
-    def _on_suspect(self, s: Suspect, now: float) -> None:
+    def _on_suspect(self, s: Suspect, now: float, gossip: bool = True) -> None:
         about_self = s.node == self.id
         status = self.status_of(s.node)
         inc = self.incarnation if about_self else (self.incarnation_of(s.node) or 0)
@@ -653,7 +717,7 @@ class Membership:
             return
         if verdict is Verdict.CONFIRM:
             timer = self._suspicions.get(s.node)
-            if timer is not None and timer.confirm(s.accuser):
+            if timer is not None and timer.confirm(s.accuser) and gossip:
                 self._broadcasts.queue(s.node, wire.encode_message(s))
             return
         self._set_down(s.node, Status.SUSPECT, s.incarnation, now)
@@ -668,10 +732,11 @@ class Membership:
         else:
             k, longest = 0, base
         self._suspicions[s.node] = Suspicion.begin(s.incarnation, s.accuser, now, k, base, longest)
-        self._broadcasts.queue(s.node, wire.encode_message(s))
+        if gossip:
+            self._broadcasts.queue(s.node, wire.encode_message(s))
         self._event("suspect", s.node, s.incarnation, now, s.accuser)
 
-    def _on_dead(self, d: Dead, now: float) -> None:
+    def _on_dead(self, d: Dead, now: float, gossip: bool = True) -> None:
         about_self = d.node == self.id
         status = self.status_of(d.node)
         inc = self.incarnation if about_self else (self.incarnation_of(d.node) or 0)
@@ -687,7 +752,8 @@ class Membership:
         new = Status.LEFT if d.accuser == d.node else Status.DEAD
         self._suspicions.pop(d.node, None)
         self._set_down(d.node, new, d.incarnation, now)
-        self._broadcasts.queue(d.node, wire.encode_message(d))
+        if gossip:
+            self._broadcasts.queue(d.node, wire.encode_message(d))
         self._event(new.label, d.node, d.incarnation, now, d.accuser)
 
     def _set_down(self, node: str, status: Status, incarnation: int, now: float) -> None:
@@ -724,9 +790,20 @@ class Membership:
         self._broadcasts.queue(self.id, wire.encode_message(alive))
 
     def _suspicion_expired(self, node: str, now: float) -> None:
-        timer = self._suspicions.pop(node)
+        timer = self._suspicions[node]
         if self.status_of(node) is not Status.SUSPECT:
+            del self._suspicions[node]
             return
+        if self.config.lifeguard and timer.k >= 1 and timer.confirmations == 0 and not timer.last_chance:
+            # Nobody else confirmed in the whole maximum timeout: most likely every other node
+            # heard the refutation and only we missed all its retransmissions. Before declaring
+            # death, tell the suspect once more, directly; its refutation rides on its ack.
+            timer.last_chance = True
+            timer.deadline = now + self.config.probe_interval
+            self.stats.last_chance_checks += 1
+            self._send(self._alive[node].addr, self._probe_parts(node, self._next_seq()))
+            return
+        del self._suspicions[node]
         log.debug("%s: suspicion of %s timed out after %d confirmations", self.id, node, timer.confirmations)
         self._on_dead(Dead(node, timer.incarnation, self.id), now)
 
@@ -738,6 +815,7 @@ class Membership:
         del self._alive[node]
         self._last_seen.pop(node, None)
         self._fresh_load.pop(node, None)
+        self._load_seen.pop(node, None)
         self._pinged_by.pop(node, None)
         pos = self._id_pos.pop(node)
         last = self._ids.pop()
@@ -769,12 +847,17 @@ class Membership:
         timeout = self.awareness.scale(self.config.probe_timeout)
         self._probe = _Probe(target, seq, now, now + timeout, now + interval)
         self.stats.probes += 1
+        self._send(self._alive[target].addr, self._probe_parts(target, seq))
+
+    def _probe_parts(self, target: str, seq: int) -> list[bytes]:
         parts = [wire.encode_message(Ping(seq, target, self.id))]
         down = self._down.get(target)
         if down is not None and down.status is Status.SUSPECT:
-            # Tell the target it is suspected so that it can refute at once (Lifeguard's buddy system).
-            parts.append(wire.encode_message(Suspect(target, down.incarnation, self.id)))
-        self._send(self._alive[target].addr, parts)
+            # Tell the target it is suspected so that it can refute at once (Lifeguard's buddy
+            # system). The suspicion goes first: the target refutes before it acks, so its new
+            # alive rides back on the ack and reaches us even if the gossip never does.
+            parts.insert(0, wire.encode_message(Suspect(target, down.incarnation, self.id)))
+        return parts
 
     def _next_probe_target(self) -> str | None:
         checked = 0
@@ -806,6 +889,11 @@ class Membership:
         msg = wire.encode_message(IndirectPing(probe.seq, probe.target, target.host, target.port, self.id, want_nack))
         for node in relays:
             self._send(self._alive[node].addr, [msg])
+        if self.config.direct_retry:
+            # A second direct ping with the indirect ones: on a lossy link the first ping or its
+            # ack is the likeliest loss (19 % at 10 % loss), and one more datagram pair costs
+            # less than a suspicion gossiped to every node. Same seq: either ack ends the probe.
+            self._send(target.addr, self._probe_parts(probe.target, probe.seq))
         self.stats.indirect_probes += 1
         probe.expected_nacks = len(relays) if want_nack else 0
         if self.config.tcp_fallback:
@@ -909,7 +997,11 @@ class Membership:
     def _push_pull(self, addr: Addr, now: float, join: bool) -> int:
         self.stats.push_pulls += 1
         digest = tuple(self._digest_entry(n) for n in self._alive)
-        return self._stream(addr, PushPull(self.cluster, join, digest), True, "push-pull")
+        token = self._stream(addr, PushPull(self.cluster, join, digest), True, "push-pull")
+        pending = self._pending_streams.get(token)
+        if pending is not None:
+            pending.join = join
+        return token
 
     def _serve_push_pull(self, msg: PushPull, src: Addr, now: float) -> PushPullReply | None:
         if msg.cluster != self.cluster:
@@ -930,15 +1022,15 @@ class Membership:
                 want.append(e)
         return PushPullReply(self.cluster, tuple(want), tuple(send))
 
-    def _merge(self, states: Iterable[MemberState], now: float) -> None:
+    def _merge(self, states: Iterable[MemberState], now: float, gossip: bool = True) -> None:
         for st in states:
             try:
-                self._on_alive(st.alive, now)
+                self._on_alive(st.alive, now, gossip)
                 if st.status is Status.SUSPECT or st.status is Status.DEAD:
                     # One peer's "dead" is only grounds for suspicion here (see state.py).
-                    self._on_suspect(Suspect(st.alive.node, st.incarnation, self.id), now)
+                    self._on_suspect(Suspect(st.alive.node, st.incarnation, self.id), now, gossip)
                 elif st.status is Status.LEFT:
-                    self._on_dead(Dead(st.alive.node, st.incarnation, st.alive.node), now)
+                    self._on_dead(Dead(st.alive.node, st.incarnation, st.alive.node), now, gossip)
             except RemoteProtocolError as exc:
                 self.stats.rejected += 1
                 log.debug("%s: rejected merged state for %s: %s", self.id, st.alive.node, exc)

@@ -27,6 +27,7 @@ class MessageType(IntEnum):
     PUSH_PULL = 8
     PUSH_PULL_REPLY = 9
     PUSH_PULL_STATES = 10
+    LOAD = 11
 
 
 Addr = tuple[str, int]
@@ -104,6 +105,30 @@ def signed_alive_payload(node: str, incarnation: int, host: str, port: int, meta
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSummary:
+    """A node's own, signed coarse load, gossiped between alive messages (see DESIGN, "Load").
+
+    Much smaller than an alive (no metadata, no key) and ordered by ``seq``
+    within one incarnation; receivers check it against the key of the
+    node's alive record.
+    """
+
+    node: str
+    incarnation: int
+    seq: int
+    load: Load
+    signature: bytes
+
+    def signed_payload(self) -> bytes:
+        return signed_load_payload(self.node, self.incarnation, self.seq, self.load)
+
+
+def signed_load_payload(node: str, incarnation: int, seq: int, load: Load) -> bytes:
+    """The bytes a node signs for its load summary (domain-separated from alive)."""
+    return b"rmap2p-load\x00" + msgpack.packb([node, incarnation, seq, load.to_wire()], use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Suspect:
     node: str
     incarnation: int
@@ -160,5 +185,15 @@ class PushPullStates:
 
 
 Message = (
-    Ping | IndirectPing | Ack | Nack | Alive | Suspect | Dead | PushPull | PushPullReply | PushPullStates
+    Ping
+    | IndirectPing
+    | Ack
+    | Nack
+    | Alive
+    | LoadSummary
+    | Suspect
+    | Dead
+    | PushPull
+    | PushPullReply
+    | PushPullStates
 )

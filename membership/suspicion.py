@@ -59,6 +59,8 @@ class Suspicion:
     max_timeout: float
     confirmed_by: set[str] = field(default_factory=set)
     deadline: float = 0.0
+    last_chance: bool = False
+    """Whether the suspect has had its final direct check (see ``Membership``)."""
 
     @classmethod
     def begin(

@@ -25,6 +25,7 @@ from membership.messages import (
     Dead,
     DigestEntry,
     IndirectPing,
+    LoadSummary,
     MemberState,
     Message,
     MessageType,
@@ -90,6 +91,8 @@ def _fields(msg: Message) -> list:
             return [MessageType.NACK, msg.seq]
         case Suspect():
             return [MessageType.SUSPECT, msg.node, msg.incarnation, msg.accuser]
+        case LoadSummary():
+            return [MessageType.LOAD, msg.node, msg.incarnation, msg.seq, msg.load.to_wire(), msg.signature]
         case Dead():
             return [MessageType.DEAD, msg.node, msg.incarnation, msg.accuser]
         case PushPull():
@@ -177,6 +180,9 @@ def _message(raw: object) -> Message:
         case MessageType.SUSPECT:
             _arity(f, 3, kind)
             return Suspect(_id(f[0]), _int(f[1]), _id(f[2]))
+        case MessageType.LOAD:
+            _arity(f, 5, kind)
+            return LoadSummary(_id(f[0]), _int(f[1]), _int(f[2]), Load.from_wire(f[3]), _bytes(f[4], 128))
         case MessageType.DEAD:
             _arity(f, 3, kind)
             return Dead(_id(f[0]), _int(f[1]), _id(f[2]))

@@ -154,8 +154,8 @@ class SimOptions:
     """Fresh metadata updates injected (one random live node each), evenly spread after convergence."""
     meta_interval_s: float = 0.0
     """Metadata heartbeat: each node's coarse load changes markedly every Exp(meta_interval_s)
-    seconds and goes through ``update_load`` (the machine re-gossips it at most every 30 s);
-    0 turns it off."""
+    seconds and goes through ``update_load`` (the machine gossips a signed load summary at
+    most once per ``load_gossip_period(N)``); 0 turns it off."""
     actions: tuple[Action, ...] = ()
     network: NetworkOptions = field(default_factory=NetworkOptions)
     sample_every_s: float | None = None
@@ -432,11 +432,15 @@ class Simulation:
             records.append(a)
         shared_positions = list(range(self.n))  # one int object per position, shared by all nodes
         period = self.config.push_pull_period(self.n)
+        load_period = self.config.load_gossip_period(self.n)
         first_round = math.ceil(self.options.seconds / self.config.probe_interval) + 2
         pairs = list(zip(self.ids, records))
         for i, m in enumerate(self.machines):
             assert m is not None
-            for attr in ("_alive", "_ids", "_id_pos", "_probe_list", "_probe_index", "_broadcasts", "_next_push_pull"):
+            for attr in (
+                "_alive", "_ids", "_id_pos", "_probe_list", "_probe_index", "_broadcasts", "_next_push_pull",
+                "_last_load_gossip",
+            ):
                 if not hasattr(m, attr):
                     raise RuntimeError(
                         f"warm start needs Membership.{attr}; the machine changed shape: use --start cold"
@@ -456,6 +460,8 @@ class Simulation:
             # period; a fresh machine draws its first one within the unscaled interval, which
             # would put every node's exchange into the first 30 s of the run.
             m._next_push_pull = now + self.workload_rng.uniform(0, period)
+            # Likewise its last load summary went out some time within the (N-scaled) period.
+            m._last_load_gossip = now - self.workload_rng.uniform(0, load_period)
         self._started = list(range(self.n))
         self.rec.warm_start(now, range(self.n))
         for i in range(self.n):

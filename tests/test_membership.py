@@ -8,6 +8,7 @@ import pytest
 from cluster import Cluster
 
 from membership import Membership, NodeMeta, Status, SwimConfig
+from membership.meta import Load
 from membership import wire
 from membership.broadcast import BroadcastQueue, retransmit_limit
 from membership.messages import Ack, Alive, Dead, IndirectPing, MemberState, Nack, Ping, PushPullReply, Suspect
@@ -134,8 +135,11 @@ def test_probe_deadlines_are_exact_and_indirect_probe_follows_a_missed_ack() -> 
     assert isinstance(ping, Ping) and ping.source == "me"
     assert m.next_deadline() == pytest.approx(t + 0.5), "the ack timeout is the next deadline"
     m.tick(t + 0.5)
-    out = [wire.decode_datagram(d)[0] for d, _ in m.take_datagrams()]
-    assert len(out) == 3 and all(isinstance(x, IndirectPing) and x.seq == ping.seq for x in out)
+    sent = [(wire.decode_datagram(d)[0], a) for d, a in m.take_datagrams()]
+    relayed = [x for x, _ in sent if isinstance(x, IndirectPing)]
+    assert len(relayed) == 3 and all(x.seq == ping.seq for x in relayed)
+    retry = [(x, a) for x, a in sent if isinstance(x, Ping)]
+    assert retry == [(ping, addr)], "a second direct ping, same seq, goes out with the ping-reqs"
     assert [s.kind for s in m.take_streams()] == ["ping"], "TCP fallback probe goes out with the ping-reqs"
     assert m.next_deadline() == pytest.approx(t + 1.0), "the end of the probe interval is next"
     # One relay says it could not reach the target; two say nothing: we missed 2 nacks.
@@ -378,3 +382,133 @@ def test_same_seed_same_run() -> None:
 
     assert trace(9) == trace(9)
     assert trace(9) != trace(10)
+
+
+def test_an_ack_to_the_retried_direct_ping_ends_the_probe() -> None:
+    m = machine()
+    for i in range(5):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    t = quiet(m)
+    m.tick(t)
+    (data, _), = m.take_datagrams()
+    ping = wire.decode_datagram(data)[0]
+    m.tick(t + 0.5)
+    m.take_datagrams()
+    feed(m, Ack(ping.seq, Load()), now=t + 0.7)
+    m.tick(t + 1.0)
+    assert m.status_of(ping.target) is Status.ALIVE and m.stats.probe_failures == 0
+
+
+def test_probing_a_suspect_puts_the_suspicion_before_the_ping() -> None:
+    # The target handles its compound in order: it refutes first, so the ack it sends
+    # for the ping carries its new alive back to the prober.
+    m = machine()
+    feed(m, alive("p", 1))
+    feed(m, Suspect("p", 1, "q"))
+    probes: list = []
+    for _ in range(20):
+        m.tick(m.next_deadline())  # type: ignore[arg-type]
+        sent = [wire.decode_datagram(d) for d, _ in m.take_datagrams()]
+        probes = [p for p in sent if any(isinstance(x, Ping) for x in p)]
+        if probes:
+            break
+    assert m.status_of("p") is Status.SUSPECT
+    assert isinstance(probes[0][0], Suspect) and probes[0][0].node == "p"
+    assert isinstance(probes[0][1], Ping)
+
+
+def test_a_joiner_regossips_nothing_from_its_seed_and_asks_a_second_member_soon() -> None:
+    m = machine()
+    queued = m.broadcasts_queued()  # our own alive, with nobody yet to tell
+    reply = PushPullReply("rmap2p", (), tuple(MemberState(alive(f"p{i}", 2), Status.ALIVE, 2) for i in range(20)))
+    token = m.join(("10.0.0.3", 1), 10.0)
+    assert m.stream_reply(token, wire.encode_frame(reply), 10.0)
+    assert all(m.status_of(f"p{i}") is Status.ALIVE for i in range(20))
+    assert m.broadcasts_queued() == queued, "the pool already knows what the seed told us"
+    follow_up = SwimConfig.lan().join_follow_up
+    assert m.next_deadline() is not None
+    m.take_streams()
+    t = 10.0
+    while t < 10.0 + follow_up:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        if any(s.kind == "push-pull" for s in m.take_streams()):
+            break
+    assert 10.0 < t <= 10.0 + follow_up, "a second push-pull follows the join within join_follow_up"
+
+    # A periodic push-pull (not a join) does re-gossip news: that is how a healed partition spreads.
+    token = m.push_pull(("10.0.0.3", 1), t)
+    news = PushPullReply("rmap2p", (), (MemberState(alive("late", 1), Status.ALIVE, 1),))
+    before = m.broadcasts_queued()
+    assert m.stream_reply(token, wire.encode_frame(news), t)
+    assert m.broadcasts_queued() == before + 1
+
+
+def test_an_unconfirmed_suspicion_gets_a_last_direct_check_before_death() -> None:
+    m = machine()
+    for i in range(30):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    feed(m, Suspect("p0", 1, "a"), now=10.0)
+    slow = m._suspicions["p0"].deadline  # type: ignore[attr-defined]
+    m.take_datagrams()
+    m.tick(slow)
+    to_p0 = [wire.decode_datagram(d) for d, a in m.take_datagrams() if a == ("10.0.0.2", 8000)]
+    assert m.status_of("p0") is Status.SUSPECT, "no confirmation came: ask the suspect itself first"
+    assert any(isinstance(p[0], Suspect) and isinstance(p[1], Ping) for p in to_p0)
+    assert m.stats.last_chance_checks == 1
+    # Silence: it is dead one probe interval later, and there is no second last chance.
+    m.tick(slow + 1.0)
+    assert m.status_of("p0") is Status.DEAD
+
+    # A suspect that answers the check with its refutation stays.
+    feed(m, Suspect("p1", 1, "a"), now=100.0)
+    slow = m._suspicions["p1"].deadline  # type: ignore[attr-defined]
+    m.tick(slow)
+    feed(m, alive("p1", 2, port=8001), src=("10.0.0.2", 8001), now=slow + 0.01)
+    m.tick(slow + 1.0)
+    assert m.status_of("p1") is Status.ALIVE
+
+
+def test_a_marked_load_change_travels_as_a_signed_summary_within_the_budget() -> None:
+    from membership.messages import LoadSummary
+
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg)
+    for i in range(49):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    period = cfg.load_gossip_period(m.num_active())
+    assert period == pytest.approx(50 * cfg.load_retransmits * 104 / cfg.load_gossip_budget)
+    t = quiet(m)
+    inc = m.incarnation
+    m.update_load(Load(cpu_percent=90), t)
+    assert m.broadcasts_queued() == 0, "not before one period since the last summary (or alive)"
+    m.update_load(Load(cpu_percent=5), period + 1.0)
+    assert m.broadcasts_queued() == 0, "no marked change against what was last gossiped"
+    m.update_load(Load(cpu_percent=90), period + 2.0)
+    assert m.incarnation == inc, "load is not an alive: no new incarnation, no metadata re-sent"
+    sent = 0
+    for _ in range(50):
+        m.tick(m.next_deadline())  # type: ignore[arg-type]
+        for data, _ in m.take_datagrams():
+            sent += sum(isinstance(x, LoadSummary) for x in wire.decode_datagram(data))
+    assert sent == cfg.load_retransmits
+
+
+def test_a_load_summary_is_checked_ordered_and_forwarded_a_few_times() -> None:
+    from membership.messages import LoadSummary
+
+    verify = lambda node, pk, payload, sig: sig == b"\x02" * 64  # noqa: E731
+    m = machine(verify=verify)
+    feed(m, Alive("p", 3, "10.0.0.2", 8000, NodeMeta(load=Load(10)).encode(), bytes(32), b"\x02" * 64))
+    quiet(m)
+    [view] = [v for v in m.members() if v.node == "p"]
+    assert view.load.cpu_percent == 10
+    feed(m, LoadSummary("p", 3, 1, Load(80), b"\x00" * 64))
+    assert m.stats.rejected == 1 and next(v for v in m.members() if v.node == "p").load.cpu_percent == 10
+    feed(m, LoadSummary("p", 3, 2, Load(80), b"\x02" * 64))
+    assert next(v for v in m.members() if v.node == "p").load.cpu_percent == 80
+    assert m.broadcasts_queued() == 1, "forwarded"
+    feed(m, LoadSummary("p", 3, 1, Load(20), b"\x02" * 64))
+    feed(m, LoadSummary("p", 2, 9, Load(20), b"\x02" * 64))
+    assert next(v for v in m.members() if v.node == "p").load.cpu_percent == 80, "older seq or incarnation: stale"

@@ -15,6 +15,7 @@ from membership.messages import (
     Dead,
     DigestEntry,
     IndirectPing,
+    LoadSummary,
     MemberState,
     Nack,
     Ping,
@@ -23,6 +24,7 @@ from membership.messages import (
     PushPullStates,
     Suspect,
 )
+from membership.config import LOAD_SUMMARY_BYTES
 from membership.meta import Load, NodeMeta
 from membership.state import Status
 
@@ -46,6 +48,7 @@ MESSAGES = [
     Nack(5),
     ALIVE,
     Suspect("n", 3, "acc"),
+    LoadSummary("n", 3, 17, Load(90, 50, 0, 12), bytes(64)),
     Dead("n", 3, "n"),
     PushPull("rmap2p", True, (DigestEntry("a", 1, Status.ALIVE), DigestEntry("b", 2, Status.DEAD))),
     PushPullReply("rmap2p", (DigestEntry("a", 1, Status.SUSPECT),), (MemberState(ALIVE, Status.SUSPECT, 8),)),
@@ -59,10 +62,17 @@ def test_round_trip(msg: object) -> None:
 
 
 def test_compound_datagram_round_trip_and_size() -> None:
-    data = wire.encode_datagram(MESSAGES[:8])
-    assert wire.decode_datagram(data) == MESSAGES[:8]
+    data = wire.encode_datagram(MESSAGES[:9])
+    assert wire.decode_datagram(data) == MESSAGES[:9]
     ping = wire.encode_datagram([Ping(1, "a" * 16, "b" * 16)])
     assert len(ping) < 48, "a ping must stay small: it is most of the steady-state traffic"
+
+
+def test_a_load_summary_costs_what_the_gossip_budget_assumes() -> None:
+    # Largest fields: a 16-hex-digit id, big incarnation and seq, every figure at its widest.
+    worst = LoadSummary("f" * 16, 2**31, 2**31, Load(100, 100, 100, 2**31 - 1), bytes(64))
+    assert len(wire.encode_message(worst)) <= LOAD_SUMMARY_BYTES
+    assert len(wire.encode_message(worst)) < len(wire.encode_message(ALIVE)) / 2
 
 
 def test_meta_round_trip_and_forward_compatibility() -> None:
