@@ -9,6 +9,14 @@ go first, and among equals the newest first, so fresh news overtakes news
 that most nodes already have. Items are kept in buckets by transmit count so
 that picking a datagram's worth is proportional to what is picked, not to
 the queue length (a join wave can queue thousands).
+
+The queue is bounded (serf prunes its queues the same way): beyond
+``max_items`` the update sent most often goes, never one under a
+``protected`` key (the node's own alive: its refutations must get out). A
+node only sends a few datagrams' worth per gossip tick, so a queue much
+deeper than that holds news that is seconds old before it leaves; in a
+join storm, anti-entropy (the joiners' catch-up push-pulls) spreads it
+more cheaply than thousands of stale retransmissions.
 """
 
 from __future__ import annotations
@@ -32,10 +40,12 @@ class _Item:
 
 
 class BroadcastQueue:
-    def __init__(self, max_items: int = 100_000) -> None:
+    def __init__(self, max_items: int = 100_000, protected: frozenset[str] = frozenset()) -> None:
         self._by_key: dict[str, _Item] = {}
         self._buckets: dict[int, dict[str, _Item]] = {}
         self._max_items = max_items
+        self._protected = protected
+        self.pruned = 0
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -65,10 +75,11 @@ class BroadcastQueue:
                     budget -= cost
                 else:
                     skipped += 1
-                # Stop scanning once nothing more can fit or we have looked long enough.
-                if budget < 24 or skipped > 32:
+                # Stop once nothing more can fit or a few did not: a deep queue holds hundreds of
+                # alives (~240 B) and scanning them all for a smaller one costs more than it saves.
+                if budget < 24 or skipped > 8:
                     break
-            if budget < 24 or skipped > 32:
+            if budget < 24 or skipped > 8:
                 break
         for item in picked:
             self._buckets[item.transmits].pop(item.key, None)
@@ -80,6 +91,10 @@ class BroadcastQueue:
             else:
                 self._buckets.setdefault(item.transmits, {})[item.key] = item
         return [item.payload for item in picked]
+
+    def clear(self) -> None:
+        self._by_key.clear()
+        self._buckets.clear()
 
     def transmits(self, key: str) -> int | None:
         item = self._by_key.get(key)
@@ -94,6 +109,10 @@ class BroadcastQueue:
                 del self._buckets[old.transmits]
 
     def _drop_oldest(self) -> None:
-        worst = max(self._buckets)
-        key = next(iter(self._buckets[worst]))
-        self._remove(key)
+        # The most-sent update; among equals the oldest (buckets keep insertion order).
+        for transmits in sorted(self._buckets, reverse=True):
+            for key in self._buckets[transmits]:
+                if key not in self._protected:
+                    self._remove(key)
+                    self.pruned += 1
+                    return

@@ -239,7 +239,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
-        self._broadcasts = BroadcastQueue(max_items=config.max_members)
+        self._broadcasts = BroadcastQueue(config.max_queued_updates, frozenset({self.id, _load_key(self.id)}))
         self._last_seen: dict[str, float] = {}
         self._fresh_load: dict[str, Load] = {}
         self._load_seen: dict[str, tuple[int, int]] = {}  # (incarnation, seq) of the newest summary
@@ -265,6 +265,7 @@ class Membership:
         self._next_probe = now + rng.uniform(0, config.probe_interval)
         self._next_gossip = now + config.gossip_interval
         self._next_push_pull = now + rng.uniform(0, config.push_pull_interval)
+        self._catch_up = 0.0  # while > 0: the next anti-entropy gap of a node that just joined
         self._next_reconnect = now + config.reconnect_interval
         self._announce(now)
 
@@ -330,9 +331,12 @@ class Membership:
                 self._merge(msg.states, now, gossip=not pending.join)
                 if pending.join:
                     # Nobody re-gossips what a joiner learned, so whatever its seed had not
-                    # heard of yet (a join wave) it learns from a second, random member soon.
-                    follow_up = now + self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
-                    self._next_push_pull = min(self._next_push_pull, follow_up)
+                    # heard of yet (others joining at the same time) it pulls from random
+                    # members: soon, then at doubling gaps up to the normal period. In a join
+                    # storm gossip is backlogged for minutes; anti-entropy is not.
+                    gap = self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
+                    self._catch_up = 2 * gap
+                    self._next_push_pull = min(self._next_push_pull, now + gap)
                 wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
                 if wanted:
                     self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, "states")
@@ -981,7 +985,13 @@ class Membership:
     # ------------------------------------------------------------ anti-entropy
 
     def _periodic_push_pull(self, now: float) -> None:
-        self._next_push_pull = now + self.config.push_pull_period(self.num_active())
+        period = self.config.push_pull_period(self.num_active())
+        if 0 < self._catch_up < period:
+            self._next_push_pull = now + self._catch_up
+            self._catch_up *= 2
+        else:
+            self._catch_up = 0.0
+            self._next_push_pull = now + period
         peers = self._random_members(1, now)
         if peers:
             self._push_pull(self._alive[peers[0]].addr, now, join=False)

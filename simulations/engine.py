@@ -455,7 +455,7 @@ class Simulation:
             # each shuffle 10,000 members in the first second would cost minutes.)
             m._probe_list = self.workload_rng.sample(others, min(len(others), first_round))
             m._probe_index = 0
-            m._broadcasts = type(m._broadcasts)(max_items=self.config.max_members)
+            m._broadcasts.clear()
             # A long-running cluster has its push-pull phases spread over the whole (N-scaled)
             # period; a fresh machine draws its first one within the unscaled interval, which
             # would put every node's exchange into the first 30 s of the run.

@@ -226,6 +226,19 @@ def test_broadcast_queue_prefers_least_sent_and_respects_budget() -> None:
     assert q.take(1000, 10) == [b"b" * 100, b"a" * 100], "among equals, the newest goes first"
 
 
+def test_a_full_queue_drops_the_most_sent_update_but_never_a_protected_one() -> None:
+    q = BroadcastQueue(max_items=3, protected=frozenset({"me"}))
+    q.queue("me", b"m")
+    for _ in range(5):
+        q.take(1000, 10)  # "me" has now been sent 5 times: the most of all
+    q.queue("a", b"a")
+    q.take(1000, 10)
+    q.queue("b", b"b")
+    q.queue("c", b"c")
+    assert len(q) == 3 and q.transmits("a") is None and q.pruned == 1, "a (sent most, not protected) went"
+    assert q.transmits("me") == 6 and q.transmits("b") == 0 and q.transmits("c") == 0
+
+
 def test_push_pull_merge_turns_remote_dead_into_local_suspect() -> None:
     m = machine()
     for name in ("x", "y", "z"):
