@@ -46,6 +46,8 @@ class BroadcastQueue:
         self._max_items = max_items
         self._protected = protected
         self.pruned = 0
+        self.queued_total = 0
+        """Updates ever queued: a cheap "anything new since?" for the machine."""
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -59,6 +61,7 @@ class BroadcastQueue:
         if len(self._by_key) >= self._max_items:
             self._drop_oldest()
         item = _Item(key, payload, 0, cap)
+        self.queued_total += 1
         self._by_key[key] = item
         self._buckets.setdefault(0, {})[key] = item
 

@@ -43,6 +43,10 @@ class SwimConfig:
     """Seconds between gossip ticks; a tick sends only when updates are queued."""
     gossip_nodes: int = 3
     """Fanout of each gossip tick."""
+    ring_successors: int = 2
+    """After news, the next gossip tick goes to this many successors on the ring of sorted
+    member ids (in place of random targets; not in memberlist): every node then has neighbours
+    that forward everything new to it, which closes the e^-R chance of missing an update."""
     gossip_to_dead: float = 30.0
     """Keep gossiping to members dead for less than this, so they can refute."""
     push_pull_interval: float = 30.0

@@ -364,8 +364,8 @@ def render(cache: dict[str, dict]) -> str:
         "",
         "Dissemination rounds: gossip ticks (200 ms) until a fresh metadata update (a new "
         "incarnation) is held by every live node, p50/p99 over the updates of the run. Detection: "
-        "crash → first / median / last live observer declares the node dead; the table gives the "
-        "median over crashes of the first and p50 figures and the worst crash for \"all\". False "
+        "crash → first / median / last live observer declares the node dead; each figure is the "
+        "median over the crashes of the run (the worst crash's \"all\" is given beside it). False "
         "deaths: distinct (member, incarnation) declared dead while the member was running.",
         "",
         "## The issue's targets",
@@ -386,7 +386,7 @@ def render(cache: dict[str, dict]) -> str:
     f = _first(cache, "target-n1000-loss0")
     if f:
         row("detection p50", "N=1,000, no loss", "≤ 14 s", f"{_v(f['detection_p50_s'], 2)} s (first {_v(f['detection_first_s'], 2)} s, {f['kills']} crashes)", _check(f["detection_p50_s"], 14))
-        row("detection all", "N=1,000, no loss", "≤ 17 s", f"{_v(f['detection_all_s'], 2)} s", _check(f["detection_all_s"], 17))
+        row("detection all", "N=1,000, no loss", "≤ 17 s", f"{_v(f['detection_all_s'], 2)} s (worst of {f['kills']} crashes {_v(f.get('detection_all_max_s'), 2)} s)", _check(f["detection_all_s"], 17))
     f = _first(cache, "target-n10000-loss0")
     if f:
         row("detection p50", "N=10,000, no loss", "≤ 18 s", f"{_v(f['detection_p50_s'], 2)} s (all {_v(f['detection_all_s'], 2)} s, {f['kills']} crashes)", _check(f["detection_p50_s"], 18))

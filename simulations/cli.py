@@ -229,7 +229,8 @@ def summary(f: Figures, options: SimOptions) -> str:
         f"  dissemination rounds    p50 {_fmt(f.dissemination_rounds_p50)}  p99 {_fmt(f.dissemination_rounds_p99)}  "
         f"max {_fmt(f.dissemination_rounds_max)}  ({f.dissemination_samples} updates, {f.dissemination_incomplete} incomplete)",
         f"  failure detection       first {_fmt(f.detection_first_s, ' s')}  p50 {_fmt(f.detection_p50_s, ' s')}  "
-        f"all {_fmt(f.detection_all_s, ' s')}  ({f.kills} crashes, {f.detection_incomplete} incomplete)",
+        f"all {_fmt(f.detection_all_s, ' s')} (worst {_fmt(f.detection_all_max_s, ' s')})  "
+        f"({f.kills} crashes, {f.detection_incomplete} incomplete)",
         f"  false suspicions        {f.false_suspicions} of {f.probe_rounds} probe rounds ({_fmt((f.false_suspicion_rate or 0) * 100, ' %', 4)})",
         f"  false deaths            {f.false_deaths} (member, incarnation) pairs, {f.false_death_views} observer views",
         f"  refutations             {f.refutations}",

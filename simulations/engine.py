@@ -435,11 +435,12 @@ class Simulation:
         load_period = self.config.load_gossip_period(self.n)
         first_round = math.ceil(self.options.seconds / self.config.probe_interval) + 2
         pairs = list(zip(self.ids, records))
+        ring = sorted(self.ids)
         for i, m in enumerate(self.machines):
             assert m is not None
             for attr in (
                 "_alive", "_ids", "_id_pos", "_probe_list", "_probe_index", "_broadcasts", "_next_push_pull",
-                "_last_load_gossip",
+                "_last_load_gossip", "_ring", "_ring_shared",
             ):
                 if not hasattr(m, attr):
                     raise RuntimeError(
@@ -456,6 +457,7 @@ class Simulation:
             m._probe_list = self.workload_rng.sample(others, min(len(others), first_round))
             m._probe_index = 0
             m._broadcasts.clear()
+            m._ring, m._ring_shared = ring, True
             # A long-running cluster has its push-pull phases spread over the whole (N-scaled)
             # period; a fresh machine draws its first one within the unscaled interval, which
             # would put every node's exchange into the first 30 s of the run.
@@ -1080,7 +1082,7 @@ class Simulation:
         self._account_node_seconds()
         probes = self._retired_probes + sum(m.stats.probes for m in self.machines if m is not None)
         refutations = self._retired_refutations + sum(m.stats.refutations for m in self.machines if m is not None)
-        first, mid, last, incomplete = rec.detection()
+        first, mid, last, worst, incomplete = rec.detection()
         bw = udp_bw = tcp_bw = msgs = None
         if self._window_start is not None and self.node_seconds > 0:
             u0, t0, m0 = self._window_base
@@ -1117,6 +1119,7 @@ class Simulation:
             detection_first_s=first,
             detection_p50_s=mid,
             detection_all_s=last,
+            detection_all_max_s=worst,
             kills=len(rec.kills_done),
             detection_incomplete=incomplete,
             false_suspicions=rec.false_suspicions,

@@ -106,6 +106,9 @@ class Figures:
     detection_first_s: float | None
     detection_p50_s: float | None
     detection_all_s: float | None
+    """Crash until the last live observer declares it dead; like first and p50, the median over
+    the crashes of the run (``detection_all_max_s`` is the worst crash)."""
+    detection_all_max_s: float | None
     kills: int
     detection_incomplete: int
     false_suspicions: int
@@ -465,11 +468,11 @@ class Recorder:
             self.kills_done.append(kill)
         self._kills.clear()
 
-    def detection(self) -> tuple[float | None, float | None, float | None, int]:
-        """(median first, median p50, worst last, incomplete) over the crashes of the run.
+    def detection(self) -> tuple[float | None, float | None, float | None, float | None, int]:
+        """(median first, median p50, median last, worst last, incomplete) over the crashes.
 
         A crash is complete when every live observer that knew the node declared it dead;
-        the "all" figure is None if any crash stayed incomplete.
+        the "all" figures are None if any crash stayed incomplete.
         """
         firsts, mids, lasts = [], [], []
         incomplete = 0
@@ -482,5 +485,6 @@ class Recorder:
                 lasts.append(max(k.times))
         first = percentile(firsts, 50)
         mid = percentile([m for m in mids if m is not None], 50)
-        last = max(lasts) if lasts and not incomplete else None
-        return first, mid, last, incomplete
+        last = percentile(lasts, 50) if lasts and not incomplete else None
+        worst = max(lasts) if lasts and not incomplete else None
+        return first, mid, last, worst, incomplete

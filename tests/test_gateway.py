@@ -333,6 +333,15 @@ def ready(nodes: list[NodeProc]) -> bool:
     return all(runners_of(views[0], s) for s in CPU_SERVICES) and any(len(runners_of(views[0], s)) >= 2 for s in CPU_SERVICES)
 
 
+def steady(nodes: list[NodeProc], hold: float = 2.0) -> bool:
+    """The placement stays the same for ``hold`` seconds: longer than a node's re-allocation
+    debounce, so a view that agrees only because the last joiner has not re-allocated yet
+    does not pass for settled."""
+    before = {k: sorted(w["services_status"].items()) for k, w in nodes[0].view().items()}
+    time.sleep(hold)
+    return ready(nodes) and before == {k: sorted(w["services_status"].items()) for k, w in nodes[0].view().items()}
+
+
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
     tmp = tmp_path_factory.mktemp("gateway")
@@ -341,7 +350,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
         nodes[0].start().wait_healthy()
         for n in nodes[1:]:
             n.start(join=[nodes[0].gossip]).wait_healthy()
-        took = wait_for(lambda: ready(nodes), 40, "the pool to settle with every CPU service healthy")
+        took = wait_for(lambda: ready(nodes) and steady(nodes), 40, "the pool to settle with every CPU service healthy")
         print(f"pool settled in {took:.1f}s")
         yield nodes
     except BaseException:

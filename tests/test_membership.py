@@ -525,3 +525,17 @@ def test_a_load_summary_is_checked_ordered_and_forwarded_a_few_times() -> None:
     feed(m, LoadSummary("p", 3, 1, Load(20), b"\x02" * 64))
     feed(m, LoadSummary("p", 2, 9, Load(20), b"\x02" * 64))
     assert next(v for v in m.members() if v.node == "p").load.cpu_percent == 80, "older seq or incarnation: stale"
+
+
+def test_news_goes_to_the_two_ring_successors_first() -> None:
+    m = machine()  # id "me"
+    names = ["a", "b", "mf", "n", "o", "z"]
+    for i, name in enumerate(names):
+        feed(m, alive(name, 1, port=8000 + i))
+    feed(m, Dead("mf", 1, "x"))  # a down member is skipped on the ring
+    t = quiet(m)
+    addr_of = {("10.0.0.2", 8000 + i): name for i, name in enumerate(names)}
+    feed(m, Suspect("z", 1, "q"), now=t)
+    m.tick(m.next_deadline())  # type: ignore[arg-type]
+    got = [addr_of[a] for d, a in m.take_datagrams() if any(isinstance(x, Suspect) for x in wire.decode_datagram(d))]
+    assert got[:2] == ["n", "o"] and len(got) == 3, got

@@ -98,12 +98,16 @@ def test_no_false_positives_without_faults() -> None:
     assert f.false_deaths == 0, replay(sim)
 
 
+@pytest.mark.parametrize("loss", [0.10, 0.20])
 @pytest.mark.parametrize("seed", [1, 3, 4])
-def test_no_false_deaths_at_ten_percent_loss(seed: int) -> None:
-    sim, f = run(nodes=30, seconds=240, seed=seed, start="warm", network=NetworkOptions(loss=0.10))
+def test_no_false_deaths_at_ten_and_twenty_percent_loss(seed: int, loss: float) -> None:
+    sim, f = run(nodes=30, seconds=240, seed=seed, start="warm", network=NetworkOptions(loss=loss))
     assert f.false_deaths == 0, replay(sim)
-    # Suspicions do happen at 10 % loss (about 0.15 % of probe rounds), and each is refuted.
-    assert f.false_suspicions > 0 and f.refutations > 0, replay(sim)
+    assert f.refutations >= f.false_suspicions, replay(sim)
+    if loss >= 0.2:
+        # At 10 % loss a suspicion is rare (about 0.03 % of probe rounds: the direct retry);
+        # at 20 % they do happen, and every one is refuted before it turns into a death.
+        assert f.false_suspicions > 0, replay(sim)
 
 
 def test_warm_start_is_converged_and_stays_so() -> None:
