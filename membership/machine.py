@@ -25,14 +25,17 @@ relays send nacks so a prober can tell "the target is gone" from "I am the
 slow one", and suspicion timers shrink with independent confirmations; a
 suspicion nobody confirmed gets one last direct check before it turns into
 death. Updates are piggybacked on every datagram and pushed by the gossip
-tick to ``gossip_nodes`` random members while any are queued. Push-pull
+tick to ``gossip_nodes`` members while any are queued: random ones, except
+that news goes first to our successors on the ring of sorted ids. Push-pull
 exchanges digests over TCP and sends only what differs; what a joiner learns
-from its seed is not re-gossiped (the pool has it), and a second push-pull
-with a random member follows each join.
+from its seed is not re-gossiped (the pool has it), and the joiner catches
+up by push-pull with random members at doubling gaps instead.
 
 Departures from memberlist, each for a measured reason (simulations/RESULTS.md):
 the direct retry and the last check (false suspicions and deaths at 10 %
-loss), the quiet join (join storms), the signed load summary (below).
+loss), the ring successors (nodes that missed every random copy of an
+update), the quiet join and the bounded gossip queue (join storms), the
+signed load summary (bandwidth; see ``update_load``).
 
 Memory per member is one dict entry pointing at the member's signed
 ``Alive`` record (which a simulator shares among all its nodes) plus a small
