@@ -276,7 +276,8 @@ knobs in `membership/config.py`).
   crash's "all" is shown beside it and lies above 17 s whenever some crash waited 4 s for its
   first probe. The median of 30 crashes varies by about ±0.2 s from run to run (sampling of the
   first-probe wait), so the p50 figure lands on either side of 14 s: 13.60 s in the session-1
-  run, 14.13 s here; turning the direct retry and the ring off changes nothing measurable (300
+  run, 14.13 s here, 13.75 s and 13.77 s with seeds 2 and 3 of the same case (`--seed 2`,
+  `--seed 3` in its command); turning the direct retry and the ring off changes nothing measurable (300
   nodes, 60 crashes, two seeds: within ±0.15 s).
 - **Lifeguard when the whole loop stalls**: with timers stalled as well, a starved node raises
   no false suspicion of others (its acks are read before its timers fire), and it is itself
