@@ -70,9 +70,13 @@ class SwimConfig:
     """Largest datagram we build (before sealing)."""
     max_members: int = 100_000
     """Refuse to learn of more members than this (bounds memory against hostile joins)."""
-    max_queued_updates: int = 256
-    """Bound on the gossip queue; beyond it the most-sent update is dropped (see broadcast.py).
-    Steady state at 10,000 nodes and 10 % loss queues a handful; a 1,000-node join storm ~1,000."""
+    max_queued_updates: int = 64
+    """Bound on the joins and metadata updates in the gossip queue; beyond it the most-sent of
+    them is dropped (anti-entropy carries them too). Suspicions, deaths and refutations are never
+    dropped and not counted (see broadcast.py). A node sends at most ``gossip_nodes`` datagrams
+    (~15 alives) a tick, so a full queue is ``limit × 64 / 15`` ticks ≈ 10 s of backlog at 1,000
+    nodes: after a join storm that backlog, not the joins, is what a deeper queue costs (256:
+    about 6 kB/s per node for a minute after a 1,000-node cold start; 64: 1.2)."""
     max_pending_probes: int = 1024
     """Bound on outstanding ping-req relays we serve for others."""
     max_stream_frame: int = 4 * 1024 * 1024

@@ -29,12 +29,14 @@ tick to ``gossip_nodes`` members while any are queued: random ones, except
 that news goes first to our successors on the ring of sorted ids. Push-pull
 exchanges digests over TCP and sends only what differs; what a joiner learns
 from its seed is not re-gossiped (the pool has it), and the joiner catches
-up by push-pull with random members at doubling gaps instead.
+up by push-pull with random members at doubling gaps instead, merging those
+quietly too, until one brings nothing new.
 
 Departures from memberlist, each for a measured reason (simulations/RESULTS.md):
 the direct retry and the last check (false suspicions and deaths at 10 %
 loss), the ring successors (nodes that missed every random copy of an
-update), the quiet join and the bounded gossip queue (join storms), the
+update), the quiet join and catch-ups and the bounded gossip queue (join
+storms; suspicions, deaths and refutations are exempt from the bound), the
 signed load summary (bandwidth; see ``update_load``).
 
 Memory per member is one dict entry pointing at the member's signed
@@ -50,7 +52,8 @@ import logging
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from membership import state as rules
 from membership import wire
@@ -94,17 +97,18 @@ def _load_key(node: str) -> str:
 _MAX_PENDING_STREAMS = 256
 
 
-@dataclass(frozen=True, slots=True)
-class MemberEvent:
+class MemberEvent(NamedTuple):
     """Something changed about a member. ``kind`` is one of:
-    joined, updated, suspect, alive (recovered or refuted), dead, left, reaped, conflict."""
+    joined, updated, suspect, alive (recovered or refuted), dead, left, reaped, conflict.
+
+    A named tuple (immutable, and cheap to make: a 1,000-node join storm makes a million)."""
 
     kind: str
     node: str
     incarnation: int
     at: float
     detail: str = ""
-    record: Alive | None = field(default=None, compare=False, repr=False)
+    record: Alive | None = None
     """For ``conflict``: the signed alive record of the other daemon using our identity."""
 
 
@@ -191,17 +195,13 @@ class _PendingStream:
     addr: Addr
     seq: int = 0
     join: bool = False
+    quiet: bool = False
+    """Merge the reply without re-gossiping it: a join, or a joiner's catch-up."""
 
 
-@dataclass(slots=True)
-class _Rank:
-    # Precedence of what we know about a member, for push-pull comparisons:
-    # a higher incarnation wins; at equal incarnation the graver status wins.
-    incarnation: int
-    status: Status
-
-    def newer_than(self, other: _Rank) -> bool:
-        return (self.incarnation, int(self.status)) > (other.incarnation, int(other.status))
+_Rank = tuple[int, Status]
+"""Precedence of what we know about a member, for push-pull comparisons: a higher
+incarnation wins; at equal incarnation the graver status wins (plain tuple order)."""
 
 
 class Membership:
@@ -218,6 +218,7 @@ class Membership:
         cluster: str = "rmap2p",
         alive_intern: dict | None = None,
         record_events: bool = True,
+        decode_memo: wire.AliveMemo | None = None,
     ) -> None:
         self.config = config
         self.cluster = cluster
@@ -227,6 +228,7 @@ class Membership:
         self._addr = addr
         self._meta = meta
         self._intern = alive_intern
+        self._memo = decode_memo if decode_memo is not None else wire.AliveMemo()
         self._record_events = record_events
         self.id = signer.node_id
         self.incarnation = incarnation
@@ -260,6 +262,7 @@ class Membership:
         self.rtt: float | None = None
         """Smoothed round trip of our direct probes, in seconds (None before the first ack)."""
         self._n_down = 0  # members dead or left: kept as a count so N is O(1)
+        self._limit_for, self._limit = 0, 0  # retransmit limit, and the N it was computed for
         self._seq = 0
         self._token = 0
         self._load = meta.load
@@ -285,7 +288,7 @@ class Membership:
         self.stats.datagrams_in += 1
         self.stats.bytes_in += len(data)
         try:
-            messages = wire.decode_datagram(data)
+            messages = wire.decode_datagram(data, self._memo)
         except RemoteProtocolError as exc:
             self.stats.malformed += 1
             log.debug("%s: dropped datagram from %s: %s", self.id, src, exc)
@@ -297,7 +300,7 @@ class Membership:
         """A TCP request frame arrived; returns the reply frame, if any."""
         self.stats.stream_bytes_in += len(data)
         try:
-            msg = wire.decode_frame(data)
+            msg = wire.decode_frame(data, self._memo)
         except RemoteProtocolError as exc:
             self.stats.malformed += 1
             log.debug("%s: dropped stream frame from %s: %s", self.id, src, exc)
@@ -331,13 +334,19 @@ class Membership:
             return False
         self.stats.stream_bytes_in += len(data)
         try:
-            msg = wire.decode_frame(data)
+            msg = wire.decode_frame(data, self._memo)
             if pending.kind == "push-pull" and isinstance(msg, PushPullReply):
                 if msg.cluster != self.cluster:
                     raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
                 # What a joiner learns from its seed the pool already knows: re-gossiping it would
                 # make every join cost N broadcasts, and a join wave O(N^2 log N) messages.
-                self._merge(msg.states, now, gossip=not pending.join)
+                self._merge(msg.states, now, gossip=not pending.quiet)
+                if pending.quiet and not pending.join and not msg.states and self._catch_up > 0:
+                    # A catch-up that found nothing we lacked: we have caught up. Back to the
+                    # normal period (from now, at a random phase) rather than more doubling gaps.
+                    self._catch_up = 0.0
+                    period = self.config.push_pull_period(self.num_active())
+                    self._next_push_pull = now + self._rng.uniform(0.5, 1.0) * period
                 if pending.join:
                     # Nobody re-gossips what a joiner learned, so whatever its seed had not
                     # heard of yet (others joining at the same time) it pulls from random
@@ -412,20 +421,31 @@ class Membership:
     # ------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
-        deadlines = [self._next_probe, self._next_push_pull]
-        if self._broadcasts:
-            deadlines.append(self._next_gossip)
-        if self._probe is not None:
-            deadlines.append(self._probe.end if self._probe.indirect else self._probe.ack_deadline)
+        # Called after every input a driver feeds in: a running minimum, no list.
+        d = self._next_probe
+        if self._next_push_pull < d:
+            d = self._next_push_pull
+        if self._next_gossip < d and self._broadcasts:
+            d = self._next_gossip
+        probe = self._probe
+        if probe is not None:
+            p = probe.end if probe.indirect else probe.ack_deadline
+            if p < d:
+                d = p
         for relay in self._relays.values():
-            deadlines.append(relay.nack_deadline if relay.nack_deadline is not None else relay.expires)
-        for s in self._suspicions.values():
-            deadlines.append(s.deadline)
+            r = relay.nack_deadline if relay.nack_deadline is not None else relay.expires
+            if r < d:
+                d = r
+        for susp in self._suspicions.values():
+            if susp.deadline < d:
+                d = susp.deadline
         if self._reap_queue:
-            deadlines.append(self._reap_queue[0][0] + self.config.reap_after)
-        if self._n_down:
-            deadlines.append(self._next_reconnect)
-        return min(deadlines)
+            r = self._reap_queue[0][0] + self.config.reap_after
+            if r < d:
+                d = r
+        if self._n_down and self._next_reconnect < d:
+            d = self._next_reconnect
+        return d
 
     def tick(self, now: float) -> None:
         """Fire every timer that is due at ``now``."""
@@ -545,6 +565,8 @@ class Membership:
     def _dispatch(self, msg: Message, src: Addr, now: float) -> None:
         try:
             match msg:
+                case Alive():  # first: most of what gossip carries
+                    self._on_alive(msg, now)
                 case Ping():
                     self._on_ping(msg, src, now)
                 case Ack():
@@ -554,8 +576,6 @@ class Membership:
                 case Nack():
                     if self._probe is not None and msg.seq == self._probe.seq:
                         self._probe.nacks += 1
-                case Alive():
-                    self._on_alive(msg, now)
                 case LoadSummary():
                     self._on_load_summary(msg)
                 case Suspect():
@@ -614,6 +634,11 @@ class Membership:
 
     def _on_alive(self, a: Alive, now: float, gossip: bool = True) -> None:
         about_self = a.node == self.id
+        if not about_self:
+            old = self._alive.get(a.node)
+            if old is not None and a.incarnation <= old.incarnation:
+                # Nothing new (what most gossip brings): the table's verdict is IGNORE, found cheaply.
+                return
         status = self.status_of(a.node)
         inc = self.incarnation if about_self else (self.incarnation_of(a.node) or 0)
         verdict = rules.on_alive(status, inc, a.incarnation, about_self)
@@ -644,23 +669,28 @@ class Membership:
                 self._send(a.addr, [wire.encode_message(self._alive[self.id])])
             return
         a = self._accept_alive(a)
-        old = self._alive.get(a.node)
+        node = a.node
+        old = self._alive.get(node)
         if old is None and len(self._alive) >= self.config.max_members:
             raise RemoteProtocolError("member table full")
-        self._alive[a.node] = a
-        if old is not None and a.incarnation > old.incarnation:
-            self._fresh_load.pop(a.node, None)  # the new alive's metadata carries its current load
-        down = self._clear_down(a.node)
-        self._suspicions.pop(a.node, None)
+        self._alive[node] = a
+        down = None
         if old is None:
-            self._add_member(a.node)
-            self._event("joined", a.node, a.incarnation, now)
-        elif down is not None:
-            self._event("alive", a.node, a.incarnation, now, down.status.label)
+            self._add_member(node)
+            self._event("joined", node, a.incarnation, now)
         else:
-            self._event("updated", a.node, a.incarnation, now)
+            if a.incarnation > old.incarnation:
+                self._fresh_load.pop(node, None)  # the new alive's metadata carries its current load
+            down = self._clear_down(node)
+            self._suspicions.pop(node, None)
+            if down is not None:
+                self._event("alive", node, a.incarnation, now, down.status.label)
+            else:
+                self._event("updated", node, a.incarnation, now)
         if gossip:
-            self._broadcasts.queue(a.node, wire.encode_message(a))
+            # A refutation (or a recovery) must reach everyone who heard the suspicion: never
+            # dropped from a full queue. Joins and metadata updates may be (anti-entropy has them).
+            self._broadcasts.queue(node, wire.encode_message(a), keep=down is not None)
 
     def _on_load_summary(self, msg: LoadSummary) -> None:
         alive = self._alive.get(msg.node)
@@ -731,7 +761,7 @@ class Membership:
         if verdict is Verdict.CONFIRM:
             timer = self._suspicions.get(s.node)
             if timer is not None and timer.confirm(s.accuser) and gossip:
-                self._broadcasts.queue(s.node, wire.encode_message(s))
+                self._broadcasts.queue(s.node, wire.encode_message(s), keep=True)
             return
         self._set_down(s.node, Status.SUSPECT, s.incarnation, now)
         n = self.num_active()
@@ -746,7 +776,8 @@ class Membership:
             k, longest = 0, base
         self._suspicions[s.node] = Suspicion.begin(s.incarnation, s.accuser, now, k, base, longest)
         if gossip:
-            self._broadcasts.queue(s.node, wire.encode_message(s))
+            # Suspicions and deaths are never dropped from a full queue (see broadcast.py).
+            self._broadcasts.queue(s.node, wire.encode_message(s), keep=True)
         self._event("suspect", s.node, s.incarnation, now, s.accuser)
 
     def _on_dead(self, d: Dead, now: float, gossip: bool = True) -> None:
@@ -766,7 +797,7 @@ class Membership:
         self._suspicions.pop(d.node, None)
         self._set_down(d.node, new, d.incarnation, now)
         if gossip:
-            self._broadcasts.queue(d.node, wire.encode_message(d))
+            self._broadcasts.queue(d.node, wire.encode_message(d), keep=True)
         self._event(new.label, d.node, d.incarnation, now, d.accuser)
 
     def _set_down(self, node: str, status: Status, incarnation: int, now: float) -> None:
@@ -853,7 +884,8 @@ class Membership:
         # Insert at a random place in the rest of this probe round (memberlist does the same),
         # so that a newcomer is not probed by everyone at the same moment.
         self._probe_list.append(node)
-        j = self._rng.randrange(self._probe_index, len(self._probe_list))
+        lo = self._probe_index
+        j = lo + int(self._rng.random() * (len(self._probe_list) - lo))  # randrange, 3x cheaper
         self._probe_list[j], self._probe_list[-1] = self._probe_list[-1], self._probe_list[j]
 
     # ------------------------------------------------------------ probing
@@ -980,7 +1012,10 @@ class Membership:
         return out
 
     def _retransmit_limit(self) -> int:
-        return retransmit_limit(self.config.retransmit_mult, self.num_active())
+        n = self.num_active()
+        if n != self._limit_for:
+            self._limit_for, self._limit = n, retransmit_limit(self.config.retransmit_mult, n)
+        return self._limit
 
     def _send(self, addr: Addr, parts: list[bytes]) -> None:
         """Send ``parts`` to ``addr``, filling the rest of the datagram with queued updates."""
@@ -1007,8 +1042,10 @@ class Membership:
             return []
         picked: list[str] = []
         seen: set[str] = set()
+        ids, random_ = self._ids, self._rng.random
+        n = len(ids)
         for _ in range(4 * k + 8):
-            node = self._ids[self._rng.randrange(len(self._ids))]
+            node = ids[int(random_() * n)]
             if node in seen or node == exclude:
                 continue
             seen.add(node)
@@ -1027,6 +1064,10 @@ class Membership:
 
     def _periodic_push_pull(self, now: float) -> None:
         period = self.config.push_pull_period(self.num_active())
+        # A catch-up is a joiner pulling what it missed: old news to the pool, like the join's
+        # own reply, so it is merged without re-gossip (else every catch-up turns the hundreds
+        # of records a joiner lacks into broadcasts, and a join storm into minutes of backlog).
+        catching_up = self._catch_up > 0
         if 0 < self._catch_up < period:
             self._next_push_pull = now + self._catch_up
             self._catch_up *= 2
@@ -1035,7 +1076,7 @@ class Membership:
             self._next_push_pull = now + period
         peers = self._random_members(1, now)
         if peers:
-            self._push_pull(self._alive[peers[0]].addr, now, join=False)
+            self._push_pull(self._alive[peers[0]].addr, now, join=False, quiet=catching_up)
 
     def _reconnect(self, now: float) -> None:
         """Push-pull with one random dead member: after a partition heals, this merges the halves."""
@@ -1045,31 +1086,50 @@ class Membership:
             node = dead[self._rng.randrange(len(dead))]
             self._push_pull(self._alive[node].addr, now, join=False)
 
-    def _push_pull(self, addr: Addr, now: float, join: bool) -> int:
+    def _push_pull(self, addr: Addr, now: float, join: bool, quiet: bool = False) -> int:
         self.stats.push_pulls += 1
-        digest = tuple(self._digest_entry(n) for n in self._alive)
+        down = self._down
+        alive_status = Status.ALIVE
+        digest = tuple(
+            DigestEntry(node, a.incarnation, alive_status)
+            if (d := down.get(node)) is None
+            else DigestEntry(node, d.incarnation, d.status)
+            for node, a in self._alive.items()
+        )
         token = self._stream(addr, PushPull(self.cluster, join, digest), True, "push-pull")
         pending = self._pending_streams.get(token)
         if pending is not None:
             pending.join = join
+            pending.quiet = join or quiet
         return token
 
     def _serve_push_pull(self, msg: PushPull, src: Addr, now: float) -> PushPullReply | None:
         if msg.cluster != self.cluster:
             raise RemoteProtocolError(f"push-pull from cluster {msg.cluster!r}")
-        theirs = {e.node: _Rank(e.incarnation, e.status) for e in msg.digest}
+        # Ranks are compared as (incarnation, status) tuples; this loop runs once per member per
+        # exchange, so the lookups are inlined rather than calling _rank.
+        theirs = {e.node: (e.incarnation, e.status) for e in msg.digest}
+        alive, down = self._alive, self._down
+        alive_status = Status.ALIVE
         send = []
-        for node in self._alive:
-            mine = self._rank(node)
+        for node, a in alive.items():
+            d = down.get(node)
+            mine = (a.incarnation, alive_status) if d is None else (d.incarnation, d.status)
             other = theirs.get(node)
             # A joiner gets everything we hold, even records it claims to know as well: a daemon
             # started from a copied data dir announces our member's id from another address, and
             # only by seeing our record of "itself" can it notice that it is the copy.
-            if other is None or mine.newer_than(other) or msg.join:
-                send.append(self._state_of(node))
+            if other is None or mine > other or msg.join:
+                send.append(MemberState(a, mine[1], mine[0]))
         want = []
         for e in msg.digest:
-            if e.node not in self._alive or _Rank(e.incarnation, e.status).newer_than(self._rank(e.node)):
+            a = alive.get(e.node)
+            if a is None:
+                want.append(e)
+                continue
+            d = down.get(e.node)
+            mine = (a.incarnation, alive_status) if d is None else (d.incarnation, d.status)
+            if (e.incarnation, e.status) > mine:
                 want.append(e)
         return PushPullReply(self.cluster, tuple(want), tuple(send))
 
@@ -1089,16 +1149,12 @@ class Membership:
     def _rank(self, node: str) -> _Rank:
         down = self._down.get(node)
         if down is not None:
-            return _Rank(down.incarnation, down.status)
-        return _Rank(self._alive[node].incarnation, Status.ALIVE)
-
-    def _digest_entry(self, node: str) -> DigestEntry:
-        r = self._rank(node)
-        return DigestEntry(node, r.incarnation, r.status)
+            return (down.incarnation, down.status)
+        return (self._alive[node].incarnation, Status.ALIVE)
 
     def _state_of(self, node: str) -> MemberState:
-        r = self._rank(node)
-        return MemberState(self._alive[node], r.status, r.incarnation)
+        inc, status = self._rank(node)
+        return MemberState(self._alive[node], status, inc)
 
     def _stream(self, addr: Addr, msg: Message, expect_reply: bool, kind: str, seq: int = 0) -> int:
         self._token += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 import msgpack
 
@@ -144,8 +145,10 @@ class Dead:
     accuser: str
 
 
-@dataclass(frozen=True, slots=True)
-class DigestEntry:
+class DigestEntry(NamedTuple):
+    """What a push-pull digest says of one member. A tuple, not a dataclass: a digest holds
+    one per member, and msgpack packs a tuple as the array the wire wants."""
+
     node: str
     incarnation: int
     status: Status

@@ -14,7 +14,7 @@ input length, and every field is type- and range-checked here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import msgpack
 
@@ -104,18 +104,24 @@ def _fields(msg: Message) -> list:
     raise TypeError(f"not a message: {msg!r}")
 
 
-def _digest(entries: Sequence[DigestEntry]) -> list:
-    return [[e.node, e.incarnation, int(e.status)] for e in entries]
+def _digest(entries: Sequence[DigestEntry]) -> Sequence[DigestEntry]:
+    # Entries are (node, incarnation, status) tuples and Status is an int: msgpack packs them as is.
+    return entries
 
 
 def _states(states: Sequence[MemberState]) -> list:
     return [[s.alive.body(), int(s.status), s.incarnation] for s in states]
 
 
+_SMALL_HEADERS = tuple(bytes([VERSION]) + _array_header(n) for n in range(16))
+
+
 def pack_datagram(encoded: Iterable[bytes]) -> bytes:
     """Join pre-encoded messages into one datagram (caller keeps it under the size limit)."""
-    parts = list(encoded)
-    return bytes([VERSION]) + _array_header(len(parts)) + b"".join(parts)
+    parts = encoded if isinstance(encoded, list) else list(encoded)
+    n = len(parts)
+    head = _SMALL_HEADERS[n] if n < 16 else bytes([VERSION]) + _array_header(n)
+    return head + b"".join(parts)
 
 
 def encode_datagram(messages: Iterable[Message]) -> bytes:
@@ -127,20 +133,44 @@ def encode_frame(msg: Message) -> bytes:
 
 
 # --------------------------------------------------------------------- decode
+#
+# Decoding is the hottest path of a node in a big pool (every gossip datagram
+# holds several alives it already has), so the field checks are inlined and
+# ``type(v) is int`` stands for "an int and not a bool": msgpack yields exact
+# ints, strs, bytes and bools, nothing else of those kinds.
+
+class AliveMemo(dict):
+    """Decoded alive records keyed by their seven raw fields (see ``decode_datagram``).
+
+    A cache, bounded by starting over at ``limit`` entries: only speed depends on it.
+    The simulator shares one among all its nodes, since they all hold the same records.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int = 4096) -> None:
+        super().__init__()
+        self.limit = limit
 
 
-def decode_datagram(data: bytes) -> list[Message]:
-    """All messages of one datagram, or RemoteProtocolError if any part is bad."""
+def decode_datagram(data: bytes, memo: AliveMemo | None = None) -> list[Message]:
+    """All messages of one datagram, or RemoteProtocolError if any part is bad.
+
+    ``memo``, when given, maps the raw fields of alive records already decoded
+    to their ``Alive``: decoding is a pure function of those fields, so a hit
+    returns what a fresh decode would (the same immutable object), without
+    re-checking seven fields for a record the node has seen many times.
+    """
     raw = _unpack(data)
-    if not isinstance(raw, list) or not raw:
+    if type(raw) is not list or not raw:
         raise RemoteProtocolError("datagram: expected a non-empty array of messages")
     if len(raw) > MAX_MESSAGES_PER_DATAGRAM:
         raise RemoteProtocolError("datagram: too many messages")
-    return [_message(item) for item in raw]
+    return [_message(item, memo) for item in raw]
 
 
-def decode_frame(data: bytes) -> Message:
-    return _message(_unpack(data))
+def decode_frame(data: bytes, memo: AliveMemo | None = None) -> Message:
+    return _message(_unpack(data), memo)
 
 
 def _unpack(data: bytes) -> object:
@@ -154,75 +184,133 @@ def _unpack(data: bytes) -> object:
         raise RemoteProtocolError(f"undecodable ({type(exc).__name__})") from None
 
 
-def _message(raw: object) -> Message:
-    if not isinstance(raw, list) or not raw or not _is_int(raw[0]):
+def _message(raw: object, memo: AliveMemo | None = None) -> Message:
+    if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise RemoteProtocolError("message: expected [type, ...]")
-    try:
-        kind = MessageType(raw[0])
-    except ValueError:
-        raise RemoteProtocolError(f"unknown message type {raw[0]}") from None
-    f = raw[1:]
-    match kind:
-        case MessageType.PING:
-            _arity(f, 3, kind)
-            return Ping(_int(f[0]), _id(f[1]), _id(f[2]))
-        case MessageType.ACK:
-            _arity(f, 2, kind)
-            return Ack(_int(f[0]), None if f[1] is None else Load.from_wire(f[1]))
-        case MessageType.INDIRECT_PING:
-            _arity(f, 6, kind)
-            return IndirectPing(_int(f[0]), _id(f[1]), _host(f[2]), _port(f[3]), _id(f[4]), _bool(f[5]))
-        case MessageType.NACK:
-            _arity(f, 1, kind)
-            return Nack(_int(f[0]))
-        case MessageType.ALIVE:
-            return _alive(f)
-        case MessageType.SUSPECT:
-            _arity(f, 3, kind)
-            return Suspect(_id(f[0]), _int(f[1]), _id(f[2]))
-        case MessageType.LOAD:
-            _arity(f, 5, kind)
-            return LoadSummary(_id(f[0]), _int(f[1]), _int(f[2]), Load.from_wire(f[3]), _bytes(f[4], 128))
-        case MessageType.DEAD:
-            _arity(f, 3, kind)
-            return Dead(_id(f[0]), _int(f[1]), _id(f[2]))
-        case MessageType.PUSH_PULL:
-            _arity(f, 3, kind)
-            return PushPull(_text(f[0], MAX_ID), _bool(f[1]), _digest_of(f[2]))
-        case MessageType.PUSH_PULL_REPLY:
-            _arity(f, 3, kind)
-            return PushPullReply(_text(f[0], MAX_ID), _digest_of(f[1]), _states_of(f[2]))
-        case MessageType.PUSH_PULL_STATES:
-            _arity(f, 2, kind)
-            return PushPullStates(_text(f[0], MAX_ID), _states_of(f[1]))
-    raise RemoteProtocolError(f"unhandled message type {kind}")  # pragma: no cover
+    kind = raw[0]
+    if kind == MessageType.ALIVE:
+        return _alive(raw[1:], memo)
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise RemoteProtocolError(f"unknown message type {kind}")
+    return decoder(raw[1:], memo)
 
 
-def _alive(f: list) -> Alive:
-    _arity(f, 7, MessageType.ALIVE)
-    meta = _bytes(f[4], MAX_META)
-    return Alive(_id(f[0]), _int(f[1]), _host(f[2]), _port(f[3]), meta, _bytes(f[5], 64), _bytes(f[6], 128))
+def _ping(f: list, memo: AliveMemo | None) -> Ping:
+    _arity(f, 3, MessageType.PING)
+    return Ping(_int(f[0]), _id(f[1]), _id(f[2]))
+
+
+def _ack(f: list, memo: AliveMemo | None) -> Ack:
+    _arity(f, 2, MessageType.ACK)
+    return Ack(_int(f[0]), None if f[1] is None else Load.from_wire(f[1]))
+
+
+def _indirect_ping(f: list, memo: AliveMemo | None) -> IndirectPing:
+    _arity(f, 6, MessageType.INDIRECT_PING)
+    return IndirectPing(_int(f[0]), _id(f[1]), _host(f[2]), _port(f[3]), _id(f[4]), _bool(f[5]))
+
+
+def _nack(f: list, memo: AliveMemo | None) -> Nack:
+    _arity(f, 1, MessageType.NACK)
+    return Nack(_int(f[0]))
+
+
+def _suspect(f: list, memo: AliveMemo | None) -> Suspect:
+    _arity(f, 3, MessageType.SUSPECT)
+    return Suspect(_id(f[0]), _int(f[1]), _id(f[2]))
+
+
+def _load(f: list, memo: AliveMemo | None) -> LoadSummary:
+    _arity(f, 5, MessageType.LOAD)
+    return LoadSummary(_id(f[0]), _int(f[1]), _int(f[2]), Load.from_wire(f[3]), _bytes(f[4], 128))
+
+
+def _dead(f: list, memo: AliveMemo | None) -> Dead:
+    _arity(f, 3, MessageType.DEAD)
+    return Dead(_id(f[0]), _int(f[1]), _id(f[2]))
+
+
+def _push_pull(f: list, memo: AliveMemo | None) -> PushPull:
+    _arity(f, 3, MessageType.PUSH_PULL)
+    return PushPull(_text(f[0], MAX_ID), _bool(f[1]), _digest_of(f[2]))
+
+
+def _push_pull_reply(f: list, memo: AliveMemo | None) -> PushPullReply:
+    _arity(f, 3, MessageType.PUSH_PULL_REPLY)
+    return PushPullReply(_text(f[0], MAX_ID), _digest_of(f[1]), _states_of(f[2], memo))
+
+
+def _push_pull_states(f: list, memo: AliveMemo | None) -> PushPullStates:
+    _arity(f, 2, MessageType.PUSH_PULL_STATES)
+    return PushPullStates(_text(f[0], MAX_ID), _states_of(f[1], memo))
+
+
+_DECODERS: dict[int, Callable[[list, AliveMemo | None], Message]] = {
+    MessageType.PING: _ping,
+    MessageType.ACK: _ack,
+    MessageType.INDIRECT_PING: _indirect_ping,
+    MessageType.NACK: _nack,
+    MessageType.SUSPECT: _suspect,
+    MessageType.LOAD: _load,
+    MessageType.DEAD: _dead,
+    MessageType.PUSH_PULL: _push_pull,
+    MessageType.PUSH_PULL_REPLY: _push_pull_reply,
+    MessageType.PUSH_PULL_STATES: _push_pull_states,
+}
+
+
+def _alive(f: list, memo: AliveMemo | None = None) -> Alive:
+    if len(f) < 7:
+        raise RemoteProtocolError(f"ALIVE: expected 7 fields, got {len(f)}")
+    key = None
+    if memo is not None and type(f[1]) is int and type(f[3]) is int:
+        # Only exact ints in the key: 1, 1.0 and True are equal as dict keys but not as fields.
+        key = (f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+        try:
+            hit = memo.get(key)
+        except TypeError:  # an unhashable field (a nested array): the checks below reject it
+            hit = key = None
+        if hit is not None:
+            return hit
+    a = Alive(_id(f[0]), _int(f[1]), _host(f[2]), _port(f[3]), _bytes(f[4], MAX_META), _bytes(f[5], 64), _bytes(f[6], 128))
+    if key is not None:
+        if len(memo) >= memo.limit:  # type: ignore[arg-type, union-attr]
+            memo.clear()  # type: ignore[union-attr]
+        memo[key] = a  # type: ignore[index]
+    return a
+
+_STATUSES = tuple(Status)
 
 
 def _digest_of(raw: object) -> tuple[DigestEntry, ...]:
-    if not isinstance(raw, list):
+    if type(raw) is not list:
         raise RemoteProtocolError("digest: expected an array")
     out = []
+    append = out.append
+    statuses = _STATUSES
     for e in raw:
-        if not isinstance(e, list) or len(e) < 3:
+        if type(e) is not list or len(e) < 3:
             raise RemoteProtocolError("digest entry: expected [node, incarnation, status]")
-        out.append(DigestEntry(_id(e[0]), _int(e[1]), _status(e[2])))
+        node, inc, st = e[0], e[1], e[2]
+        if type(node) is not str or not 0 < len(node) <= MAX_ID:
+            raise RemoteProtocolError("expected a node id")
+        if type(inc) is not int or not 0 <= inc <= MAX_INT:
+            raise RemoteProtocolError("expected a non-negative integer")
+        if type(st) is not int or not 0 <= st <= 3:
+            raise RemoteProtocolError("expected a member status 0-3")
+        append(DigestEntry(node, inc, statuses[st]))
     return tuple(out)
 
 
-def _states_of(raw: object) -> tuple[MemberState, ...]:
-    if not isinstance(raw, list):
+def _states_of(raw: object, memo: AliveMemo | None = None) -> tuple[MemberState, ...]:
+    if type(raw) is not list:
         raise RemoteProtocolError("states: expected an array")
     out = []
     for s in raw:
-        if not isinstance(s, list) or len(s) < 3 or not isinstance(s[0], list):
+        if type(s) is not list or len(s) < 3 or type(s[0]) is not list:
             raise RemoteProtocolError("state: expected [alive, status, incarnation]")
-        out.append(MemberState(_alive(s[0]), _status(s[1]), _int(s[2])))
+        out.append(MemberState(_alive(s[0], memo), _status(s[1]), _int(s[2])))
     return tuple(out)
 
 
@@ -232,53 +320,49 @@ def _arity(f: list, n: int, kind: MessageType) -> None:
         raise RemoteProtocolError(f"{kind.name}: expected {n} fields, got {len(f)}")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _int(v: object) -> int:
-    if not _is_int(v) or not 0 <= v <= MAX_INT:  # type: ignore[operator]
+    if type(v) is not int or not 0 <= v <= MAX_INT:  # type: ignore[operator]
         raise RemoteProtocolError("expected a non-negative integer")
     return v  # type: ignore[return-value]
 
 
 def _port(v: object) -> int:
-    if not _is_int(v) or not 0 < v < 65536:  # type: ignore[operator]
+    if type(v) is not int or not 0 < v < 65536:  # type: ignore[operator]
         raise RemoteProtocolError("expected a port number")
     return v  # type: ignore[return-value]
 
 
 def _bool(v: object) -> bool:
-    if not isinstance(v, bool):
+    if type(v) is not bool:
         raise RemoteProtocolError("expected a boolean")
-    return v
+    return v  # type: ignore[return-value]
 
 
 def _text(v: object, limit: int) -> str:
-    if not isinstance(v, str) or len(v) > limit:
+    if type(v) is not str or len(v) > limit:  # type: ignore[arg-type]
         raise RemoteProtocolError("expected a short text field")
-    return v
+    return v  # type: ignore[return-value]
 
 
 def _id(v: object) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= MAX_ID:
+    if type(v) is not str or not 0 < len(v) <= MAX_ID:  # type: ignore[arg-type]
         raise RemoteProtocolError("expected a node id")
-    return v
+    return v  # type: ignore[return-value]
 
 
 def _host(v: object) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= MAX_HOST:
+    if type(v) is not str or not 0 < len(v) <= MAX_HOST:  # type: ignore[arg-type]
         raise RemoteProtocolError("expected a host")
-    return v
+    return v  # type: ignore[return-value]
 
 
 def _bytes(v: object, limit: int) -> bytes:
-    if not isinstance(v, bytes) or len(v) > limit:
+    if type(v) is not bytes or len(v) > limit:  # type: ignore[arg-type]
         raise RemoteProtocolError("expected a bounded byte string")
-    return v
+    return v  # type: ignore[return-value]
 
 
 def _status(v: object) -> Status:
-    if not _is_int(v) or not 0 <= v <= 3:  # type: ignore[operator]
+    if type(v) is not int or not 0 <= v <= 3:  # type: ignore[operator]
         raise RemoteProtocolError("expected a member status 0-3")
-    return Status(v)
+    return _STATUSES[v]  # type: ignore[index]

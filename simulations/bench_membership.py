@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from simulations.engine import CrashRunners, SimOptions, Simulation
+from simulations.metrics import percentile
 from simulations.network import NetworkOptions, Partition, Starvation
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def cases() -> list[Case]:
     out: list[Case] = []
     # --- the figures, each in the scenario it names
     # Detection time is dominated by the wait for the first probe of the dead node (about
-    # Exp(1 s)), so the 1,000-node case crashes 30 nodes to make its median mean something.
+    # Exp(1 s)), so the 1,000-node case crashes 30 nodes per run to make its median mean
+    # something, and runs three seeds: the median of 30 still moves by about ±0.2 s.
     for n, secs, kills, spread, updates in ((1000, 300, 30, 200.0, 100), (10_000, 120, 5, 40.0, 30)):
         for loss in (0.0, 0.10):
             if n == 10_000 and loss:
@@ -79,6 +81,7 @@ def cases() -> list[Case]:
                         nodes=n, seconds=secs, start="warm", kills=kills, updates=updates,
                         kill_at_s=20.0, kill_spread_s=spread, network=_net(loss),
                     ),
+                    seeds=(1, 2, 3) if (n == 1000 and not loss) else (1,),
                     note="dissemination and detection",
                 )
             )
@@ -405,10 +408,18 @@ def render(cache: dict[str, dict]) -> str:
             p99 = f["dissemination_rounds_p99"] if f else None
             got = f"p99 {_v(p99)} (p50 {_v(f['dissemination_rounds_p50'])}, max {_v(f['dissemination_rounds_max'])}, {f['dissemination_samples']} updates)" if f else "—"
             row("dissemination rounds p99", f"N={n:,}, loss {loss} %", f"≤ {lim}", got, _check(p99, lim))
-    f = _first(cache, "target-n1000-loss0")
-    if f:
-        row("detection p50", "N=1,000, no loss", "≤ 14 s", f"{_v(f['detection_p50_s'], 2)} s (first {_v(f['detection_first_s'], 2)} s, {f['kills']} crashes)", _check(f["detection_p50_s"], 14))
-        row("detection all", "N=1,000, no loss", "≤ 17 s", f"{_v(f['detection_all_s'], 2)} s (worst of {f['kills']} crashes {_v(f.get('detection_all_max_s'), 2)} s)", _check(f["detection_all_s"], 17))
+    runs = [r for r in (cache.get("target-n1000-loss0") or {}).get("runs", []) if "error" not in r]
+    if runs:
+        # Each run's figure is the median over its 30 crashes; the row gives the median of the seeds.
+        p50s = [r["detection_p50_s"] for r in runs if r["detection_p50_s"] is not None]
+        alls = [r["detection_all_s"] for r in runs if r["detection_all_s"] is not None]
+        p50 = percentile(p50s, 50) if len(p50s) == len(runs) else None
+        last = percentile(alls, 50) if len(alls) == len(runs) else None
+        seeds = ", ".join(f"seed {r['seed']}: {_v(r['detection_p50_s'], 2)}" for r in runs)
+        worst = max((r.get("detection_all_max_s") or 0.0) for r in runs)
+        crashes = sum(r["kills"] for r in runs)
+        row("detection p50", "N=1,000, no loss", "≤ 14 s", f"{_v(p50, 2)} s, median of {len(runs)} seeds × 30 crashes ({seeds})", _check(p50, 14))
+        row("detection all", "N=1,000, no loss", "≤ 17 s", f"{_v(last, 2)} s, median of {len(runs)} seeds (worst of {crashes} crashes {_v(worst, 2)} s)", _check(last, 17))
     f = _first(cache, "target-n10000-loss0")
     if f:
         row("detection p50", "N=10,000, no loss", "≤ 18 s", f"{_v(f['detection_p50_s'], 2)} s (all {_v(f['detection_all_s'], 2)} s, {f['kills']} crashes)", _check(f["detection_p50_s"], 18))

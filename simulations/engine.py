@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from membership import wire
 from membership import Load, Membership, MemberEvent, NodeMeta, Status, StreamRequest, SwimConfig
 from membership.signing import UnsignedIdentity, accept_unsigned
 from simulations.metrics import Figures, Recorder, percentile
@@ -279,6 +280,8 @@ class Simulation:
         self.leaving = [False] * n
         self.metas = [self._initial_meta(i) for i in range(n)]
         self.alive_intern: dict = {}
+        # Every node decodes the same alive records: one shared memo (a pure cache, see wire).
+        self.decode_memo = wire.AliveMemo(limit=1 << 17)
         self._join_tokens: dict[int, int] = {}
         self._started: list[int] = []
 
@@ -503,6 +506,7 @@ class Simulation:
             self.now,
             incarnation=incarnation,
             alive_intern=self.alive_intern,
+            decode_memo=self.decode_memo,
             record_events=True,
         )
         self.machines[i] = m

@@ -227,7 +227,7 @@ def test_broadcast_queue_prefers_least_sent_and_respects_budget() -> None:
 
 
 def test_a_full_queue_drops_the_most_sent_update_but_never_a_protected_one() -> None:
-    q = BroadcastQueue(max_items=3, protected=frozenset({"me"}))
+    q = BroadcastQueue(max_items=2, protected=frozenset({"me"}))
     q.queue("me", b"m")
     for _ in range(5):
         q.take(1000, 10)  # "me" has now been sent 5 times: the most of all
@@ -237,6 +237,35 @@ def test_a_full_queue_drops_the_most_sent_update_but_never_a_protected_one() -> 
     q.queue("c", b"c")
     assert len(q) == 3 and q.transmits("a") is None and q.pruned == 1, "a (sent most, not protected) went"
     assert q.transmits("me") == 6 and q.transmits("b") == 0 and q.transmits("c") == 0
+
+
+def test_kept_updates_are_never_dropped_and_do_not_count_against_the_bound() -> None:
+    # A mass failure queues a suspicion or death per crashed member: all must get out, and
+    # they must not push out the few joins and metadata updates the bound leaves room for.
+    q = BroadcastQueue(max_items=2)
+    for i in range(10):
+        q.queue(f"dead-{i}", b"d", keep=True)
+        q.take(1000, 100)
+    q.queue("update-1", b"u")
+    q.queue("update-2", b"u")
+    assert len(q) == 12 and q.pruned == 0
+    q.take(1000, 100)
+    q.queue("update-3", b"u")
+    assert q.pruned == 1 and len(q) == 12
+    assert all(q.transmits(f"dead-{i}") is not None for i in range(10)), "no kept item went"
+    assert q.transmits("update-3") == 0
+
+
+def test_suspicions_deaths_and_refutations_are_queued_to_be_kept() -> None:
+    m = machine(config=SwimConfig.lan(max_queued_updates=1))
+    for name in ("x", "y", "z", "w"):
+        feed(m, alive(name, 1))  # joins: droppable, so only the newest one is still queued
+    feed(m, Suspect("x", 1, "y"))
+    feed(m, Dead("y", 1, "z"))
+    feed(m, Suspect("z", 1, "y"))
+    feed(m, alive("z", 2))  # z refutes
+    feed(m, alive("w", 2))  # a metadata update: droppable
+    assert m.broadcasts_queued() == 1 + 3 + 1, "own alive, 3 kept verdicts, 1 droppable update"
 
 
 def test_push_pull_merge_turns_remote_dead_into_local_suspect() -> None:
@@ -456,6 +485,43 @@ def test_a_joiner_regossips_nothing_from_its_seed_and_asks_a_second_member_soon(
     before = m.broadcasts_queued()
     assert m.stream_reply(token, wire.encode_frame(news), t)
     assert m.broadcasts_queued() == before + 1
+
+
+def test_catch_ups_merge_quietly_and_end_once_one_brings_nothing_new() -> None:
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg)
+    seed = PushPullReply("rmap2p", (), tuple(MemberState(alive(f"p{i}", 1), Status.ALIVE, 1) for i in range(40)))
+    token = m.join(("10.0.0.3", 1), 0.0)
+    assert m.stream_reply(token, wire.encode_frame(seed), 0.0)
+    m.take_streams()
+
+    def next_push_pull(since: float) -> tuple[float, int]:
+        t = since
+        for _ in range(10_000):
+            t = m.next_deadline()  # type: ignore[assignment]
+            m.tick(t)
+            m.take_datagrams()
+            pulls = [r for r in m.take_streams() if r.kind == "push-pull"]
+            if pulls:
+                return t, pulls[0].token
+        raise AssertionError("no push-pull")
+
+    # First catch-up: it brings a member the seed did not know. A joiner's catch-up is old news
+    # to the pool (its peer has it), so it is merged without being queued for gossip.
+    t1, token = next_push_pull(0.0)
+    before = m.broadcasts_queued()
+    late = PushPullReply("rmap2p", (), (MemberState(alive("late", 1), Status.ALIVE, 1),))
+    assert m.stream_reply(token, wire.encode_frame(late), t1)
+    assert m.status_of("late") is Status.ALIVE and m.broadcasts_queued() == before
+
+    # Second catch-up, at a doubled gap: nothing new. Catching up is over, and the next
+    # push-pull is a periodic one, at least half a normal period away.
+    t2, token = next_push_pull(t1)
+    assert t2 - t1 > 0.5 * cfg.join_follow_up
+    assert m.stream_reply(token, wire.encode_frame(PushPullReply("rmap2p", (), ())), t2)
+    period = cfg.push_pull_period(m.num_active())
+    t3, _ = next_push_pull(t2)
+    assert t3 - t2 >= 0.5 * period
 
 
 def test_an_unconfirmed_suspicion_gets_a_last_direct_check_before_death() -> None:

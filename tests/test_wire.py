@@ -17,6 +17,7 @@ from membership.messages import (
     IndirectPing,
     LoadSummary,
     MemberState,
+    MessageType,
     Nack,
     Ping,
     PushPull,
@@ -135,3 +136,27 @@ def test_well_formed_msgpack_of_wrong_shape_is_rejected_cleanly(kind: int, field
         wire.decode_datagram(data)
     except RemoteProtocolError:
         pass
+
+
+def test_the_alive_memo_returns_what_a_fresh_decode_would() -> None:
+    memo = wire.AliveMemo(limit=4)
+    data = wire.encode_datagram([ALIVE, ALIVE])
+    first = wire.decode_datagram(data, memo)
+    again = wire.decode_datagram(data, memo)
+    assert first == again == wire.decode_datagram(data) == [ALIVE, ALIVE]
+    assert again[0] is first[0], "a hit is the very object decoded before"
+    # A field that only compares equal to a memoized one (7.0 == 7, True == 1) is still rejected.
+    one = Alive("abcd", 1, "10.1.2.3", 7946, META.encode(), bytes(32), bytes(64))
+    wire.decode_datagram(wire.encode_datagram([one]), memo)
+    for record, bad in ((ALIVE, 7.0), (one, True)):
+        raw = msgpack.packb([[MessageType.ALIVE, record.node, bad, *record.body()[2:]]], use_bin_type=True)
+        with pytest.raises(RemoteProtocolError):
+            wire.decode_datagram(bytes([wire.VERSION]) + raw, memo)
+    # Unhashable junk in a field is a protocol error, not a TypeError from the memo.
+    raw = msgpack.packb([[MessageType.ALIVE, ALIVE.node, 1, ["x"], 1, b"", b"", b""]], use_bin_type=True)
+    with pytest.raises(RemoteProtocolError):
+        wire.decode_datagram(bytes([wire.VERSION]) + raw, memo)
+    # Bounded: it starts over rather than grow.
+    for i in range(10):
+        wire.decode_datagram(wire.encode_datagram([Alive(f"n{i}", 1, "10.0.0.1", 7946, b"", bytes(32), bytes(64))]), memo)
+    assert len(memo) <= 4
