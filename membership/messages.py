@@ -7,6 +7,7 @@ drops types it does not know, counted, as it drops any malformed input).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -152,6 +153,11 @@ class DigestEntry(NamedTuple):
     node: str
     incarnation: int
     status: Status
+
+
+make_digest_entry = functools.partial(tuple.__new__, DigestEntry)
+"""``make_digest_entry((node, incarnation, status))``: a DigestEntry without the named tuple's
+Python-level ``__new__`` (a push-pull builds and decodes one per member)."""
 
 
 @dataclass(frozen=True, slots=True)

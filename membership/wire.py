@@ -35,6 +35,7 @@ from membership.messages import (
     PushPullReply,
     PushPullStates,
     Suspect,
+    make_digest_entry,
 )
 from membership.meta import Load
 from membership.state import Status
@@ -289,6 +290,7 @@ def _digest_of(raw: object) -> tuple[DigestEntry, ...]:
     out = []
     append = out.append
     statuses = _STATUSES
+    entry = make_digest_entry
     for e in raw:
         if type(e) is not list or len(e) < 3:
             raise RemoteProtocolError("digest entry: expected [node, incarnation, status]")
@@ -299,7 +301,7 @@ def _digest_of(raw: object) -> tuple[DigestEntry, ...]:
             raise RemoteProtocolError("expected a non-negative integer")
         if type(st) is not int or not 0 <= st <= 3:
             raise RemoteProtocolError("expected a member status 0-3")
-        append(DigestEntry(node, inc, statuses[st]))
+        append(entry((node, inc, statuses[st])))
     return tuple(out)
 
 
