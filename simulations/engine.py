@@ -26,9 +26,9 @@ Two ways to start:
   time from t=0 until every live node lists every live node as alive.
 - ``warm``: every node starts knowing every other one, with nothing left to
   gossip: the state a cold start reaches once it has converged and its
-  broadcast queues have drained. A cold start at 10,000 nodes is O(N² log N)
-  message deliveries (every joiner re-gossips every member it learns), which
-  no single Python process does in reasonable time, so the steady-state
+  broadcast queues have drained. A cold start at 10,000 nodes is 10^8 member
+  additions (every node learns every other) and as many gossip deliveries,
+  which no single Python process does in reasonable time, so the steady-state
   figures at that size start warm. ``Membership`` has no public call that
   installs a converged view without queueing broadcasts, so ``_warm_start``
   writes the machine's member tables directly; it is the only place the
