@@ -301,11 +301,11 @@ knobs in `membership/config.py`).
 - **Lifeguard when the whole loop stalls**: with timers stalled as well, a starved node raises
   no false suspicion of others (its acks are read before its timers fire), and it is itself
   declared dead whenever a stall outlasts the suspicion timeout: Lifeguard has almost nothing to
-  act on (one false death of a healthy member in 20 runs without it, none with it). The 50×
-  figure is met clearly for healthy members when
+  act on (no false death of a healthy member in 20 runs, with it or without; one without it in
+  the previous run of the same case). The 50× figure is met clearly for healthy members when
   packets are read late; counting the starved node itself (declared dead in stalls longer than
   the suspicion timeout, which is what the timeout is for) the ratio is about 4×.
-- **10,000 nodes at 10 % loss** costs about 19 kB per node per second: every false suspicion
+- **10,000 nodes at 10 % loss** costs about 16 kB per node per second: every false suspicion
   (0.03 % of probe rounds, 3 per second in the pool) and its refutation go to all 10,000 nodes,
   20 times from each. No bandwidth target is set at this size; the figures hold (dissemination,
   no false deaths).
@@ -484,17 +484,21 @@ def render(cache: dict[str, dict]) -> str:
     if f:
         period = 90.0  # push_pull_period(200) = 30 s × ceil(log2(200) − 5)
         row("partition merge after heal", "N=200, half split off 30–90 s", f"≤ 2 push-pull periods ({2 * period:g} s)", f"{_v(f['partition_merge_s'], 2)} s", _check(f["partition_merge_s"], 2 * period))
-    for name, label in (
-        ("speed-warm-n1000", "N=1,000, warm start"),
-        ("speed-cold-n1000", "N=1,000, cold start (a join storm: 999 joins in 8 s)"),
-        ("speed-cold-n1000-kill5", "N=1,000, cold start and 5 crashes"),
+    for name, label, targeted in (
+        ("speed-warm-n1000", "N=1,000, warm start", True),
+        ("speed-cold-n1000", "N=1,000, cold start (a join storm: 999 joins in 8 s)", True),
+        ("speed-cold-n1000-kill5", "N=1,000, cold start and 5 crashes (beyond the issue's run)", False),
     ):
         runs = [r for r in (cache.get(name) or {}).get("runs", []) if "error" not in r]
         if runs:
             walls = sorted(r["wall_s"] for r in runs)
             mid = percentile(walls, 50)
             spread = f", seeds 1–{len(runs)}: {' / '.join(_v(w) for w in walls)} s" if len(runs) > 1 else ""
-            row("simulator wall time, 120 sim-s", label, "< 30 s", f"{_v(mid)} s ({_v(120 / mid, 2)}× real time{spread})", _check(max(walls), 30.0))
+            got = f"{_v(mid)} s ({_v(120 / mid, 2)}× real time{spread})"
+            if targeted:
+                row("simulator wall time, 120 sim-s", label, "< 30 s", got, _check(max(walls), 30.0))
+            else:
+                row("simulator wall time, 120 sim-s", label, "—", got, "for comparison")
     f = _first(cache, "target-n10000-loss0")
     if f:
         row("simulator wall time, 120 sim-s", "N=10,000, warm start (the target run above)", "completes", f"{_v(f['wall_s'])} s (wall/sim ratio {f['wall_s'] / f['sim_s']:.2f})", "met")
