@@ -197,7 +197,7 @@ class Recorder:
 
         self.events = 0
         self._hash = hashlib.blake2b(digest_size=16)
-        self._pending_lines: list[str | tuple] = []
+        self._pending_lines: list[str] = []
         self.samples: list[Sample] = []
 
     # ------------------------------------------------------------ the digest
@@ -210,7 +210,7 @@ class Recorder:
 
     def _flush_hash(self) -> None:
         if self._pending_lines:
-            self._hash.update(("\n".join(map(str, self._pending_lines)) + "\n").encode())
+            self._hash.update(("\n".join(self._pending_lines) + "\n").encode())
             self._pending_lines.clear()
 
     def events_hash(self) -> str:
@@ -329,9 +329,7 @@ class Recorder:
         delta = 0
         for ev in events:
             s = index.get(ev.node)
-            # A tuple now, text at the flush (str() of a tuple is its repr, done in C): a
-            # 1,000-node cold start logs a million events.
-            lines.append((ev.at, o, ev.kind, s, ev.incarnation, ev.detail))
+            lines.append(f"{ev.at!r}|{o}|{ev.kind}|{s}|{ev.incarnation}|{ev.detail}")
             self.events += 1
             if s is None or s == o:
                 continue
