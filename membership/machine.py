@@ -293,14 +293,9 @@ class Membership:
             self.stats.malformed += 1
             log.debug("%s: dropped datagram from %s: %s", self.id, src, exc)
             return
-        alive = self._alive
         for msg in messages:
-            if type(msg) is Alive and msg.node != self.id:
-                old = alive.get(msg.node)
-                if old is not None and msg.incarnation <= old.incarnation:
-                    # What most gossip brings: a record we hold. The table's verdict is IGNORE
-                    # (see _on_alive); found here it costs one lookup, not a dispatch.
-                    continue
+            if type(msg) is Alive and self._holds(msg):
+                continue  # what most gossip brings; found here it costs no dispatch
             self._dispatch(msg, src, now)
 
     def handle_stream(self, data: bytes, src: Addr, now: float) -> bytes | None:
@@ -639,13 +634,18 @@ class Membership:
 
     # ------------------------------------------------------------ state changes
 
+    def _holds(self, a: Alive) -> bool:
+        """Whether we already hold another member's record at ``a``'s incarnation or a newer one.
+
+        The state table's verdict on such an alive is IGNORE; this finds it with one lookup.
+        """
+        old = self._alive.get(a.node)
+        return old is not None and a.incarnation <= old.incarnation and a.node != self.id
+
     def _on_alive(self, a: Alive, now: float, gossip: bool = True) -> None:
+        if self._holds(a):
+            return
         about_self = a.node == self.id
-        if not about_self:
-            old = self._alive.get(a.node)
-            if old is not None and a.incarnation <= old.incarnation:
-                # Nothing new (what most gossip brings): the table's verdict is IGNORE, found cheaply.
-                return
         status = self.status_of(a.node)
         inc = self.incarnation if about_self else (self.incarnation_of(a.node) or 0)
         verdict = rules.on_alive(status, inc, a.incarnation, about_self)
