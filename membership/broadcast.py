@@ -86,7 +86,7 @@ class BroadcastQueue:
             return []
         picked: list[_Item] = []
         skipped = 0
-        for transmits in sorted(buckets) if len(buckets) > 1 else list(buckets):
+        for transmits in sorted(buckets):
             for item in reversed(buckets[transmits].values()):
                 cost = item.size + per_item_overhead
                 if cost <= budget:
@@ -109,17 +109,12 @@ class BroadcastQueue:
             if not bucket:
                 del buckets[item.transmits]
             item.transmits += 1
-            cap = limit if item.cap is None or item.cap > limit else item.cap
-            if item.transmits >= cap:
+            if item.transmits >= (limit if item.cap is None else min(limit, item.cap)):
                 del by_key[key]
                 if not item.keep:
                     self._droppable -= 1
             else:
-                nxt = buckets.get(item.transmits)
-                if nxt is None:
-                    buckets[item.transmits] = {key: item}
-                else:
-                    nxt[key] = item
+                buckets.setdefault(item.transmits, {})[key] = item
         return [item.payload for item in picked]
 
     def clear(self) -> None:

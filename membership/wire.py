@@ -97,17 +97,13 @@ def _fields(msg: Message) -> list:
         case Dead():
             return [MessageType.DEAD, msg.node, msg.incarnation, msg.accuser]
         case PushPull():
-            return [MessageType.PUSH_PULL, msg.cluster, msg.join, _digest(msg.digest)]
+            # Digest entries are (node, incarnation, status) tuples, Status an int: msgpack packs them as is.
+            return [MessageType.PUSH_PULL, msg.cluster, msg.join, msg.digest]
         case PushPullReply():
-            return [MessageType.PUSH_PULL_REPLY, msg.cluster, _digest(msg.digest), _states(msg.states)]
+            return [MessageType.PUSH_PULL_REPLY, msg.cluster, msg.digest, _states(msg.states)]
         case PushPullStates():
             return [MessageType.PUSH_PULL_STATES, msg.cluster, _states(msg.states)]
     raise TypeError(f"not a message: {msg!r}")
-
-
-def _digest(entries: Sequence[DigestEntry]) -> Sequence[DigestEntry]:
-    # Entries are (node, incarnation, status) tuples and Status is an int: msgpack packs them as is.
-    return entries
 
 
 def _states(states: Sequence[MemberState]) -> list:
