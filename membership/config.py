@@ -74,7 +74,7 @@ class SwimConfig:
     """Bound on the joins and metadata updates in the gossip queue; beyond it the most-sent of
     them is dropped (anti-entropy carries them too). Suspicions, deaths and refutations are never
     dropped and not counted (see broadcast.py). A node sends at most ``gossip_nodes`` datagrams
-    (~15 alives) a tick, so a full queue is ``limit × 64 / 15`` ticks ≈ 10 s of backlog at 1,000
+    (~15 alives) a tick, so a full queue is 12 retransmits × 64 / 15 ≈ 50 ticks ≈ 10 s of backlog at 1,000
     nodes: after a join storm that backlog, not the joins, is what a deeper queue costs (256:
     about 6 kB/s per node for a minute after a 1,000-node cold start; 64: 1.2)."""
     max_pending_probes: int = 1024
