@@ -37,6 +37,12 @@ WORKER_TYPES: tuple[str, ...] = ("gpu", "cpu", "storage", "edge")
 TIER_OF_TYPE: dict[str, int] = {"gpu": 1, "cpu": 2, "storage": 3, "edge": 4}
 
 
+def tier_of(worker_type: str) -> int:
+    """The tier of a worker type; a type this version does not know counts as CPU (tier 2),
+    as ``allocator.members.worker_type_of`` treats it."""
+    return TIER_OF_TYPE.get(worker_type, TIER_OF_TYPE["cpu"])
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
     """One service of the catalog.

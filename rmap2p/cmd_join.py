@@ -14,6 +14,7 @@ from p2p.discovery import parse_host_port
 from rmap2p.daemon import Node, NodeConfig, StartupError
 from rmap2p.edge import EdgeTimings
 from rmap2p.http_api import serve
+from rmap2p.pool_handle import NodeHandle
 from services.manager import ServiceManager
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ async def _main(config: NodeConfig) -> int:
     node = Node(config)
     node.add_task(lambda: serve(node))
     if config.services:
-        manager = ServiceManager(node, ephemeral_ports=config.ephemeral_service_ports)
+        manager = ServiceManager(NodeHandle(node), ephemeral_ports=config.ephemeral_service_ports)
         node.add_task(manager.run)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

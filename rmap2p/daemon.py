@@ -40,6 +40,7 @@ from p2p.stream import StreamError, StreamServer, request
 from p2p.transport import UdpTransport
 from rmap2p import hardware
 from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
+from services.handle import RequestCounter
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,6 @@ class NodeConfig:
     """Evidence window and hold time of edge promotion/demotion for ``--type auto`` (rmap2p/edge.py)."""
 
 
-def tier_of(worker_type: str) -> int:
-    return {"gpu": 1, "cpu": 2, "storage": 3, "edge": 4}.get(worker_type, 2)
-
-
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -124,8 +121,13 @@ class Node:
         self.edge_state = EdgeState()
         self._fallback_type = config.worker_type
         self.dropped_outbound = 0
-        self.active_requests = 0
+        self.requests = RequestCounter()
+        """Requests this node's gateway is serving: counted by services/, read into our load."""
         self.exit_reason = ""
+
+    @property
+    def active_requests(self) -> int:
+        return self.requests.active
 
     # ------------------------------------------------------------ lifecycle
 

@@ -14,14 +14,16 @@ from typing import Any
 
 from aiohttp import web
 
+from allocator.catalog import tier_of
 from allocator.gaps import gaps, services_doc
 from allocator.leaders import elect
+from allocator.members import to_node_views
 from allocator.view import NodeView
 from membership import MemberView
 from p2p.discovery import format_host_port
 from p2p.keyring import KeyringError, decode_key, encode_key
-from rmap2p.daemon import Node, tier_of
-from rmap2p.views import to_node_views
+from rmap2p.daemon import Node
+from rmap2p.pool_handle import NodeHandle
 from services import gateway  # gateway hook: /api/service, broadcast-job, worker jobs
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_post("/api/admin/leave", admin_leave)
     app.router.add_get("/api/admin/keys", keys_get)
     app.router.add_post("/api/admin/keys", keys_post)
-    gateway.add_routes(app, node)  # gateway hook: forwarding and job broadcast live in services/gateway.py
+    gateway.add_routes(app, NodeHandle(node))  # gateway hook: forwarding and job broadcast live in services/gateway.py
     return app
 
 

@@ -1,11 +1,12 @@
 """Reconciliation: run exactly this node's row of the allocation, make-before-break.
 
 On every batch of membership events (debounced) and every few seconds, the
-manager computes ``allocate(view)`` from the node's own view, takes its own
-row, starts what the row gains and stops what it loses once another node
-serves it healthy (``services.plan``), checks the health of what runs, and
-gossips the result in the node's metadata (services with their health,
-their ports, loaded models). It never tells another node what to do.
+manager asks ``allocator.actions.node_actions`` what this node should do on
+its own view (the same call the simulator makes): it starts what its row
+gains and stops what it loses once another node serves it healthy, checks the
+health of what runs, and gossips the result in the node's metadata (services
+with their health, their ports, loaded models, capabilities). It never tells
+another node what to do. It sees the node only through a ``PoolHandle``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from allocator.allocate import allocate
-from allocator.catalog import CATALOG, ServiceSpec, by_name
+from allocator.actions import NodeActions, node_actions
+from allocator.catalog import ServiceSpec, by_name
+from allocator.members import capabilities, to_node_views
 from membership import MemberEvent, NodeMeta
-from rmap2p.views import to_node_views
-from services.plan import plan
+from services.handle import PoolHandle
+from services.routing import split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,7 @@ RunnerFactory = Callable[[ServiceSpec], Runner]
 
 
 class ServiceManager:
-    def __init__(self, node: object, factory: RunnerFactory | None = None, ephemeral_ports: bool = False) -> None:
-        # ``node`` is a rmap2p.daemon.Node; typed loosely to keep services/ free of a daemon import cycle.
+    def __init__(self, node: PoolHandle, factory: RunnerFactory | None = None, ephemeral_ports: bool = False) -> None:
         self.node = node
         self._ephemeral = ephemeral_ports
         self._factory = factory or self._default_factory
@@ -77,28 +78,26 @@ class ServiceManager:
 
     # ------------------------------------------------------------ wiring
 
-    def capabilities(self, worker_type: str) -> tuple[str, ...]:
+    def capabilities(self) -> tuple[str, ...]:
         """Services this node can run: those of its type, minus any that failed to start here."""
-        return tuple(s.name for s in CATALOG if s.requires == worker_type and s.name not in self._failed)
+        return capabilities(self.node.meta.worker_type, self._failed)
 
-    def on_events(self, events: list[MemberEvent]) -> None:
+    def on_events(self, events: Sequence[MemberEvent]) -> None:
         self._wake.set()
 
     def _default_factory(self, spec: ServiceSpec) -> Runner:
         node = self.node
-        http_host, http_port = node.http_addr or node.config.http  # type: ignore[attr-defined]
         if spec.name in IN_DAEMON:
-            return InDaemonRunner(spec.name, http_port)
+            http = split_host_port(node.meta.http)
+            return InDaemonRunner(spec.name, http[1] if http else None)
         port = 0 if self._ephemeral else spec.port
-        return PlaceholderRunner(spec.name, http_host, port, node.machine.id)  # type: ignore[attr-defined]
+        return PlaceholderRunner(spec.name, node.service_host, port, node.node_id)
 
     # ------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        node = self.node
-        await node.ready.wait()  # type: ignore[attr-defined]
-        await node.settled.wait()  # type: ignore[attr-defined]
-        node.on_view_change(self.on_events)  # type: ignore[attr-defined]
+        await self.node.wait_settled()
+        self.node.on_view_change(self.on_events)
         self._publish()
         try:
             while True:
@@ -111,18 +110,18 @@ class ServiceManager:
         finally:
             await self.stop_all()
 
+    def decide(self) -> NodeActions:
+        """What the allocation asks of this node now (``allocator.actions``, as the simulator asks it)."""
+        return node_actions(self.node.node_id, to_node_views(self.node.members()), self._runners)
+
     async def reconcile(self) -> None:
-        node = self.node
-        machine = node.machine  # type: ignore[attr-defined]
-        if machine is None or machine.leaving:
+        if self.node.leaving:
             return
         self.reconciliations += 1
-        view = to_node_views(machine.members())
-        desired = allocate(view).get(machine.id, ())
-        p = plan(machine.id, self._runners, desired, view)
-        for service in p.start:
+        actions = self.decide()
+        for service in actions.start:
             await self._start(service)
-        for service in p.stop:
+        for service in actions.stop:
             await self._stop(service, "handed over: another node serves it healthy")
         for service, runner in list(self._runners.items()):
             self._health[service] = await runner.health()
@@ -138,19 +137,19 @@ class ServiceManager:
             await runner.start()
         except RunnerError as exc:
             # Stop advertising what cannot start here, so the allocator places it elsewhere.
-            log.error("node %s: %s; no longer offering %s", self.node.machine.id, exc, service)  # type: ignore[attr-defined]
+            log.error("node %s: %s; no longer offering %s", self.node.node_id, exc, service)
             self._failed.add(service)
             self._health.pop(service, None)
             return
         self._runners[service] = runner
-        log.info("node %s: started %s (assigned by the allocation)", self.node.machine.id, service)  # type: ignore[attr-defined]
+        log.info("node %s: started %s (assigned by the allocation)", self.node.node_id, service)
 
     async def _stop(self, service: str, why: str) -> None:
         runner = self._runners.pop(service, None)
         self._health.pop(service, None)
         if runner is not None:
             await runner.stop()
-            log.info("node %s: stopped %s (%s)", self.node.machine.id, service, why)  # type: ignore[attr-defined]
+            log.info("node %s: stopped %s (%s)", self.node.node_id, service, why)
 
     async def stop_all(self) -> None:
         for service in list(self._runners):
@@ -159,19 +158,18 @@ class ServiceManager:
 
     def _publish(self) -> None:
         node = self.node
-        machine = node.machine  # type: ignore[attr-defined]
-        if machine is None or machine.leaving:
+        if node.leaving:
             return
         services = tuple((s, self._health.get(s, "starting")) for s in sorted(self._runners))
         ports = tuple((s, r.port) for s, r in sorted(self._runners.items()) if r.port)
         models = tuple(sorted({m for r in self._runners.values() for m in r.loaded_models}))
-        caps = self.capabilities(node.worker_type)  # type: ignore[attr-defined]
+        caps = self.capabilities()
 
         def change(meta: NodeMeta) -> NodeMeta:
             return replace(meta, services=services, service_ports=ports, loaded_models=models, capabilities=caps)
 
-        if change(machine.meta) != machine.meta:
-            node.update_meta(change)  # type: ignore[attr-defined]
+        if change(node.meta) != node.meta:
+            node.update_meta(change)
 
     @property
     def running(self) -> dict[str, str]:

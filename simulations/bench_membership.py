@@ -551,11 +551,12 @@ def render(cache: dict[str, dict]) -> str:
 
     alloc = [(name, n, k) for name, n, k in (("allocator-n30", 30, "5 random"), ("allocator-n200", 200, "20 random"), ("allocator-n200-runners", 200, "all runners of llm-inference and chromadb")) if name in cache]
     if alloc:
-        lines += ["", "## Allocator after crashes (warm start, every node runs `allocator.allocate` on its own view)", ""]
+        lines += ["", "## Allocator after crashes (warm start, every node runs the daemon's allocation path on its own view)", ""]
         lines += [
-            "A node re-allocates 0.5 s after membership news (debounced), announces new services as "
-            "`starting` and `healthy` 5 s later, and stops a service it hands off only once its new ones "
-            "are healthy. *Covered again*: the longest time from a crash until every service some live "
+            "Every node decides with `allocator.actions.node_actions`, the function the daemon's service "
+            "manager calls: it re-allocates 0.5 s after membership news (debounced), announces new services "
+            "as `starting` and `healthy` 5 s later, and stops a service it hands off only once another live "
+            "node reports it healthy (make-before-break, `allocator/handover.py`). *Covered again*: the longest time from a crash until every service some live "
             "node could run is reported healthy by a live node again (0: redundancy absorbed the crash). "
             "*Moved*: services started after the crash.",
             "",

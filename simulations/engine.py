@@ -53,6 +53,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from allocator.actions import NodeActions, node_actions
+from allocator.allocate import allocate
+from allocator.members import capabilities, to_node_views, worker_type_of
+from allocator.view import NodeView
 from membership import wire
 from membership import Load, Membership, MemberEvent, NodeMeta, Status, StreamRequest, SwimConfig
 from membership.signing import UnsignedIdentity, accept_unsigned
@@ -250,10 +254,9 @@ class SimOptions:
 
 @dataclass(slots=True)
 class _AllocState:
-    """With the allocator on: what one node runs, and when each of its services turns healthy."""
+    """With the allocator on: what one node runs, each service with the time it turns healthy."""
 
-    services: tuple[str, ...] = ()
-    healthy_at: dict[str, float] = field(default_factory=dict)
+    running: dict[str, float] = field(default_factory=dict)
     dirty: bool = False
     scheduled: bool = False
 
@@ -347,7 +350,7 @@ class Simulation:
                 wtype = name
                 break
             pick -= w
-        caps = _capabilities(wtype)
+        caps = capabilities(wtype)
         # Without the allocator each node runs one service of its type, so metadata has its real size.
         services = () if self.options.allocator or not caps else ((caps[i % len(caps)], "healthy"),)
         host, _ = self.addrs[i]
@@ -919,8 +922,6 @@ class Simulation:
     # ------------------------------------------------------------ allocator
 
     def _init_allocator(self) -> None:
-        from allocator.allocate import allocate  # noqa: F401  (fail early if the allocator is missing)
-
         self.alloc = [_AllocState() for _ in range(self.n)]
 
     def _alloc_note(self, i: int, events: list[MemberEvent]) -> None:
@@ -937,53 +938,44 @@ class Simulation:
             # Debounce: a burst of membership news costs one allocation, half a second later.
             self.at(self.now + 0.5, lambda: self._reallocate(i, gen))
 
-    def _view_of(self, m: Membership) -> tuple:
-        from allocator.view import NodeView
-
-        views = []
-        for mv in m.members():
-            views.append(
-                NodeView(
-                    node_id=mv.node,
-                    worker_type=mv.meta.worker_type,
-                    services=mv.meta.service_names,
-                    status=mv.status.label,
-                    can_run=mv.meta.capabilities or None,
-                    specialization=mv.meta.specialization,
-                    incarnation=mv.incarnation,
-                )
-            )
-        views.sort(key=lambda v: v.node_id)
-        return tuple(views)
+    def decide(self, i: int) -> NodeActions:
+        """What node ``i`` should do now: ``allocator.actions.node_actions`` on its own view, as
+        the daemon's service manager asks it (the allocation itself cached across nodes that
+        share a view)."""
+        m = self.machines[i]
+        st = self.alloc[i]  # type: ignore[index]
+        assert m is not None
+        views = to_node_views(m.members())
+        key = tuple(
+            (v.node_id, v.worker_type, v.status, v.incarnation, v.services, v.can_run, v.specialization) for v in views
+        )
+        allocation = self._alloc_cache.get(key)
+        if allocation is None:
+            allocation = allocate(views)
+            if len(self._alloc_cache) > 4096:
+                self._alloc_cache.clear()
+            self._alloc_cache[key] = allocation
+        return node_actions(self.ids[i], views, st.running, allocation=allocation)
 
     def _reallocate(self, i: int, gen: int) -> None:
-        from allocator.allocate import allocate
-
         m = self.machines[i]
         st = self.alloc[i]  # type: ignore[index]
         st.scheduled = False
         if m is None or self.gen[i] != gen or self.leaving[i] or not st.dirty:
             return
         st.dirty = False
-        view = self._view_of(m)
-        key = tuple((v.node_id, v.status, v.incarnation, v.services) for v in view)
-        plan = self._alloc_cache.get(key)
-        if plan is None:
-            plan = allocate(view)
-            if len(self._alloc_cache) > 4096:
-                self._alloc_cache.clear()
-            self._alloc_cache[key] = plan
-        mine = tuple(plan.get(self.ids[i], ()))
-        if set(mine) == set(st.services) and all(s in st.healthy_at for s in mine):
+        actions = self.decide(i)
+        if not actions.start and not actions.stop:
             return
-        for s in mine:
-            if s not in st.healthy_at:
-                st.healthy_at[s] = self.now + self.options.service_start_s
-                if self._alloc_first_crash is not None:
-                    self.services_moved += 1
-        st.services = mine
+        for s in actions.start:
+            st.running[s] = self.now + self.options.service_start_s
+            if self._alloc_first_crash is not None:
+                self.services_moved += 1
+        for s in actions.stop:
+            del st.running[s]
         self._publish_services(i)
-        self.at(self.now + self.options.service_start_s + 1e-6, lambda: self._services_settle(i, gen))
+        if actions.start:
+            self.at(self.now + self.options.service_start_s + 1e-6, lambda: self._services_settle(i, gen))
 
     def _publish_services(self, i: int) -> None:
         m = self.machines[i]
@@ -991,16 +983,8 @@ class Simulation:
         if m is None:
             return
         now = self.now
-        pairs = []
-        wanted = set(st.services)
-        all_new_healthy = all(st.healthy_at.get(s, math.inf) <= now for s in st.services)
-        for s in sorted(st.healthy_at):
-            if s in wanted or not all_new_healthy:
-                # Make-before-break: an old service stops only once every new one is healthy.
-                pairs.append((s, "healthy" if st.healthy_at[s] <= now else "starting"))
-        if all_new_healthy:
-            st.healthy_at = {s: t for s, t in st.healthy_at.items() if s in wanted}
-        meta = replace(m.meta, services=tuple(pairs))
+        pairs = tuple((s, "healthy" if t <= now else "starting") for s, t in sorted(st.running.items()))
+        meta = replace(m.meta, services=pairs)
         if meta != m.meta:
             m.update_meta(meta, now)
             self.metas[i] = m.meta
@@ -1011,6 +995,8 @@ class Simulation:
         if self.machines[i] is None or self.gen[i] != gen:
             return
         self._publish_services(i)
+        # A service turning healthy may let this node hand over others (and the pool's plan change).
+        self._alloc_mark_dirty(i)
 
     def _check_coverage(self) -> None:
         """Time each stretch during which a crash left some service without a healthy live runner."""
@@ -1027,9 +1013,6 @@ class Simulation:
         """Services the allocator assigns on the true view of the live nodes that no live node
         reports healthy. (A service the allocator leaves as a gap by its own rule, e.g. for want
         of capacity, is not counted: no amount of waiting covers it.)"""
-        from allocator.allocate import allocate
-        from allocator.view import NodeView
-
         truth = []
         healthy: set[str] = set()
         for i in range(self.n):
@@ -1039,13 +1022,13 @@ class Simulation:
             truth.append(
                 NodeView(
                     node_id=self.ids[i],
-                    worker_type=meta.worker_type,
+                    worker_type=worker_type_of(meta.worker_type),
                     services=meta.service_names,
-                    can_run=meta.capabilities or None,
+                    can_run=meta.capabilities,
                     specialization=meta.specialization,
                 )
             )
-            healthy.update(s for s, h in meta.services if h == "healthy")
+            healthy.update(meta.healthy_services)
         wanted: set[str] = set()
         for row in allocate(truth).values():
             wanted.update(row)
@@ -1148,12 +1131,3 @@ class Simulation:
             uncovered_at_end=uncovered,
             stuck_deadlines=self.stuck_deadlines,
         )
-
-
-def _capabilities(worker_type: str) -> tuple[str, ...]:
-    """The catalog's services for a worker type: what a node of that type advertises it can run."""
-    try:
-        from allocator.catalog import CATALOG
-    except ImportError:  # the allocator is optional for membership-only runs
-        return ()
-    return tuple(s.name for s in CATALOG if s.requires == worker_type)

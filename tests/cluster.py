@@ -31,6 +31,8 @@ class Cluster:
     blocked: set[tuple[int, int]] = field(default_factory=set)
     crashed: set[int] = field(default_factory=set)
     auto_join: bool = True
+    ids: list[str] | None = None
+    """Node ids by index (default ``node-000``, ``node-001``, ...)."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -52,7 +54,7 @@ class Cluster:
         addr = ("10.0.0.1", port or 7000 + i)
         node = Membership(
             self.config,
-            UnsignedIdentity(f"node-{i:03d}"),
+            UnsignedIdentity(self.ids[i] if self.ids is not None else f"node-{i:03d}"),
             accept_unsigned,
             addr,
             NodeMeta(name=f"node-{i}", worker_type="cpu"),

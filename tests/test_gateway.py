@@ -10,18 +10,22 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from cluster import Cluster
+from pool_handles import MachineHandle
 from procs import NodeProc, wait_for
 
 from allocator.view import NodeView
-from membership import Load, MemberView, NodeMeta, Status
+from membership import Load, NodeMeta
 from services import gateway as gw
+from services import jobs
+from services import routing as rt
 from services.runner import PlaceholderRunner
 
 # ---------------------------------------------------------------- pure helpers
@@ -35,16 +39,16 @@ from services.runner import PlaceholderRunner
     ],
 )
 def test_parse_hops(raw: str | None, hops: int | None) -> None:
-    assert gw.parse_hops(raw) == hops
+    assert rt.parse_hops(raw) == hops
 
 
 def test_load_header_round_trips_and_rejects_garbage() -> None:
     load = Load(37, 52, 80, 4)
-    assert gw.format_load(load) == "37,52,80,4"
-    assert gw.parse_load(gw.format_load(load)) == load
-    assert gw.parse_load(" 1, 2 ,3,0") == Load(1, 2, 3, 0)
+    assert rt.format_load(load) == "37,52,80,4"
+    assert rt.parse_load(rt.format_load(load)) == load
+    assert rt.parse_load(" 1, 2 ,3,0") == Load(1, 2, 3, 0)
     for bad in (None, "", "1,2,3", "1,2,3,4,5", "a,b,c,d", "101,0,0,0", "-1,0,0,0", "1.5,0,0,0", "1," * 40 + "1"):
-        assert gw.parse_load(bad) is None, bad
+        assert rt.parse_load(bad) is None, bad
 
 
 def test_forward_headers_drop_hop_by_hop_and_connection_listed_ones() -> None:
@@ -55,7 +59,7 @@ def test_forward_headers_drop_hop_by_hop_and_connection_listed_ones() -> None:
             ("Upgrade", "h2c"),
         ]
     )
-    out = gw.forward_headers(headers, drop=("host",))
+    out = rt.forward_headers(headers, drop=("host",))
     assert list(out.items()) == [("Content-Type", "application/json"), ("X-Trace", "1"), ("X-Trace", "2")]
 
 
@@ -66,9 +70,9 @@ def _cpu(node_id: str, *, load: float = 0.0, active: int = 0, healthy: bool = Tr
     )
 
 
-def _order(views: list[NodeView], *, in_flight: dict[str, int] | None = None, first_hand: dict[str, gw.FirstHand] | None = None,
+def _order(views: list[NodeView], *, in_flight: dict[str, int] | None = None, first_hand: dict[str, rt.FirstHand] | None = None,
            unreachable: dict[str, float] | None = None, now: float = 100.0, seed: int = 1) -> list[str]:
-    ranked = gw.order_candidates(
+    ranked = rt.order_candidates(
         views, "ner", None, in_flight or {}, first_hand or {}, unreachable or {}, now, random.Random(seed)
     )
     return [v.node_id for v in ranked]
@@ -78,21 +82,21 @@ def test_first_hand_load_overrides_gossip_while_fresh() -> None:
     # Gossip says a is idle and b busy; a's own answer two seconds ago says the opposite.
     views = [_cpu("a", load=0.0, active=0), _cpu("b", load=0.9, active=6)]
     assert _order(views) == ["a", "b"]
-    seen = {"a": gw.FirstHand(Load(95, 50, 0, 8), at=98.0), "b": gw.FirstHand(Load(5, 50, 0, 0), at=98.0)}
+    seen = {"a": rt.FirstHand(Load(95, 50, 0, 8), at=98.0), "b": rt.FirstHand(Load(5, 50, 0, 0), at=98.0)}
     assert _order(views, first_hand=seen) == ["b", "a"]
     # Older than FIRST_HAND_MAX_AGE: gossip is all we have again.
-    assert _order(views, first_hand=seen, now=98.0 + gw.FIRST_HAND_MAX_AGE + 0.1) == ["a", "b"]
+    assert _order(views, first_hand=seen, now=98.0 + rt.FIRST_HAND_MAX_AGE + 0.1) == ["a", "b"]
     # The router's own requests in flight count on top of what the node reported.
     assert _order([_cpu("a"), _cpu("b")], in_flight={"a": 3}) == ["b", "a"]
 
 
 def test_book_does_not_count_the_routers_own_requests_twice() -> None:
-    book = gw.RouterBook()
+    book = rt.RouterBook()
     for _ in range(3):
         book.sent("a")
     # a serves 5 requests, 3 of them ours: others send it 2.
     book.saw_load("a", Load(40, 10, 0, 5), now=1.0)
-    assert book.first_hand["a"] == gw.FirstHand(Load(40, 10, 0, 2), 1.0)
+    assert book.first_hand["a"] == rt.FirstHand(Load(40, 10, 0, 2), 1.0)
     for _ in range(3):
         book.done("a")
     assert book.in_flight == {}
@@ -102,7 +106,7 @@ def test_book_does_not_count_the_routers_own_requests_twice() -> None:
 
 
 def test_book_stays_bounded() -> None:
-    book = gw.RouterBook(max_entries=10)
+    book = rt.RouterBook(max_entries=10)
     for i in range(50):
         book.saw_load(f"n{i}", Load(), now=float(i))
         book.saw_unreachable(f"n{i}", now=float(i))
@@ -118,13 +122,13 @@ def test_candidates_healthy_first_then_alive_then_suspect_then_unreachable() -> 
     views = [_cpu("a", specialization="ner"), _cpu("b"), _cpu("c", status="suspect", specialization="ner")]
     assert _order(views) == ["a", "b", "c"]
     assert _order(views, unreachable={"a": 99.0}) == ["b", "c", "a"]
-    assert _order(views, unreachable={"a": 99.0 - gw.UNREACHABLE_FOR}) == ["a", "b", "c"], "the mark expires"
+    assert _order(views, unreachable={"a": 99.0 - rt.UNREACHABLE_FOR}) == ["a", "b", "c"], "the mark expires"
 
 
 def test_parse_job_and_capable_nodes() -> None:
-    job = gw.parse_job({"job_type": "rag_ingestion", "job_data": {"docs": [1]}, "required_capability": "embeddings"})
-    assert job == gw.Job("rag_ingestion", {"docs": [1]}, "rag-embeddings")
-    assert gw.parse_job({"job_type": "x", "job_data": {}}).capability is None
+    job = jobs.parse_job({"job_type": "rag_ingestion", "job_data": {"docs": [1]}, "required_capability": "embeddings"})
+    assert job == jobs.Job("rag_ingestion", {"docs": [1]}, "rag-embeddings")
+    assert jobs.parse_job({"job_type": "x", "job_data": {}}).capability is None
     for bad, says in [
         ([], "JSON object"), ({"job_data": {}}, "job_type"), ({"job_type": " ", "job_data": {}}, "job_type"),
         ({"job_type": "x"}, "job_data"), ({"job_type": "x", "job_data": [1]}, "job_data"),
@@ -132,7 +136,7 @@ def test_parse_job_and_capable_nodes() -> None:
         ({"job_type": "x", "job_data": {}, "required_capability": "teleport"}, "unknown required_capability"),
     ]:
         with pytest.raises(ValueError, match=says):
-            gw.parse_job(bad)
+            jobs.parse_job(bad)
     views = [
         NodeView("g", "gpu", ("rag-embeddings",), healthy_services=("rag-embeddings",)),
         NodeView("c", "cpu", ("ner-extraction",), healthy_services=()),
@@ -140,9 +144,9 @@ def test_parse_job_and_capable_nodes() -> None:
         NodeView("e", "edge", ("coordinator",), healthy_services=("coordinator",)),
         NodeView("d", "cpu", status="dead"),
     ]
-    assert [v.node_id for v in gw.capable(views, None)] == ["c", "g"]
-    assert [v.node_id for v in gw.capable(views, "chromadb")] == ["s"]
-    assert [v.node_id for v in gw.capable(views, "ner-extraction")] == [], "running but not healthy"
+    assert [v.node_id for v in jobs.capable(views, None)] == ["c", "g"]
+    assert [v.node_id for v in jobs.capable(views, "chromadb")] == ["s"]
+    assert [v.node_id for v in jobs.capable(views, "ner-extraction")] == [], "running but not healthy"
 
 
 @dataclass
@@ -177,24 +181,6 @@ async def test_replayable_body_replays_what_was_read_then_streams_on() -> None:
 SERVICE = "ner-extraction"
 
 
-@dataclass
-class _Machine:
-    id: str
-    meta: NodeMeta
-    others: list[MemberView] = field(default_factory=list)
-    load: Load = field(default_factory=Load)
-
-    def members(self) -> list[MemberView]:
-        me = MemberView(self.id, Status.ALIVE, 1, ("127.0.0.1", 1), self.meta, Load(), None, None)
-        return [me, *self.others]
-
-
-@dataclass
-class _Node:
-    machine: _Machine
-    active_requests: int = 0
-
-
 def _meta(http: str, port: int | None, specialization: str = "") -> NodeMeta:
     return NodeMeta(
         name="t", worker_type="cpu", http=http, services=((SERVICE, "healthy"),) if port else (),
@@ -218,30 +204,38 @@ def _closed_port() -> int:
 
 @pytest.fixture
 async def trio() -> AsyncIterator[dict[str, Any]]:
-    """Router r (runs nothing); live l (gateway + echo service); dead d (specialized, so ranked first; nothing listens)."""
+    """Router r (runs nothing); live l (gateway + echo service); dead d (specialized, so ranked first; nothing listens).
+
+    Three real membership machines on a manual clock; each gateway sees its own through a ``PoolHandle``.
+    """
+    cluster = Cluster(3, ids=["r", "l", "d"])
+    assert cluster.run_until(cluster.converged, 30.0)
+    handles = {name: MachineHandle.of_cluster(cluster, i) for i, name in enumerate("rld")}
     service = PlaceholderRunner(SERVICE, "127.0.0.1", 0, "l")
     await service.start()
     runners: list[web.AppRunner] = []
     try:
-        l_node = _Node(_Machine("l", _meta("127.0.0.1:1", service.port)))
         l_app = web.Application()
-        gw.add_routes(l_app, l_node)  # type: ignore[arg-type]
+        gw.add_routes(l_app, handles["l"])
         l_runner, l_port = await _serve(l_app)
         runners.append(l_runner)
-        l_node.machine.meta = _meta(f"127.0.0.1:{l_port}", service.port)
-        dead = _closed_port()
-        r_node = _Node(_Machine("r", _meta("127.0.0.1:1", None)))
-        r_node.machine.others = [
-            MemberView("l", Status.ALIVE, 1, ("127.0.0.1", 2), l_node.machine.meta, Load(), None, None),
-            MemberView("d", Status.ALIVE, 1, ("127.0.0.1", 3), _meta(f"127.0.0.1:{dead}", dead, "ner"), Load(), None, None),
-        ]
         r_app = web.Application()
-        router = gw.add_routes(r_app, r_node)  # type: ignore[arg-type]
+        router = gw.add_routes(r_app, handles["r"])
         r_runner, r_port = await _serve(r_app)
         runners.append(r_runner)
+        dead = _closed_port()
+        handles["l"].update_meta(lambda m: _meta(f"127.0.0.1:{l_port}", service.port))
+        handles["d"].update_meta(lambda m: _meta(f"127.0.0.1:{dead}", dead, "ner"))
+        handles["r"].update_meta(lambda m: _meta(f"127.0.0.1:{r_port}", None))
+
+        def gossiped() -> bool:
+            seen = {m.node: m.meta for m in handles["r"].members()}
+            return seen["l"].port_of(SERVICE) == service.port and seen["d"].port_of(SERVICE) == dead
+
+        assert cluster.run_until(gossiped, 30.0), "the metadata reaches the router by gossip"
         async with aiohttp.ClientSession() as client:
             yield {"client": client, "r": f"http://127.0.0.1:{r_port}", "l": f"http://127.0.0.1:{l_port}",
-                   "router": router, "l_node": l_node, "service": service}
+                   "router": router, "l_node": handles["l"], "service": service}
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
@@ -253,22 +247,22 @@ async def test_a_failed_connect_moves_on_to_the_next_best_node(trio: dict[str, A
     async with client.post(trio["r"] + "/api/service/ner/extract?x=1", data=b"hello") as resp:
         assert resp.status == 200
         doc = await resp.json()
-        assert resp.headers[gw.ATTEMPTS_HEADER] == "2", "d (ranked first) refused, l answered"
-        assert resp.headers[gw.NODE_HEADER] == "l"
-        assert gw.parse_load(resp.headers[gw.LOAD_HEADER]) is not None
+        assert resp.headers[rt.ATTEMPTS_HEADER] == "2", "d (ranked first) refused, l answered"
+        assert resp.headers[rt.NODE_HEADER] == "l"
+        assert rt.parse_load(resp.headers[rt.LOAD_HEADER]) is not None
     assert doc == {"service": SERVICE, "node_id": "l", "runner": "placeholder", "method": "POST", "path": "/extract", "bytes": 5}
     router: gw.Gateway = trio["router"]
     assert "d" in router.book.unreachable and "l" in router.book.first_hand
-    assert router.book.in_flight == {} and trio["l_node"].active_requests == 0
+    assert router.book.in_flight == {} and trio["l_node"].requests.active == 0
     async with client.post(trio["r"] + "/api/service/ner/extract", data=b"again") as resp:
-        assert resp.status == 200 and resp.headers[gw.ATTEMPTS_HEADER] == "1", "d is tried last while marked"
+        assert resp.status == 200 and resp.headers[rt.ATTEMPTS_HEADER] == "1", "d is tried last while marked"
 
 
 async def test_an_unreachable_service_behind_a_live_gateway_is_retried_elsewhere(trio: dict[str, Any]) -> None:
     client: aiohttp.ClientSession = trio["client"]
     await trio["service"].stop()  # l's gateway is up, its service is not
-    async with client.post(trio["l"] + "/api/service/ner-extraction/x", data=b"b", headers={gw.ROUTE_HEADER: "l"}) as resp:
-        assert resp.status == 503 and resp.headers.get(gw.UNSERVED_HEADER) == "1"
+    async with client.post(trio["l"] + "/api/service/ner-extraction/x", data=b"b", headers={rt.ROUTE_HEADER: "l"}) as resp:
+        assert resp.status == 503 and resp.headers.get(rt.UNSERVED_HEADER) == "1"
     async with client.post(trio["r"] + "/api/service/ner-extraction/x", data=b"body") as resp:
         assert resp.status == 502
         doc = await resp.json()
@@ -279,19 +273,19 @@ async def test_an_unreachable_service_behind_a_live_gateway_is_retried_elsewhere
 async def test_a_request_routed_to_a_node_that_no_longer_runs_the_service_is_routed_afresh(trio: dict[str, Any]) -> None:
     client: aiohttp.ClientSession = trio["client"]
     # r runs nothing (as after a hand-over the sender had not heard of): it routes on, one hop more.
-    headers = {gw.ROUTE_HEADER: "r", gw.HOPS_HEADER: "1"}
+    headers = {rt.ROUTE_HEADER: "r", rt.HOPS_HEADER: "1"}
     async with client.post(trio["r"] + "/api/service/ner/y", data=b"z", headers=headers) as resp:
-        assert resp.status == 200 and resp.headers[gw.NODE_HEADER] == "l"
-    headers = {gw.ROUTE_HEADER: "r", gw.HOPS_HEADER: str(gw.HOP_LIMIT - 1)}
+        assert resp.status == 200 and resp.headers[rt.NODE_HEADER] == "l"
+    headers = {rt.ROUTE_HEADER: "r", rt.HOPS_HEADER: str(rt.HOP_LIMIT - 1)}
     async with client.post(trio["r"] + "/api/service/ner/y", data=b"z", headers=headers) as resp:
         assert resp.status == 508, "the next gateway refuses the forward that reaches the limit; its answer comes back"
 
 
 async def test_hop_limit_and_errors_in_process(trio: dict[str, Any]) -> None:
     client: aiohttp.ClientSession = trio["client"]
-    async with client.get(trio["r"] + "/api/service/ner/x", headers={gw.HOPS_HEADER: str(gw.HOP_LIMIT)}) as resp:
+    async with client.get(trio["r"] + "/api/service/ner/x", headers={rt.HOPS_HEADER: str(rt.HOP_LIMIT)}) as resp:
         assert resp.status == 508
-    async with client.get(trio["r"] + "/api/service/ner/x", headers={gw.HOPS_HEADER: "lots"}) as resp:
+    async with client.get(trio["r"] + "/api/service/ner/x", headers={rt.HOPS_HEADER: "lots"}) as resp:
         assert resp.status == 400
     async with client.get(trio["r"] + "/api/service/redis/x") as resp:
         assert resp.status == 503
@@ -375,8 +369,8 @@ def test_any_node_forwards_to_a_node_that_runs_the_service(pool: list[NodeProc])
             assert status == 200, (node.name, name, doc)
             assert doc["service"] == "ner-extraction" and doc["node_id"] in ner, doc
             assert doc["path"] == "/extract" and doc["bytes"] == len(b'{"text": "Jane Doe"}')
-            assert headers[gw.NODE_HEADER] == doc["node_id"]
-            assert gw.parse_load(headers[gw.LOAD_HEADER]) is not None
+            assert headers[rt.NODE_HEADER] == doc["node_id"]
+            assert rt.parse_load(headers[rt.LOAD_HEADER]) is not None
     status, _, doc = call(pool[0], "/api/service/document-processing/health", None, method="GET")
     assert status == 200 and doc["service"] == "document-processing"
 
@@ -388,10 +382,10 @@ def test_error_answers(pool: list[NodeProc]) -> None:
     status, _, doc = call(pool[1], "/api/service/llm/v1/chat/completions")  # no GPU node in this pool
     assert status == 503 and doc["service"] == "llm-inference"
     assert doc["gap"]["status"] == "critical" and doc["gap"]["current_workers"] == 0
-    status, _, doc = call(pool[2], "/api/service/ner/extract", headers={gw.HOPS_HEADER: str(gw.HOP_LIMIT)})
+    status, _, doc = call(pool[2], "/api/service/ner/extract", headers={rt.HOPS_HEADER: str(rt.HOP_LIMIT)})
     assert status == 508 and "hop limit" in doc["error"]
     # The forward to the serving node adds one hop: two below the limit still arrives under it.
-    status, _, doc = call(pool[2], "/api/service/ner/extract", headers={gw.HOPS_HEADER: str(gw.HOP_LIMIT - 2)})
+    status, _, doc = call(pool[2], "/api/service/ner/extract", headers={rt.HOPS_HEADER: str(rt.HOP_LIMIT - 2)})
     assert status == 200, doc
 
 
@@ -448,7 +442,7 @@ def test_requests_survive_a_sigkilled_runner_before_and_after_detection(pool: li
             status, headers, doc = call(node, f"/api/service/{service}/after-kill")
             assert status == 200, (node.name, doc)
             assert doc["node_id"] != victim_id
-            failovers += headers.get(gw.ATTEMPTS_HEADER) != "1"
+            failovers += headers.get(rt.ATTEMPTS_HEADER) != "1"
     before = time.monotonic() - t0
     still_listed = survivors[0].view()[victim.name]["status"]
     print(f"{len(survivors) * 3} requests in {before:.2f}s after SIGKILL, {failovers} needed a second node; "
@@ -457,4 +451,4 @@ def test_requests_survive_a_sigkilled_runner_before_and_after_detection(pool: li
     for node in survivors:
         status, headers, doc = call(node, f"/api/service/{service}/after-detection")
         assert status == 200 and doc["node_id"] != victim_id, doc
-        assert headers[gw.ATTEMPTS_HEADER] == "1", "a dead member is no candidate"
+        assert headers[rt.ATTEMPTS_HEADER] == "1", "a dead member is no candidate"

@@ -1,9 +1,10 @@
 """What a node should start and stop, given its row of the allocation: make-before-break.
 
-Pure: the manager calls it with the view and its own state. A service the
-allocation moved away is stopped only once some *other* alive node reports it
-healthy, so a hand-over never leaves the pool without the service; until
-then the old runner keeps serving.
+A service the allocation moved away is stopped only once some *other* alive
+node reports it healthy, so a hand-over never leaves the pool without the
+service; until then the old runner keeps serving. The daemon's service
+manager and the simulator both decide with this rule (through
+``allocator.actions``).
 """
 
 from __future__ import annotations

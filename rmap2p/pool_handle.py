@@ -1,0 +1,61 @@
+"""The daemon's ``Node`` as ``services/`` sees it: an adapter to ``services.handle.PoolHandle``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from membership import Load, Membership, MemberView, NodeMeta
+from rmap2p.daemon import Node
+from services.handle import RequestCounter, ViewListener
+
+
+class NodeHandle:
+    """``PoolHandle`` over a running ``Node`` (every property needs the node started)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def _machine(self) -> Membership:
+        machine = self._node.machine
+        if machine is None:
+            raise RuntimeError("node not started: services/ used it too early")
+        return machine
+
+    @property
+    def node_id(self) -> str:
+        return self._machine().id
+
+    @property
+    def meta(self) -> NodeMeta:
+        return self._machine().meta
+
+    @property
+    def load(self) -> Load:
+        return self._machine().load
+
+    @property
+    def leaving(self) -> bool:
+        machine = self._node.machine
+        return machine is None or machine.leaving
+
+    @property
+    def service_host(self) -> str:
+        host, _ = self._node.http_addr or self._node.config.http
+        return host
+
+    @property
+    def requests(self) -> RequestCounter:
+        return self._node.requests
+
+    def members(self) -> list[MemberView]:
+        return self._node.members()
+
+    def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
+        self._node.update_meta(change)
+
+    def on_view_change(self, listener: ViewListener) -> None:
+        self._node.on_view_change(listener)
+
+    async def wait_settled(self) -> None:
+        await self._node.ready.wait()
+        await self._node.settled.wait()
