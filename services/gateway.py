@@ -51,6 +51,7 @@ from allocator.view import NodeView
 from membership import Load, MemberView
 from services.handle import PoolHandle
 from services.jobs import WORKER_JOB_PATH, JobDesk
+from services.log_limits import LogLimiter, suppressed_note
 from services.responses import json_error
 from services.routing import (
     ATTEMPTS_HEADER,
@@ -169,6 +170,7 @@ class Gateway:
         self.node = node
         self.book = RouterBook()
         self.jobs = JobDesk(node, self._client)
+        self._quiet = LogLimiter()
         self._session: aiohttp.ClientSession | None = None
         self._rng: random.Random | None = None
 
@@ -233,7 +235,12 @@ class Gateway:
         )
         if not ranked:
             gap = next(e for e in gaps([node_view(m) for m in members])["gaps"] if e["service"] == service)
-            log.warning("node %s: %s %s: no alive node serves it (%s)", me, service, request.path, gap["status"])
+            held = self._quiet.allow(("unserved", service), now)
+            if held is not None:
+                log.warning(
+                    "node %s: %s %s: no alive node serves it (%s)%s",
+                    me, service, request.path, gap["status"], suppressed_note(held),
+                )
             return json_error(503, f"no alive node serves {service}", service=service, gap=gap)
         body = ReplayableBody(request.content) if request.body_exists else None
         attempts: list[Attempt] = []
@@ -241,14 +248,16 @@ class Gateway:
             target = targets[view.node_id]
             outcome = await self._attempt(request, service, target, hops, body, number)
             if isinstance(outcome, web.StreamResponse):
+                if attempts:
+                    log.warning(
+                        "node %s: %s %s answered by node %s after %s", me, service, request.path, view.node_id,
+                        _describe(attempts),
+                    )
                 return outcome
             attempts.append(outcome)
             if not outcome.retryable or (body is not None and not body.replayable):
                 break
-        log.warning(
-            "node %s: %s %s failed on %s", me, service, request.path,
-            "; ".join(f"node {a.node} at {a.target}: {a.error}" for a in attempts),
-        )
+        log.warning("node %s: %s %s failed: %s", me, service, request.path, _describe(attempts))
         return json_error(
             502, f"no node could serve {service} ({len(attempts)} attempted)",
             service=service, attempts=[a.to_json() for a in attempts],
@@ -318,6 +327,10 @@ class Gateway:
         outcome = await self._exchange(request, service, target, url, headers, body, serve_here=True, attempt=0)
         if isinstance(outcome, web.StreamResponse):
             return outcome
+        log.warning(
+            "node %s: %s %s (routed here by another node): local service at %s: %s",
+            me, service, request.path, target.where, outcome.error,
+        )
         if outcome.retryable:
             # Nothing reached the service and we read nothing of the body: the router may try elsewhere.
             return json_error(
@@ -377,10 +390,8 @@ class Gateway:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if not serve_here:
                 self.book.saw_unreachable(target.node, loop.time())
-            log.warning(
-                "node %s: %s %s -> node %s at %s: cannot connect (%s)%s",
-                me, service, request.path, target.node, target.where, exc, "; trying the next best" if attempt else "",
-            )
+            # The caller logs the outcome of the whole request once (it may still succeed elsewhere).
+            log.debug("node %s: %s %s -> node %s at %s: cannot connect (%s)", me, service, request.path, target.node, target.where, exc)
             return Attempt(target.node, target.where, f"connect failed: {exc}", True)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if started is not None:
@@ -390,11 +401,15 @@ class Gateway:
                 )
                 _abort(request)
                 return started
-            log.warning("node %s: %s %s -> node %s at %s failed: %r", me, service, request.path, target.node, target.where, exc)
+            log.debug("node %s: %s %s -> node %s at %s failed: %r", me, service, request.path, target.node, target.where, exc)
             return Attempt(target.node, target.where, f"{type(exc).__name__}: {exc}", False)
         finally:
             if serve_here:
                 self.node.requests.end()
+
+
+def _describe(attempts: list[Attempt]) -> str:
+    return "; ".join(f"node {a.node} at {a.target}: {a.error}" for a in attempts)
 
 
 def _suffix(request: web.Request) -> tuple[str, str]:

@@ -452,3 +452,14 @@ def test_requests_survive_a_sigkilled_runner_before_and_after_detection(pool: li
         status, headers, doc = call(node, f"/api/service/{service}/after-detection")
         assert status == 200 and doc["node_id"] != victim_id, doc
         assert headers[rt.ATTEMPTS_HEADER] == "1", "a dead member is no candidate"
+
+
+def test_log_limiter_says_once_per_interval_and_counts_what_it_held() -> None:
+    from services.log_limits import LogLimiter
+
+    quiet = LogLimiter(interval=10.0, max_keys=2)
+    assert quiet.allow("a", 0.0) == 0
+    assert quiet.allow("a", 1.0) is None and quiet.allow("a", 9.9) is None
+    assert quiet.allow("b", 2.0) == 0, "keys are apart"
+    assert quiet.allow("a", 10.0) == 2, "the next line says how many were left out"
+    assert quiet.allow("c", 11.0) == 0 and len(quiet._last) == 2, "bounded: the oldest key goes"
