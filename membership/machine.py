@@ -423,6 +423,16 @@ class Membership:
     # ------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
+        """When ``tick`` next has something to do; None when nothing is pending.
+
+        After ``tick(now)`` this is always None or later than ``now``, in every
+        state: a driver that re-arms one timer on it never spins.
+        """
+        if self.leaving:
+            # A leaving machine only gossips its leave (see tick): its probe, relay, suspicion,
+            # push-pull and reap timers will never fire, so reporting them would leave a
+            # deadline in the past that no tick can move.
+            return self._next_gossip if self._broadcasts else None
         # Called after every input a driver feeds in: a running minimum, no list.
         d = self._next_probe
         if self._next_push_pull < d:
@@ -452,6 +462,9 @@ class Membership:
     def tick(self, now: float) -> None:
         """Fire every timer that is due at ``now``."""
         if self.leaving:
+            # Nothing but the leave (and what else is queued) goes out from here on: no probes,
+            # no suspicions of others, no anti-entropy. The driver stops the machine once the
+            # queue is empty or its grace period ends.
             if self._broadcasts and now >= self._next_gossip:
                 self._gossip(now)
             return

@@ -135,7 +135,8 @@ class Figures:
     services_moved: int | None = None
     uncovered_at_end: int | None = None
     stuck_deadlines: int = 0
-    """Times a machine's deadline was still due right after tick(): the driver polled instead of spinning."""
+    """Ticks after which a machine's deadline was still due (<= now): a protocol bug, 0 in every run.
+    Such a machine is not re-armed until its next input (re-arming at once would spin)."""
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)

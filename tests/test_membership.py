@@ -6,6 +6,8 @@ import random
 
 import pytest
 from cluster import Cluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from membership import Membership, NodeMeta, Status, SwimConfig
 from membership.meta import Load
@@ -393,6 +395,119 @@ def test_leave_is_left_not_dead() -> None:
     c.crash(3)
     c.run_for(60)
     assert c.all_see(3, Status.LEFT), "a member that left is never reported dead afterwards"
+
+
+def test_a_leave_with_a_probe_in_flight_leaves_no_deadline_in_the_past() -> None:
+    m = machine()
+    for i in range(4):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    t = quiet(m)
+    m.tick(t)
+    assert m._probe is not None, "a probe is in flight"  # type: ignore[attr-defined]
+    m.take_datagrams()
+    now = t + 0.1
+    m.leave(now)
+    sent = [x for d, _ in m.take_datagrams() for x in wire.decode_datagram(d)]
+    for _ in range(100):
+        d = m.next_deadline()
+        if d is None:
+            break
+        now = max(now, d)
+        m.tick(now)
+        after = m.next_deadline()
+        assert after is None or after > now, f"tick({now}) left the deadline at {after}"
+        sent += [x for d, _ in m.take_datagrams() for x in wire.decode_datagram(d)]
+    else:
+        pytest.fail("a leaving machine kept a deadline for ever")
+    assert not m.broadcasts_queued(), "the machine goes quiet once its leave is out"
+    leaves = [x for x in sent if isinstance(x, Dead) and x.node == "me" and x.accuser == "me"]
+    assert len(leaves) >= retransmit_limit(SwimConfig.lan().retransmit_mult, 5), "the leave went out in full"
+    assert not [x for x in sent if isinstance(x, (Ping, IndirectPing))], "a leaving machine probes no more"
+
+
+def _states(c: Cluster) -> set[str]:
+    """What the machines of ``c`` are doing now, in the words of the deadline test."""
+    found = set()
+    for i, m in enumerate(c.nodes):
+        if i in c.crashed:
+            continue
+        if m.leaving:
+            found.add("left" if m.next_deadline() is None else "leaving")
+            continue
+        found.add("alive" if m.num_active() > 1 else "joining")
+        if m._probe is not None:  # type: ignore[attr-defined]
+            found.add("probing")
+        if m._suspicions:  # type: ignore[attr-defined]
+            found.add("suspecting")
+        if m._reap_queue:  # type: ignore[attr-defined]
+            found.add("reaping")
+    return found
+
+
+def test_next_deadline_is_later_than_now_after_every_tick_in_every_state() -> None:
+    # The Cluster checks every tick (see tests/cluster.py); this run walks every node through
+    # joining, probing, suspicion and death of a crashed peer, reaping, a leave with its probe
+    # in flight, the quiet after the leave, and a restart, under loss.
+    c = Cluster(12, seed=4, loss=0.05, config=SwimConfig.lan(reap_after=10.0), auto_join=False)
+    seen: set[str] = set()
+    for i in range(1, 12):
+        c.nodes[i].join(c.nodes[0].addr, c.now)
+        c.flush(i)
+        c.run_for(0.05)
+        seen |= _states(c)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.converged())[1], 30)
+    c.crash(2)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.all_see(2, Status.DEAD))[1], 60)
+    assert c.run_until(lambda: c.nodes[3]._probe is not None, 5)  # type: ignore[attr-defined]
+    c.leave(3)
+    assert c.nodes[3].broadcasts_queued(), "more retransmissions are due than leave() sends at once"
+    assert c.run_until(lambda: (seen.update(_states(c)), c.all_see(3, Status.LEFT))[1], 10)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.nodes[3].next_deadline() is None)[1], 10)
+    seen |= _states(c)
+    c.run_for(15)  # past reap_after: the dead and the left are reaped
+    seen |= _states(c)
+    c.restart(2)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.all_see(2, Status.ALIVE, [j for j in range(12) if j != 3]))[1], 30)
+    kinds = {e.kind for _, e in c.events}  # type: ignore[attr-defined]
+    assert {"joined", "suspect", "dead", "left", "reaped"} <= kinds
+    assert {"joining", "alive", "probing", "suspecting", "reaping", "leaving", "left"} <= seen
+    assert not c.late_deadlines
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["crash", "leave", "restart", "partition", "heal", "update"]),
+            st.integers(0, 4),
+            st.floats(0.0, 12.0),
+        ),
+        max_size=8,
+    ),
+)
+def test_no_tick_leaves_a_deadline_due_whatever_happens(seed: int, loss: float, steps: list) -> None:
+    c = Cluster(5, seed=seed, loss=loss, config=SwimConfig.local(reap_after=8.0))
+    for op, i, wait in steps:
+        live = [j for j in c.live() if not c.nodes[j].leaving]
+        if op == "crash" and len(live) > 1:
+            c.crash(i)
+        elif op == "leave" and i in live and len(live) > 1:
+            c.leave(i)
+        elif op == "restart" and (i in c.crashed or c.nodes[i].leaving) and live:
+            c.restart(i)
+        elif op == "partition":
+            c.partition([j for j in range(5) if j <= i], [j for j in range(5) if j > i])
+        elif op == "heal":
+            c.heal()
+        elif op == "update" and i in live:
+            c.nodes[i].update_meta(NodeMeta(name=f"node-{i}", worker_type="gpu" if c.now % 2 < 1 else "cpu"), c.now)
+            c.flush(i)
+        c.run_for(wait)
+    c.heal()
+    c.run_for(30)
+    assert not c.late_deadlines
 
 
 def test_no_false_deaths_under_ten_percent_loss() -> None:
