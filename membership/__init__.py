@@ -5,12 +5,14 @@ No sockets, no clock, no global random in this package: see ``machine.py``.
 
 from membership.config import SwimConfig
 from membership.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from membership.machine import Membership, MemberEvent, MemberView, MembershipStats, StreamRequest
+from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
+from membership.machine import Membership, MemberView, MembershipStats
 from membership.meta import Load, NodeMeta
 from membership.state import Status
 
 __all__ = [
     "ConfigError",
+    "EventKind",
     "Load",
     "LocalProtocolError",
     "MemberEvent",
@@ -20,6 +22,7 @@ __all__ = [
     "NodeMeta",
     "RemoteProtocolError",
     "Status",
+    "StreamKind",
     "StreamRequest",
     "SwimConfig",
 ]

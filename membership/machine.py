@@ -53,7 +53,6 @@ import random
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from membership import state as rules
 from membership import wire
@@ -61,6 +60,7 @@ from membership.awareness import Awareness
 from membership.broadcast import BroadcastQueue, retransmit_limit
 from membership.config import SwimConfig
 from membership.errors import LocalProtocolError, RemoteProtocolError
+from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
 from membership.messages import (
     Ack,
     Addr,
@@ -95,36 +95,6 @@ def _load_key(node: str) -> str:
     return node + "/load"
 
 _MAX_PENDING_STREAMS = 256
-
-
-class MemberEvent(NamedTuple):
-    """Something changed about a member. ``kind`` is one of:
-    joined, updated, suspect, alive (recovered or refuted), dead, left, reaped, conflict.
-
-    A named tuple (immutable, and cheap to make: a 1,000-node join storm makes a million)."""
-
-    kind: str
-    node: str
-    incarnation: int
-    at: float
-    detail: str = ""
-    record: Alive | None = None
-    """For ``conflict``: the signed alive record of the other daemon using our identity."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRequest:
-    """One TCP exchange the driver must perform: send ``payload`` to ``addr``.
-
-    When ``expect_reply`` the driver reads one frame back and passes it (or
-    None on any failure) to ``Membership.stream_reply(token, ...)``.
-    """
-
-    token: int
-    addr: Addr
-    payload: bytes
-    expect_reply: bool
-    kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +161,7 @@ class _Relay:
 
 @dataclass(slots=True)
 class _PendingStream:
-    kind: str
+    kind: StreamKind
     addr: Addr
     seq: int = 0
     join: bool = False
@@ -337,7 +307,7 @@ class Membership:
         self.stats.stream_bytes_in += len(data)
         try:
             msg = wire.decode_frame(data, self._memo)
-            if pending.kind == "push-pull" and isinstance(msg, PushPullReply):
+            if pending.kind is StreamKind.PUSH_PULL and isinstance(msg, PushPullReply):
                 if msg.cluster != self.cluster:
                     raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
                 # What a joiner learns from its seed the pool already knows: re-gossiping it would
@@ -359,9 +329,9 @@ class Membership:
                     self._next_push_pull = min(self._next_push_pull, now + gap)
                 wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
                 if wanted:
-                    self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, "states")
+                    self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, StreamKind.STATES)
                 return True
-            if pending.kind == "ping" and isinstance(msg, Ack):
+            if pending.kind is StreamKind.PING and isinstance(msg, Ack):
                 self._on_ack(msg, pending.addr, now)
                 return True
         except RemoteProtocolError as exc:
@@ -630,7 +600,7 @@ class Membership:
         other = self._identity_checks.pop(msg.seq, None)
         if other is not None:
             # Something at another address answers to our id: a second daemon with our identity.
-            self._event("conflict", self.id, other.incarnation, now, f"{other.host}:{other.port}", record=other)
+            self._event(EventKind.CONFLICT, self.id, other.incarnation, now, f"{other.host}:{other.port}", record=other)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -668,7 +638,7 @@ class Membership:
                 # copy of our data dir (our own older lives always carry lower incarnations).
                 if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
                     raise RemoteProtocolError("unsigned alive in our name")
-                self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
+                self._event(EventKind.CONFLICT, self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
             elif a.addr not in self._identity_checks.values() and len(self._identity_checks) < 16:
                 # An older record of ours elsewhere: a past life (that address is silent now)
                 # or a copy of us that started earlier. Ask that address for our own id.
@@ -697,16 +667,16 @@ class Membership:
         down = None
         if old is None:
             self._add_member(node)
-            self._event("joined", node, a.incarnation, now)
+            self._event(EventKind.JOINED, node, a.incarnation, now)
         else:
             if a.incarnation > old.incarnation:
                 self._fresh_load.pop(node, None)  # the new alive's metadata carries its current load
             down = self._clear_down(node)
             self._suspicions.pop(node, None)
             if down is not None:
-                self._event("alive", node, a.incarnation, now, down.status.label)
+                self._event(EventKind.ALIVE, node, a.incarnation, now, down.status.label)
             else:
-                self._event("updated", node, a.incarnation, now)
+                self._event(EventKind.UPDATED, node, a.incarnation, now)
         if gossip:
             # A refutation (or a recovery) must reach everyone who heard the suspicion: never
             # dropped from a full queue. Joins and metadata updates may be (anti-entropy has them).
@@ -798,7 +768,7 @@ class Membership:
         if gossip:
             # Suspicions and deaths are never dropped from a full queue (see broadcast.py).
             self._broadcasts.queue(s.node, wire.encode_message(s), keep=True)
-        self._event("suspect", s.node, s.incarnation, now, s.accuser)
+        self._event(EventKind.SUSPECT, s.node, s.incarnation, now, s.accuser)
 
     def _on_dead(self, d: Dead, now: float, gossip: bool = True) -> None:
         about_self = d.node == self.id
@@ -818,7 +788,7 @@ class Membership:
         self._set_down(d.node, new, d.incarnation, now)
         if gossip:
             self._broadcasts.queue(d.node, wire.encode_message(d), keep=True)
-        self._event(new.label, d.node, d.incarnation, now, d.accuser)
+        self._event(EventKind.LEFT if new is Status.LEFT else EventKind.DEAD, d.node, d.incarnation, now, d.accuser)
 
     def _set_down(self, node: str, status: Status, incarnation: int, now: float) -> None:
         rules.check_transition(self.status_of(node), status)
@@ -891,7 +861,7 @@ class Membership:
         if last != node:
             self._ids[pos] = last
             self._id_pos[last] = pos
-        self._event("reaped", node, down.incarnation, since)
+        self._event(EventKind.REAPED, node, down.incarnation, since)
 
     def _add_member(self, node: str) -> None:
         if node == self.id:
@@ -970,7 +940,7 @@ class Membership:
         self.stats.indirect_probes += 1
         probe.expected_nacks = len(relays) if want_nack else 0
         if self.config.tcp_fallback:
-            self._stream(target.addr, Ping(probe.seq, probe.target, self.id), True, "ping", seq=probe.seq)
+            self._stream(target.addr, Ping(probe.seq, probe.target, self.id), True, StreamKind.PING, seq=probe.seq)
 
     def _probe_failed(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -1117,7 +1087,7 @@ class Membership:
             else entry((node, d.incarnation, d.status))
             for node, a in self._alive.items()
         )
-        token = self._stream(addr, PushPull(self.cluster, join, digest), True, "push-pull")
+        token = self._stream(addr, PushPull(self.cluster, join, digest), True, StreamKind.PUSH_PULL)
         pending = self._pending_streams.get(token)
         if pending is not None:
             pending.join = join
@@ -1177,7 +1147,7 @@ class Membership:
         inc, status = self._rank(node)
         return MemberState(self._alive[node], status, inc)
 
-    def _stream(self, addr: Addr, msg: Message, expect_reply: bool, kind: str, seq: int = 0) -> int:
+    def _stream(self, addr: Addr, msg: Message, expect_reply: bool, kind: StreamKind, seq: int = 0) -> int:
         self._token += 1
         frame = wire.encode_frame(msg)
         if len(frame) > self.config.max_stream_frame:
@@ -1199,7 +1169,7 @@ class Membership:
         return self._seq
 
     def _event(
-        self, kind: str, node: str, incarnation: int, now: float, detail: str = "", record: Alive | None = None
+        self, kind: EventKind, node: str, incarnation: int, now: float, detail: str = "", record: Alive | None = None
     ) -> None:
         if self._record_events:
             self._events.append(MemberEvent(kind, node, incarnation, now, detail, record))

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from membership import wire
 from membership import Load, Membership, MemberEvent, NodeMeta, Status, StreamRequest, SwimConfig
 from membership.signing import UnsignedIdentity, accept_unsigned
-from simulations.metrics import Figures, Recorder, percentile
+from simulations.metrics import Figures, Recorder, UpdateCause, percentile
 from simulations.network import ActivePartition, Clog, NetworkModel, NetworkOptions, Partition, StallSchedule
 
 log = logging.getLogger(__name__)
@@ -609,7 +609,7 @@ class Simulation:
         load = Load(cpu_percent=(meta.load.cpu_percent + 37) % 101, memory_percent=meta.load.memory_percent)
         m.update_meta(replace(meta, load=load), self.now)
         self.metas[i] = m.meta
-        self.rec.update_injected(i, m.incarnation, self.now, "injected")
+        self.rec.update_injected(i, m.incarnation, self.now, UpdateCause.INJECTED)
         self._drain(i, m)
 
     def _schedule_heartbeat(self, i: int) -> None:
@@ -627,7 +627,7 @@ class Simulation:
         m.update_load(load, self.now)
         if m.incarnation != before:
             self.metas[i] = m.meta
-            self.rec.update_injected(i, m.incarnation, self.now, "heartbeat")
+            self.rec.update_injected(i, m.incarnation, self.now, UpdateCause.HEARTBEAT)
         self._drain(i, m)
         self._schedule_heartbeat(i)
 

@@ -9,7 +9,7 @@ from cluster import Cluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership import Membership, NodeMeta, Status, SwimConfig
+from membership import EventKind, Membership, NodeMeta, Status, StreamKind, SwimConfig
 from membership.meta import Load
 from membership import wire
 from membership.broadcast import BroadcastQueue, retransmit_limit
@@ -356,6 +356,23 @@ def test_push_pull_across_clusters_is_refused() -> None:
     assert b.handle_stream(req.payload, a.addr, 0.0) is None
     assert not a.stream_reply(token, None, 0.0)
     assert b.status_of("a") is None
+
+
+def test_event_and_stream_kinds_are_the_strings_drivers_compare() -> None:
+    # The daemon and services compare kinds with plain strings and log them with %s; the
+    # simulator formats them into the event log it digests. All must see the old strings.
+    assert {k.value for k in EventKind} == {"joined", "updated", "suspect", "alive", "dead", "left", "reaped", "conflict"}
+    assert all(k == k.value and f"{k}" == k.value and "%s" % k == k.value for k in EventKind)
+    assert {k.value for k in StreamKind} == {"push-pull", "states", "ping"}
+    m = machine()
+    feed(m, alive("p", 1))
+    feed(m, Dead("p", 1, "p"))
+    kinds = [e.kind for e in m.take_events()]
+    assert kinds == [EventKind.JOINED, EventKind.LEFT] and kinds == ["joined", "left"]
+    assert all(type(k) is EventKind for k in kinds)
+    m.push_pull(("10.0.0.3", 1), 0.0)
+    (req,) = m.take_streams()
+    assert req.kind is StreamKind.PUSH_PULL and req.kind == "push-pull"
 
 
 def test_garbage_is_counted_not_raised() -> None:
