@@ -8,10 +8,12 @@ from membership.errors import ConfigError, LocalProtocolError, RemoteProtocolErr
 from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
 from membership.machine import Membership, MemberView, MembershipStats
 from membership.meta import Load, NodeMeta
+from membership.sharing import ConvergedView, SharedCaches
 from membership.state import Status
 
 __all__ = [
     "ConfigError",
+    "ConvergedView",
     "EventKind",
     "Load",
     "LocalProtocolError",
@@ -21,6 +23,7 @@ __all__ = [
     "MembershipStats",
     "NodeMeta",
     "RemoteProtocolError",
+    "SharedCaches",
     "Status",
     "StreamKind",
     "StreamRequest",

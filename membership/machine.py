@@ -51,7 +51,7 @@ import bisect
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from membership import state as rules
@@ -81,6 +81,7 @@ from membership.messages import (
     signed_load_payload,
 )
 from membership.meta import Load, NodeMeta
+from membership.sharing import ConvergedView, SharedCaches
 from membership.signing import Signer, Verify
 from membership.state import Status, Verdict
 from membership.suspicion import Suspicion, suspicion_timeout
@@ -186,10 +187,15 @@ class Membership:
         now: float,
         incarnation: int = 0,
         cluster: str = "rmap2p",
-        alive_intern: dict | None = None,
-        record_events: bool = True,
-        decode_memo: wire.AliveMemo | None = None,
+        shared: SharedCaches | None = None,
     ) -> None:
+        """A machine that knows only itself, at ``now``.
+
+        ``signer`` signs our alive records and names us (``signer.node_id``); ``verify`` checks
+        others' records; ``rng`` is all the randomness we use. ``incarnation``: where to start
+        (a restarted daemon passes one above anything it announced before). ``shared``: caches
+        a driver of many machines in one process gives all of them (see ``sharing.py``).
+        """
         self.config = config
         self.cluster = cluster
         self._signer = signer
@@ -197,9 +203,8 @@ class Membership:
         self._rng = rng
         self._addr = addr
         self._meta = meta
-        self._intern = alive_intern
-        self._memo = decode_memo if decode_memo is not None else wire.AliveMemo()
-        self._record_events = record_events
+        self._intern = shared.alive_intern if shared is not None else None
+        self._memo = shared.decode_memo if shared is not None else wire.AliveMemo()
         self.id = signer.node_id
         self.incarnation = incarnation
         self.stats = MembershipStats()
@@ -356,6 +361,59 @@ class Membership:
         self._broadcasts.queue(self.id, encoded)
         for node in self._random_members(self.config.gossip_nodes * 2, now):
             self._send(self._alive[node].addr, [encoded])
+
+    def install_view(
+        self,
+        view: ConvergedView,
+        now: float,
+        *,
+        probe_order: Sequence[str] | None = None,
+        next_push_pull: float | None = None,
+        last_load_gossip: float | None = None,
+    ) -> None:
+        """Start from ``view``: every member in it alive, nothing left to gossip (a warm start).
+
+        The state a pool reaches once a join has converged and its broadcast queues have
+        drained, without the N² messages it takes to get there: what lets a simulator start
+        10,000 nodes that know each other. Only a fresh machine takes a view (one that knows
+        no member but itself and has not ticked), and the view must hold our own current
+        record; otherwise LocalProtocolError. The records were checked when the view was
+        built (``ConvergedView.of``), not again here; no events are emitted (the driver knows
+        what it installed).
+
+        - ``probe_order``: the members to probe first, in order; once they are used up the
+          machine shuffles all members as usual. Default: a shuffle of all of them. A driver
+          starting many machines may pass a short random sample drawn from its own generator,
+          distributed like the prefix of a full shuffle for a fraction of the cost.
+        - ``next_push_pull``: when the first anti-entropy exchange is due. Default: a random
+          phase within the push-pull period for the view's size. (The constructor drew one
+          within the period of a pool of one; a long-running pool has its phases spread over
+          the whole N-scaled period.)
+        - ``last_load_gossip``: when our last load summary went out, which paces the next one
+          (``load_gossip_period``). Default: unchanged (the construction time).
+        """
+        if self._ids or self._down or self._probe is not None or self._pending_streams:
+            raise LocalProtocolError("install_view needs a fresh machine: this one already knows members")
+        k = view.index.get(self.id)
+        if k is None or view.records[k] != self._alive[self.id]:
+            raise LocalProtocolError("the view must hold our own current record")
+        self._alive.update(view.pairs)
+        others = view.ids[:k] + view.ids[k + 1 :]
+        self._ids = others
+        self._id_pos = dict(zip(others, view.positions))
+        if probe_order is None:
+            probe_order = list(others)
+            self._rng.shuffle(probe_order)
+        self._probe_list = list(probe_order)
+        self._probe_index = 0
+        # Our own alive, queued at construction, is in every member's view already.
+        self._broadcasts.clear()
+        self._ring, self._ring_shared = view.ring, True
+        if next_push_pull is None:
+            next_push_pull = now + self._rng.uniform(0, self.config.push_pull_period(len(view)))
+        self._next_push_pull = next_push_pull
+        if last_load_gossip is not None:
+            self._last_load_gossip = last_load_gossip
 
     def update_meta(self, meta: NodeMeta, now: float) -> None:
         """Our metadata changed: bump the incarnation and gossip the new signed alive."""
@@ -1171,5 +1229,4 @@ class Membership:
     def _event(
         self, kind: EventKind, node: str, incarnation: int, now: float, detail: str = "", record: Alive | None = None
     ) -> None:
-        if self._record_events:
-            self._events.append(MemberEvent(kind, node, incarnation, now, detail, record))
+        self._events.append(MemberEvent(kind, node, incarnation, now, detail, record))

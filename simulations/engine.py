@@ -29,11 +29,8 @@ Two ways to start:
   broadcast queues have drained. A cold start at 10,000 nodes is 10^8 member
   additions (every node learns every other) and as many gossip deliveries,
   which no single Python process does in reasonable time, so the steady-state
-  figures at that size start warm. ``Membership`` has no public call that
-  installs a converged view without queueing broadcasts, so ``_warm_start``
-  writes the machine's member tables directly; it is the only place the
-  simulator reaches inside a machine, and it fails loudly if those tables
-  change shape.
+  figures at that size start warm, through ``Membership.install_view`` with
+  one ``ConvergedView`` that every machine shares.
 
 Actions (crash, restart with the same identity, graceful leave, metadata
 update) are plain data too, scheduled by time; ``SimOptions`` derives the usual
@@ -53,8 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from membership import wire
-from membership import Load, Membership, MemberEvent, NodeMeta, Status, StreamRequest, SwimConfig
+from membership import ConvergedView, Load, Membership, MemberEvent, NodeMeta, SharedCaches, Status, StreamRequest, SwimConfig
 from membership.signing import UnsignedIdentity, accept_unsigned
 from simulations.metrics import Figures, Recorder, UpdateCause, percentile
 from simulations.network import ActivePartition, Clog, NetworkModel, NetworkOptions, Partition, StallSchedule
@@ -279,9 +275,8 @@ class Simulation:
         self.armed = [math.inf] * n
         self.leaving = [False] * n
         self.metas = [self._initial_meta(i) for i in range(n)]
-        self.alive_intern: dict = {}
-        # Every node decodes the same alive records: one shared memo (a pure cache, see wire).
-        self.decode_memo = wire.AliveMemo(limit=1 << 17)
+        # Every node holds and decodes the same alive records: one set of caches for all.
+        self.caches = SharedCaches()
         self._join_tokens: dict[int, int] = {}
         self._started: list[int] = []
 
@@ -428,45 +423,27 @@ class Simulation:
         now = self.now
         for i in range(self.n):
             self._make_machine(i)
-        records = []
-        for i, m in enumerate(self.machines):
-            a = m.alive_record(self.ids[i])  # type: ignore[union-attr]
-            self.alive_intern[(a.node, a.incarnation, a.signature)] = a
-            records.append(a)
-        shared_positions = list(range(self.n))  # one int object per position, shared by all nodes
+        records = [m.alive_record(self.ids[i]) for i, m in enumerate(self.machines)]  # type: ignore[union-attr]
+        self.caches.intern(records)  # type: ignore[arg-type]
+        view = ConvergedView.of(records, accept_unsigned)  # type: ignore[arg-type]
         period = self.config.push_pull_period(self.n)
         load_period = self.config.load_gossip_period(self.n)
         first_round = math.ceil(self.options.seconds / self.config.probe_interval) + 2
-        pairs = list(zip(self.ids, records))
-        ring = sorted(self.ids)
         for i, m in enumerate(self.machines):
             assert m is not None
-            for attr in (
-                "_alive", "_ids", "_id_pos", "_probe_list", "_probe_index", "_broadcasts", "_next_push_pull",
-                "_last_load_gossip", "_ring", "_ring_shared",
-            ):
-                if not hasattr(m, attr):
-                    raise RuntimeError(
-                        f"warm start needs Membership.{attr}; the machine changed shape: use --start cold"
-                    )
             others = self.ids[:i] + self.ids[i + 1 :]
-            m._alive.update(pairs)
-            m._ids = others
-            m._id_pos = dict(zip(others, shared_positions))
             # The first probe round: an ordered random sample is distributed exactly like the
             # prefix of the shuffle the machine would draw, and long enough for the whole run; the
             # machine draws its own full shuffle once it is used up. (Letting 10,000 machines
             # each shuffle 10,000 members in the first second would cost minutes.)
-            m._probe_list = self.workload_rng.sample(others, min(len(others), first_round))
-            m._probe_index = 0
-            m._broadcasts.clear()
-            m._ring, m._ring_shared = ring, True
-            # A long-running cluster has its push-pull phases spread over the whole (N-scaled)
-            # period; a fresh machine draws its first one within the unscaled interval, which
-            # would put every node's exchange into the first 30 s of the run.
-            m._next_push_pull = now + self.workload_rng.uniform(0, period)
-            # Likewise its last load summary went out some time within the (N-scaled) period.
-            m._last_load_gossip = now - self.workload_rng.uniform(0, load_period)
+            probe_order = self.workload_rng.sample(others, min(len(others), first_round))
+            # Push-pull phases spread over the whole (N-scaled) period, as in a long-running pool,
+            # and likewise the last load summary went out some time within its period.
+            next_push_pull = now + self.workload_rng.uniform(0, period)
+            last_load_gossip = now - self.workload_rng.uniform(0, load_period)
+            m.install_view(
+                view, now, probe_order=probe_order, next_push_pull=next_push_pull, last_load_gossip=last_load_gossip
+            )
         self._started = list(range(self.n))
         self.rec.warm_start(now, range(self.n))
         for i in range(self.n):
@@ -505,9 +482,7 @@ class Simulation:
             random.Random(derive_seed(self.options.seed, "node", i, self.life[i])),
             self.now,
             incarnation=incarnation,
-            alive_intern=self.alive_intern,
-            decode_memo=self.decode_memo,
-            record_events=True,
+            shared=self.caches,
         )
         self.machines[i] = m
         self._account_node_seconds()

@@ -9,7 +9,7 @@ from cluster import Cluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership import EventKind, Membership, NodeMeta, Status, StreamKind, SwimConfig
+from membership import ConvergedView, EventKind, LocalProtocolError, Membership, NodeMeta, SharedCaches, Status, StreamKind, SwimConfig
 from membership.meta import Load
 from membership import wire
 from membership.broadcast import BroadcastQueue, retransmit_limit
@@ -737,3 +737,102 @@ def test_news_goes_to_the_two_ring_successors_first() -> None:
     m.tick(m.next_deadline())  # type: ignore[arg-type]
     got = [addr_of[a] for d, a in m.take_datagrams() if any(isinstance(x, Suspect) for x in wire.decode_datagram(d))]
     assert got[:2] == ["n", "o"] and len(got) == 3, got
+
+
+# ---------------------------------------------------------------- warm starts
+
+
+def _warm_cluster(n: int, seed: int = 1) -> Cluster:
+    c = Cluster(n, seed=seed, auto_join=False)
+    records = [m.alive_record(m.id) for m in c.nodes]
+    view = ConvergedView.of(records, accept_unsigned)  # type: ignore[arg-type]
+    for m in c.nodes:
+        m.install_view(view, c.now)
+    c.flush()
+    return c
+
+
+def test_an_installed_view_is_converged_quiet_and_shared() -> None:
+    c = _warm_cluster(6)
+    assert c.converged()
+    assert all(m.broadcasts_queued() == 0 for m in c.nodes), "nothing left to gossip"
+    assert all(m.num_active() == 6 and not m.take_events() for m in c.nodes)
+    assert c.nodes[1]._ring is c.nodes[2]._ring, "one sorted ring for all until one changes"  # type: ignore[attr-defined]
+    deadlines = [m.next_deadline() for m in c.nodes]
+    assert all(d is not None and 0 < d <= 1.0 for d in deadlines), "the first probe within one interval"
+    # It stays converged, and a crash is detected as in a pool that joined the long way.
+    c.run_for(20)
+    assert c.converged() and not c.late_deadlines
+    c.crash(4)
+    assert c.run_until(lambda: c.all_see(4, Status.DEAD), 60)
+
+
+def test_install_view_takes_the_probe_order_and_phases_given() -> None:
+    names = ["me", "a", "b", "c"]
+    others = [machine(name) for name in names[1:]]
+    m = machine()
+    view = ConvergedView.of([m.alive_record("me")] + [o.alive_record(o.id) for o in others], accept_unsigned)  # type: ignore[list-item]
+    m.install_view(view, 0.0, probe_order=["c", "a"], next_push_pull=123.0, last_load_gossip=-5.0)
+    assert [x.node for x in m.members() if x.node != "me"] == ["a", "b", "c"], "the view's order"
+    assert m._ids == ["a", "b", "c"]  # type: ignore[attr-defined]
+    probed = []
+    now = 0.0
+    while len(probed) < 2:
+        now = m.next_deadline()  # type: ignore[assignment]
+        assert now < 123.0
+        m.tick(now)
+        for d, _ in m.take_datagrams():
+            probed += [x.target for x in wire.decode_datagram(d) if isinstance(x, Ping)]
+        m._probe = None  # type: ignore[attr-defined]  # nobody answers here: skip to the next probe
+    assert probed[:2] == ["c", "a"]
+    assert m._next_push_pull == 123.0 and m._last_load_gossip == -5.0  # type: ignore[attr-defined]
+
+
+def test_install_view_refuses_a_used_machine_or_a_view_without_us() -> None:
+    a, b = machine("a"), machine("b")
+    view = ConvergedView.of([a.alive_record("a"), b.alive_record("b")], accept_unsigned)  # type: ignore[list-item]
+    with pytest.raises(LocalProtocolError, match="own current record"):
+        machine("me").install_view(view, 0.0)
+    a.update_meta(NodeMeta(name="a", worker_type="gpu"), 0.0)
+    with pytest.raises(LocalProtocolError, match="own current record"):
+        a.install_view(view, 0.0)
+    feed(b, alive("p", 1))
+    with pytest.raises(LocalProtocolError, match="fresh machine"):
+        b.install_view(view, 0.0)
+
+
+def test_a_converged_view_checks_each_record_once() -> None:
+    a = machine("a")
+    rec = a.alive_record("a")
+    with pytest.raises(LocalProtocolError, match="twice"):
+        ConvergedView.of([rec, rec], accept_unsigned)  # type: ignore[list-item]
+    with pytest.raises(LocalProtocolError, match="signature"):
+        ConvergedView.of([rec], lambda *_: False)  # type: ignore[list-item]
+    view = ConvergedView.of([rec, alive("p", 1)], accept_unsigned)  # type: ignore[list-item]
+    assert len(view) == 2 and view.ring == ["a", "p"] and view.index == {"a": 0, "p": 1}
+
+
+def test_shared_caches_intern_records_once_for_every_machine() -> None:
+    caches = SharedCaches()
+    cfg = SwimConfig.lan()
+
+    checked: list[str] = []
+
+    def verify(node: str, *_: object) -> bool:
+        checked.append(node)
+        return node == "x"
+
+    def make(name: str, port: int) -> Membership:
+        return Membership(cfg, UnsignedIdentity(name), verify, ("10.0.0.1", port), NodeMeta(name=name),
+                          random.Random(1), 0.0, shared=caches)
+
+    x, y, z = make("x", 1), make("y", 2), make("w", 3)
+    data = wire.encode_datagram([x.alive_record("x")])  # type: ignore[list-item]
+    y.receive(data, ("10.0.0.1", 1), 0.0)
+    z.receive(data, ("10.0.0.1", 1), 0.0)
+    assert checked == ["x"], "verified by the first machine only"
+    assert y.alive_record("x") is z.alive_record("x"), "one object for every machine"
+    assert caches.decode_memo, "the decode memo is shared too"
+    caches.intern([z.alive_record("w")])  # type: ignore[list-item]
+    y.receive(wire.encode_datagram([z.alive_record("w")]), ("10.0.0.1", 3), 0.0)  # type: ignore[list-item]
+    assert y.status_of("w") is Status.ALIVE and checked == ["x"], "a record the driver interned is taken as is"
