@@ -6,7 +6,7 @@ No sockets, no clock, no global random in this package: see ``machine.py``.
 from membership.config import SwimConfig
 from membership.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
-from membership.machine import Membership, MemberView, MembershipStats
+from membership.machine import Membership, MembershipStats, MemberView
 from membership.meta import Load, NodeMeta
 from membership.sharing import ConvergedView, SharedCaches
 from membership.state import Status

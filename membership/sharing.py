@@ -79,7 +79,7 @@ class ConvergedView:
             if a.node in index:
                 raise LocalProtocolError(f"converged view: {a.node} appears twice")
             try:
-                a.meta
+                _ = a.meta  # decoded now, so that a bad record fails here
             except RemoteProtocolError as exc:
                 raise LocalProtocolError(f"converged view: bad metadata for {a.node}: {exc}") from None
             if not verify(a.node, a.public_key, a.signed_payload(), a.signature):

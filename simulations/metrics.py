@@ -33,6 +33,7 @@ from enum import StrEnum
 
 from membership import EventKind, MemberEvent, Status
 
+
 class UpdateCause(StrEnum):
     """Why a node announced a new incarnation whose spread is timed (written into the event log)."""
 

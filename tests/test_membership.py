@@ -362,7 +362,7 @@ def test_event_and_stream_kinds_are_the_strings_drivers_compare() -> None:
     # The daemon and services compare kinds with plain strings and log them with %s; the
     # simulator formats them into the event log it digests. All must see the old strings.
     assert {k.value for k in EventKind} == {"joined", "updated", "suspect", "alive", "dead", "left", "reaped", "conflict"}
-    assert all(k == k.value and f"{k}" == k.value and "%s" % k == k.value for k in EventKind)
+    assert all(k == k.value and f"{k}" == k.value and "%s" % k == k.value for k in EventKind)  # noqa: UP031
     assert {k.value for k in StreamKind} == {"push-pull", "states", "ping"}
     m = machine()
     feed(m, alive("p", 1))

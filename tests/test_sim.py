@@ -174,7 +174,7 @@ def test_leave_is_left_not_dead() -> None:
 def test_leaves_leave_no_deadline_due_after_a_tick() -> None:
     # Nodes leave with probes in flight, under loss; the driver re-arms each machine on its own
     # next_deadline() only, and counts any tick after which it was still due.
-    sim, f = run(nodes=60, seconds=40, seed=3, start="warm", leaves=12, leave_at_s=5.0, kills=2,
+    sim, f = run(nodes=60, seconds=40, seed=3, start="warm", leaves=12, kills=2, kill_at_s=5.0,
                  network=NetworkOptions(loss=0.1))
     assert f.stuck_deadlines == 0, replay(sim)
     assert all(sim.machines[i] is None for i in range(sim.n) if sim.leaving[i]), "leavers stop after their linger"
