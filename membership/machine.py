@@ -11,6 +11,12 @@ and one deadline out::
     m.take_streams() -> [StreamRequest]    # send these over TCP
     m.take_events() -> [MemberEvent]
 
+After ``tick(now)``, ``next_deadline()`` is None or later than ``now`` in
+every state, leaving included (a leaving machine only gossips its leave), so
+a driver's single re-armed timer never spins. ``install_view`` starts a fresh
+machine from a converged view instead of a join (warm starts, see
+``sharing.py``).
+
 Nothing here reads a clock, sleeps, opens a socket or touches the global
 random generator: time comes in as ``now`` and randomness from the
 ``random.Random`` the driver passes in. The asyncio daemon and the
