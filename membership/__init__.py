@@ -5,12 +5,16 @@ No sockets, no clock, no global random in this package: see ``machine.py``.
 
 from membership.config import SwimConfig
 from membership.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from membership.machine import Membership, MemberEvent, MemberView, MembershipStats, StreamRequest
+from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
+from membership.machine import Membership, MembershipStats, MemberView
 from membership.meta import Load, NodeMeta
+from membership.sharing import ConvergedView, SharedCaches
 from membership.state import Status
 
 __all__ = [
     "ConfigError",
+    "ConvergedView",
+    "EventKind",
     "Load",
     "LocalProtocolError",
     "MemberEvent",
@@ -19,7 +23,9 @@ __all__ = [
     "MembershipStats",
     "NodeMeta",
     "RemoteProtocolError",
+    "SharedCaches",
     "Status",
+    "StreamKind",
     "StreamRequest",
     "SwimConfig",
 ]

@@ -11,6 +11,12 @@ and one deadline out::
     m.take_streams() -> [StreamRequest]    # send these over TCP
     m.take_events() -> [MemberEvent]
 
+After ``tick(now)``, ``next_deadline()`` is None or later than ``now`` in
+every state, leaving included (a leaving machine only gossips its leave), so
+a driver's single re-armed timer never spins. ``install_view`` starts a fresh
+machine from a converged view instead of a join (warm starts, see
+``sharing.py``).
+
 Nothing here reads a clock, sleeps, opens a socket or touches the global
 random generator: time comes in as ``now`` and randomness from the
 ``random.Random`` the driver passes in. The asyncio daemon and the
@@ -51,9 +57,8 @@ import bisect
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from membership import state as rules
 from membership import wire
@@ -61,6 +66,7 @@ from membership.awareness import Awareness
 from membership.broadcast import BroadcastQueue, retransmit_limit
 from membership.config import SwimConfig
 from membership.errors import LocalProtocolError, RemoteProtocolError
+from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
 from membership.messages import (
     Ack,
     Addr,
@@ -81,6 +87,7 @@ from membership.messages import (
     signed_load_payload,
 )
 from membership.meta import Load, NodeMeta
+from membership.sharing import ConvergedView, SharedCaches
 from membership.signing import Signer, Verify
 from membership.state import Status, Verdict
 from membership.suspicion import Suspicion, suspicion_timeout
@@ -95,36 +102,6 @@ def _load_key(node: str) -> str:
     return node + "/load"
 
 _MAX_PENDING_STREAMS = 256
-
-
-class MemberEvent(NamedTuple):
-    """Something changed about a member. ``kind`` is one of:
-    joined, updated, suspect, alive (recovered or refuted), dead, left, reaped, conflict.
-
-    A named tuple (immutable, and cheap to make: a 1,000-node join storm makes a million)."""
-
-    kind: str
-    node: str
-    incarnation: int
-    at: float
-    detail: str = ""
-    record: Alive | None = None
-    """For ``conflict``: the signed alive record of the other daemon using our identity."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRequest:
-    """One TCP exchange the driver must perform: send ``payload`` to ``addr``.
-
-    When ``expect_reply`` the driver reads one frame back and passes it (or
-    None on any failure) to ``Membership.stream_reply(token, ...)``.
-    """
-
-    token: int
-    addr: Addr
-    payload: bytes
-    expect_reply: bool
-    kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +168,7 @@ class _Relay:
 
 @dataclass(slots=True)
 class _PendingStream:
-    kind: str
+    kind: StreamKind
     addr: Addr
     seq: int = 0
     join: bool = False
@@ -216,10 +193,15 @@ class Membership:
         now: float,
         incarnation: int = 0,
         cluster: str = "rmap2p",
-        alive_intern: dict | None = None,
-        record_events: bool = True,
-        decode_memo: wire.AliveMemo | None = None,
+        shared: SharedCaches | None = None,
     ) -> None:
+        """A machine that knows only itself, at ``now``.
+
+        ``signer`` signs our alive records and names us (``signer.node_id``); ``verify`` checks
+        others' records; ``rng`` is all the randomness we use. ``incarnation``: where to start
+        (a restarted daemon passes one above anything it announced before). ``shared``: caches
+        a driver of many machines in one process gives all of them (see ``sharing.py``).
+        """
         self.config = config
         self.cluster = cluster
         self._signer = signer
@@ -227,9 +209,8 @@ class Membership:
         self._rng = rng
         self._addr = addr
         self._meta = meta
-        self._intern = alive_intern
-        self._memo = decode_memo if decode_memo is not None else wire.AliveMemo()
-        self._record_events = record_events
+        self._intern = shared.alive_intern if shared is not None else None
+        self._memo = shared.decode_memo if shared is not None else wire.AliveMemo()
         self.id = signer.node_id
         self.incarnation = incarnation
         self.stats = MembershipStats()
@@ -337,7 +318,7 @@ class Membership:
         self.stats.stream_bytes_in += len(data)
         try:
             msg = wire.decode_frame(data, self._memo)
-            if pending.kind == "push-pull" and isinstance(msg, PushPullReply):
+            if pending.kind is StreamKind.PUSH_PULL and isinstance(msg, PushPullReply):
                 if msg.cluster != self.cluster:
                     raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
                 # What a joiner learns from its seed the pool already knows: re-gossiping it would
@@ -359,9 +340,9 @@ class Membership:
                     self._next_push_pull = min(self._next_push_pull, now + gap)
                 wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
                 if wanted:
-                    self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, "states")
+                    self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, StreamKind.STATES)
                 return True
-            if pending.kind == "ping" and isinstance(msg, Ack):
+            if pending.kind is StreamKind.PING and isinstance(msg, Ack):
                 self._on_ack(msg, pending.addr, now)
                 return True
         except RemoteProtocolError as exc:
@@ -386,6 +367,59 @@ class Membership:
         self._broadcasts.queue(self.id, encoded)
         for node in self._random_members(self.config.gossip_nodes * 2, now):
             self._send(self._alive[node].addr, [encoded])
+
+    def install_view(
+        self,
+        view: ConvergedView,
+        now: float,
+        *,
+        probe_order: Sequence[str] | None = None,
+        next_push_pull: float | None = None,
+        last_load_gossip: float | None = None,
+    ) -> None:
+        """Start from ``view``: every member in it alive, nothing left to gossip (a warm start).
+
+        The state a pool reaches once a join has converged and its broadcast queues have
+        drained, without the N² messages it takes to get there: what lets a simulator start
+        10,000 nodes that know each other. Only a fresh machine takes a view (one that knows
+        no member but itself and has not ticked), and the view must hold our own current
+        record; otherwise LocalProtocolError. The records were checked when the view was
+        built (``ConvergedView.of``), not again here; no events are emitted (the driver knows
+        what it installed).
+
+        - ``probe_order``: the members to probe first, in order; once they are used up the
+          machine shuffles all members as usual. Default: a shuffle of all of them. A driver
+          starting many machines may pass a short random sample drawn from its own generator,
+          distributed like the prefix of a full shuffle for a fraction of the cost.
+        - ``next_push_pull``: when the first anti-entropy exchange is due. Default: a random
+          phase within the push-pull period for the view's size. (The constructor drew one
+          within the period of a pool of one; a long-running pool has its phases spread over
+          the whole N-scaled period.)
+        - ``last_load_gossip``: when our last load summary went out, which paces the next one
+          (``load_gossip_period``). Default: unchanged (the construction time).
+        """
+        if self._ids or self._down or self._probe is not None or self._pending_streams:
+            raise LocalProtocolError("install_view needs a fresh machine: this one already knows members")
+        k = view.index.get(self.id)
+        if k is None or view.records[k] != self._alive[self.id]:
+            raise LocalProtocolError("the view must hold our own current record")
+        self._alive.update(view.pairs)
+        others = view.ids[:k] + view.ids[k + 1 :]
+        self._ids = others
+        self._id_pos = dict(zip(others, view.positions))
+        if probe_order is None:
+            probe_order = list(others)
+            self._rng.shuffle(probe_order)
+        self._probe_list = list(probe_order)
+        self._probe_index = 0
+        # Our own alive, queued at construction, is in every member's view already.
+        self._broadcasts.clear()
+        self._ring, self._ring_shared = view.ring, True
+        if next_push_pull is None:
+            next_push_pull = now + self._rng.uniform(0, self.config.push_pull_period(len(view)))
+        self._next_push_pull = next_push_pull
+        if last_load_gossip is not None:
+            self._last_load_gossip = last_load_gossip
 
     def update_meta(self, meta: NodeMeta, now: float) -> None:
         """Our metadata changed: bump the incarnation and gossip the new signed alive."""
@@ -423,6 +457,16 @@ class Membership:
     # ------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
+        """When ``tick`` next has something to do; None when nothing is pending.
+
+        After ``tick(now)`` this is always None or later than ``now``, in every
+        state: a driver that re-arms one timer on it never spins.
+        """
+        if self.leaving:
+            # A leaving machine only gossips its leave (see tick): its probe, relay, suspicion,
+            # push-pull and reap timers will never fire, so reporting them would leave a
+            # deadline in the past that no tick can move.
+            return self._next_gossip if self._broadcasts else None
         # Called after every input a driver feeds in: a running minimum, no list.
         d = self._next_probe
         if self._next_push_pull < d:
@@ -452,6 +496,9 @@ class Membership:
     def tick(self, now: float) -> None:
         """Fire every timer that is due at ``now``."""
         if self.leaving:
+            # Nothing but the leave (and what else is queued) goes out from here on: no probes,
+            # no suspicions of others, no anti-entropy. The driver stops the machine once the
+            # queue is empty or its grace period ends.
             if self._broadcasts and now >= self._next_gossip:
                 self._gossip(now)
             return
@@ -617,7 +664,7 @@ class Membership:
         other = self._identity_checks.pop(msg.seq, None)
         if other is not None:
             # Something at another address answers to our id: a second daemon with our identity.
-            self._event("conflict", self.id, other.incarnation, now, f"{other.host}:{other.port}", record=other)
+            self._event(EventKind.CONFLICT, self.id, other.incarnation, now, f"{other.host}:{other.port}", record=other)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -655,7 +702,7 @@ class Membership:
                 # copy of our data dir (our own older lives always carry lower incarnations).
                 if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
                     raise RemoteProtocolError("unsigned alive in our name")
-                self._event("conflict", self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
+                self._event(EventKind.CONFLICT, self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
             elif a.addr not in self._identity_checks.values() and len(self._identity_checks) < 16:
                 # An older record of ours elsewhere: a past life (that address is silent now)
                 # or a copy of us that started earlier. Ask that address for our own id.
@@ -684,16 +731,16 @@ class Membership:
         down = None
         if old is None:
             self._add_member(node)
-            self._event("joined", node, a.incarnation, now)
+            self._event(EventKind.JOINED, node, a.incarnation, now)
         else:
             if a.incarnation > old.incarnation:
                 self._fresh_load.pop(node, None)  # the new alive's metadata carries its current load
             down = self._clear_down(node)
             self._suspicions.pop(node, None)
             if down is not None:
-                self._event("alive", node, a.incarnation, now, down.status.label)
+                self._event(EventKind.ALIVE, node, a.incarnation, now, down.status.label)
             else:
-                self._event("updated", node, a.incarnation, now)
+                self._event(EventKind.UPDATED, node, a.incarnation, now)
         if gossip:
             # A refutation (or a recovery) must reach everyone who heard the suspicion: never
             # dropped from a full queue. Joins and metadata updates may be (anti-entropy has them).
@@ -785,7 +832,7 @@ class Membership:
         if gossip:
             # Suspicions and deaths are never dropped from a full queue (see broadcast.py).
             self._broadcasts.queue(s.node, wire.encode_message(s), keep=True)
-        self._event("suspect", s.node, s.incarnation, now, s.accuser)
+        self._event(EventKind.SUSPECT, s.node, s.incarnation, now, s.accuser)
 
     def _on_dead(self, d: Dead, now: float, gossip: bool = True) -> None:
         about_self = d.node == self.id
@@ -805,7 +852,7 @@ class Membership:
         self._set_down(d.node, new, d.incarnation, now)
         if gossip:
             self._broadcasts.queue(d.node, wire.encode_message(d), keep=True)
-        self._event(new.label, d.node, d.incarnation, now, d.accuser)
+        self._event(EventKind.LEFT if new is Status.LEFT else EventKind.DEAD, d.node, d.incarnation, now, d.accuser)
 
     def _set_down(self, node: str, status: Status, incarnation: int, now: float) -> None:
         rules.check_transition(self.status_of(node), status)
@@ -878,7 +925,7 @@ class Membership:
         if last != node:
             self._ids[pos] = last
             self._id_pos[last] = pos
-        self._event("reaped", node, down.incarnation, since)
+        self._event(EventKind.REAPED, node, down.incarnation, since)
 
     def _add_member(self, node: str) -> None:
         if node == self.id:
@@ -957,7 +1004,7 @@ class Membership:
         self.stats.indirect_probes += 1
         probe.expected_nacks = len(relays) if want_nack else 0
         if self.config.tcp_fallback:
-            self._stream(target.addr, Ping(probe.seq, probe.target, self.id), True, "ping", seq=probe.seq)
+            self._stream(target.addr, Ping(probe.seq, probe.target, self.id), True, StreamKind.PING, seq=probe.seq)
 
     def _probe_failed(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -1104,7 +1151,7 @@ class Membership:
             else entry((node, d.incarnation, d.status))
             for node, a in self._alive.items()
         )
-        token = self._stream(addr, PushPull(self.cluster, join, digest), True, "push-pull")
+        token = self._stream(addr, PushPull(self.cluster, join, digest), True, StreamKind.PUSH_PULL)
         pending = self._pending_streams.get(token)
         if pending is not None:
             pending.join = join
@@ -1164,7 +1211,7 @@ class Membership:
         inc, status = self._rank(node)
         return MemberState(self._alive[node], status, inc)
 
-    def _stream(self, addr: Addr, msg: Message, expect_reply: bool, kind: str, seq: int = 0) -> int:
+    def _stream(self, addr: Addr, msg: Message, expect_reply: bool, kind: StreamKind, seq: int = 0) -> int:
         self._token += 1
         frame = wire.encode_frame(msg)
         if len(frame) > self.config.max_stream_frame:
@@ -1186,7 +1233,6 @@ class Membership:
         return self._seq
 
     def _event(
-        self, kind: str, node: str, incarnation: int, now: float, detail: str = "", record: Alive | None = None
+        self, kind: EventKind, node: str, incarnation: int, now: float, detail: str = "", record: Alive | None = None
     ) -> None:
-        if self._record_events:
-            self._events.append(MemberEvent(kind, node, incarnation, now, detail, record))
+        self._events.append(MemberEvent(kind, node, incarnation, now, detail, record))

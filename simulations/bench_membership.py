@@ -28,9 +28,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from simulations.engine import CrashRunners, SimOptions, Simulation
+from simulations.engine import Simulation
 from simulations.metrics import percentile
 from simulations.network import NetworkOptions, Partition, Starvation
+from simulations.options import CrashRunners, SimOptions
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from simulations.engine import SimOptions, Simulation
+from simulations.engine import Simulation
 from simulations.metrics import Figures, Sample
 from simulations.network import Clog, Latency, NetworkOptions, Partition, Starvation
+from simulations.options import SimOptions
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,13 @@ Two ways to start:
   broadcast queues have drained. A cold start at 10,000 nodes is 10^8 member
   additions (every node learns every other) and as many gossip deliveries,
   which no single Python process does in reasonable time, so the steady-state
-  figures at that size start warm. ``Membership`` has no public call that
-  installs a converged view without queueing broadcasts, so ``_warm_start``
-  writes the machine's member tables directly; it is the only place the
-  simulator reaches inside a machine, and it fails loudly if those tables
-  change shape.
+  figures at that size start warm, through ``Membership.install_view`` with
+  one ``ConvergedView`` that every machine shares.
 
-Actions (crash, restart with the same identity, graceful leave, metadata
-update) are plain data too, scheduled by time; ``SimOptions`` derives the usual
-ones (``kills``, ``leaves``, ``updates``, the metadata heartbeat) from counts.
+The run's options and its actions (crash, restart with the same identity,
+graceful leave, metadata update) are plain data in ``simulations.options``,
+scheduled here by time; ``SimOptions`` derives the usual ones (``kills``,
+``leaves``, ``updates``, the metadata heartbeat) from counts.
 """
 
 from __future__ import annotations
@@ -57,11 +55,53 @@ from allocator.actions import NodeActions, node_actions
 from allocator.allocate import allocate
 from allocator.members import capabilities, to_node_views, worker_type_of
 from allocator.view import NodeView
-from membership import wire
-from membership import Load, Membership, MemberEvent, NodeMeta, Status, StreamRequest, SwimConfig
+from membership import (
+    ConvergedView,
+    Load,
+    MemberEvent,
+    Membership,
+    NodeMeta,
+    SharedCaches,
+    Status,
+    StreamRequest,
+)
 from membership.signing import UnsignedIdentity, accept_unsigned
-from simulations.metrics import Figures, Recorder, percentile
-from simulations.network import ActivePartition, Clog, NetworkModel, NetworkOptions, Partition, StallSchedule
+from simulations.metrics import Figures, Recorder, UpdateCause, percentile
+from simulations.network import (
+    ActivePartition,
+    Clog,
+    NetworkModel,
+    Partition,
+    StallSchedule,
+)
+from simulations.options import (  # the options and actions lived here once: importable from here still
+    WORKER_MIX,
+    Action,
+    Crash,
+    CrashRunners,
+    Leave,
+    MetaUpdate,
+    Restart,
+    SimOptions,
+    derive_seed,
+    node_addr_of,
+    node_id_of,
+)
+
+__all__ = [
+    "WORKER_MIX",
+    "Action",
+    "Crash",
+    "CrashRunners",
+    "Leave",
+    "MetaUpdate",
+    "Restart",
+    "SimOptions",
+    "Simulation",
+    "derive_seed",
+    "node_addr_of",
+    "node_id_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,185 +111,6 @@ _TICK = 1  # (t, seq, _TICK, node, gen)
 _SREQ = 2  # (t, seq, _SREQ, dst, src, src_gen, request, sealed_len)
 _SREPLY = 3  # (t, seq, _SREPLY, node, gen, token, frame_or_None)
 _ACTION = 4  # (t, seq, _ACTION, callable)
-
-WORKER_MIX: tuple[tuple[str, int], ...] = (("gpu", 2), ("cpu", 4), ("storage", 2), ("edge", 2))
-"""Worker types of simulated nodes, by weight (a node's type is a hash of its index)."""
-
-
-def derive_seed(*parts: object) -> int:
-    """A 64-bit seed from ``parts``: independent streams for every purpose and node."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
-
-
-def node_id_of(index: int) -> str:
-    """16 hex characters, like a real node id (blake2b-64 of the public key), so sizes stay true."""
-    return hashlib.blake2b(f"rmap2p-sim-node-{index}".encode(), digest_size=8).hexdigest()
-
-
-def node_addr_of(index: int) -> tuple[str, int]:
-    return (f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}", 7946)
-
-
-# ---------------------------------------------------------------- actions as data
-
-
-@dataclass(frozen=True, slots=True)
-class Crash:
-    node: int
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Restart:
-    """Start the node again with the same identity and address, joining through a random live node."""
-
-    node: int
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    node: int
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class MetaUpdate:
-    """The node changes its metadata (a fresh incarnation to disseminate); None: a random live node."""
-
-    node: int | None
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CrashRunners:
-    """Crash every live node whose metadata lists ``service``: the allocator's worst case."""
-
-    service: str
-    at: float
-
-
-Action = Crash | Restart | Leave | MetaUpdate | CrashRunners
-
-
-@dataclass(frozen=True, slots=True)
-class SimOptions:
-    nodes: int = 50
-    seconds: float = 60.0
-    seed: int = 1
-    profile: str = "lan"
-    """``lan`` (memberlist DefaultLANConfig) or ``local``."""
-    lifeguard: bool = True
-    start: str = "cold"
-    join_waves: int = 8
-    join_interval_s: float = 1.0
-    kills: int = 0
-    """Nodes crashed mid-run, evenly spread over [kill_at_s, kill_at_s + kill_spread_s]."""
-    kill_at_s: float | None = None
-    """Default: a third into the run."""
-    kill_spread_s: float | None = None
-    """Default: a sixth of the run."""
-    restart_after_s: float | None = None
-    """Crashed nodes restart (same identity, fresh machine, incarnation 0) after this long."""
-    leaves: int = 0
-    leave_at_s: float | None = None
-    leave_linger_s: float = 2.0
-    """A leaving node keeps running this long to gossip its leave, as the daemon does."""
-    updates: int = 20
-    """Fresh metadata updates injected (one random live node each), evenly spread after convergence."""
-    meta_interval_s: float = 0.0
-    """Metadata heartbeat: each node's coarse load changes markedly every Exp(meta_interval_s)
-    seconds and goes through ``update_load`` (the machine gossips a signed load summary at
-    most once per ``load_gossip_period(N)``); 0 turns it off."""
-    actions: tuple[Action, ...] = ()
-    network: NetworkOptions = field(default_factory=NetworkOptions)
-    sample_every_s: float | None = None
-    """Time-series resolution (default: 1/200 of the run, at least 0.5 s)."""
-    measure_from_s: float | None = None
-    """Start of the bandwidth window (default: first convergence, or 0 for a warm start)."""
-    allocator: bool = False
-    """Run ``allocator.allocate`` on every node's view and let nodes adopt their row."""
-    service_start_s: float = 5.0
-    """With the allocator: how long a newly assigned service takes to report healthy."""
-    swim: tuple[tuple[str, object], ...] = ()
-    """Overrides of SwimConfig fields, as (name, value) pairs."""
-
-    def __post_init__(self) -> None:
-        if self.nodes < 1:
-            raise ValueError("nodes must be >= 1")
-        if self.seconds <= 0:
-            raise ValueError("seconds must be > 0")
-        if self.start not in ("cold", "warm"):
-            raise ValueError("start must be cold or warm")
-        if self.profile not in ("lan", "local"):
-            raise ValueError("profile must be lan or local")
-        if self.kills + self.leaves >= self.nodes:
-            raise ValueError("kills + leaves must leave at least one node running")
-        if self.join_waves < 1:
-            raise ValueError("join_waves must be >= 1")
-
-    def swim_config(self) -> SwimConfig:
-        base = SwimConfig.local if self.profile == "local" else SwimConfig.lan
-        return base(lifeguard=self.lifeguard, **dict(self.swim))
-
-    def repro(self) -> str:
-        """The ``rmap2p simulate`` command line that replays this run (actions given as data are not expressible)."""
-        net = self.network
-        lat = net.latency
-        defaults = NetworkOptions()
-        parts = [
-            "python -m rmap2p simulate",
-            f"--nodes {self.nodes}",
-            f"--seconds {self.seconds:g}",
-            f"--seed {self.seed}",
-            f"--start {self.start}",
-        ]
-        if self.profile != "lan":
-            parts.append(f"--profile {self.profile}")
-        if not self.lifeguard:
-            parts.append("--no-lifeguard")
-        if self.start == "cold" and self.join_waves != 8:
-            parts.append(f"--waves {self.join_waves}")
-        if self.kills:
-            parts.append(f"--kill {self.kills}")
-            if self.kill_at_s is not None:
-                parts.append(f"--kill-at {self.kill_at_s:g}")
-            if self.kill_spread_s is not None:
-                parts.append(f"--kill-spread {self.kill_spread_s:g}")
-        if self.restart_after_s is not None:
-            parts.append(f"--restart-after {self.restart_after_s:g}")
-        if self.leaves:
-            parts.append(f"--leave {self.leaves}")
-        if self.updates != 20:
-            parts.append(f"--updates {self.updates}")
-        if self.meta_interval_s:
-            parts.append(f"--meta-interval {self.meta_interval_s:g}")
-        if self.allocator:
-            parts.append("--allocator")
-        if net.loss:
-            parts.append(f"--loss {net.loss:g}")
-        if net.duplicate:
-            parts.append(f"--dup {net.duplicate:g}")
-        if lat != defaults.latency:
-            parts.append(
-                f"--latency-ms {lat.base_s * 1000:g} --jitter-ms {lat.jitter_s * 1000:g} "
-                f"--link-spread-ms {lat.link_spread_s * 1000:g}"
-            )
-        for p in net.partitions:
-            end = "" if p.end_s is None else f"{p.end_s:g}"
-            parts.append(f"--partition {p.fraction:g}@{p.start_s:g}-{end}{'' if p.symmetric else ':asym'}")
-        for c in net.clogs:
-            parts.append(f"--clog {c.count}@{c.start_s:g}-{c.end_s:g}")
-        st = net.starvation
-        k = st.how_many(self.nodes)
-        if k:
-            parts.append(f"--starved {st.fraction:g}" if st.fraction and st.count is None else f"--starved {k}")
-            parts.append(f"--stall-mean {st.stall_mean_s:g} --run-mean {st.run_mean_s:g}")
-            if st.timers_late:
-                parts.append("--stall-timers")
-        if net.seal_overhead != defaults.seal_overhead:
-            parts.append("--no-seal")
-        return " ".join(parts)
 
 
 @dataclass(slots=True)
@@ -282,9 +143,8 @@ class Simulation:
         self.armed = [math.inf] * n
         self.leaving = [False] * n
         self.metas = [self._initial_meta(i) for i in range(n)]
-        self.alive_intern: dict = {}
-        # Every node decodes the same alive records: one shared memo (a pure cache, see wire).
-        self.decode_memo = wire.AliveMemo(limit=1 << 17)
+        # Every node holds and decodes the same alive records: one set of caches for all.
+        self.caches = SharedCaches()
         self._join_tokens: dict[int, int] = {}
         self._started: list[int] = []
 
@@ -306,7 +166,7 @@ class Simulation:
         self._node_seconds_mark = 0.0
         self._retired_probes = 0
         self.stuck_deadlines = 0
-        """Ticks after which the machine's deadline was still due: a protocol bug, polled around."""
+        """Ticks after which the machine's deadline was still due: a protocol bug (should be 0)."""
         self._retired_refutations = 0
 
         self.rec = Recorder(
@@ -431,45 +291,27 @@ class Simulation:
         now = self.now
         for i in range(self.n):
             self._make_machine(i)
-        records = []
-        for i, m in enumerate(self.machines):
-            a = m.alive_record(self.ids[i])  # type: ignore[union-attr]
-            self.alive_intern[(a.node, a.incarnation, a.signature)] = a
-            records.append(a)
-        shared_positions = list(range(self.n))  # one int object per position, shared by all nodes
+        records = [m.alive_record(self.ids[i]) for i, m in enumerate(self.machines)]  # type: ignore[union-attr]
+        self.caches.intern(records)  # type: ignore[arg-type]
+        view = ConvergedView.of(records, accept_unsigned)  # type: ignore[arg-type]
         period = self.config.push_pull_period(self.n)
         load_period = self.config.load_gossip_period(self.n)
         first_round = math.ceil(self.options.seconds / self.config.probe_interval) + 2
-        pairs = list(zip(self.ids, records))
-        ring = sorted(self.ids)
         for i, m in enumerate(self.machines):
             assert m is not None
-            for attr in (
-                "_alive", "_ids", "_id_pos", "_probe_list", "_probe_index", "_broadcasts", "_next_push_pull",
-                "_last_load_gossip", "_ring", "_ring_shared",
-            ):
-                if not hasattr(m, attr):
-                    raise RuntimeError(
-                        f"warm start needs Membership.{attr}; the machine changed shape: use --start cold"
-                    )
             others = self.ids[:i] + self.ids[i + 1 :]
-            m._alive.update(pairs)
-            m._ids = others
-            m._id_pos = dict(zip(others, shared_positions))
             # The first probe round: an ordered random sample is distributed exactly like the
             # prefix of the shuffle the machine would draw, and long enough for the whole run; the
             # machine draws its own full shuffle once it is used up. (Letting 10,000 machines
             # each shuffle 10,000 members in the first second would cost minutes.)
-            m._probe_list = self.workload_rng.sample(others, min(len(others), first_round))
-            m._probe_index = 0
-            m._broadcasts.clear()
-            m._ring, m._ring_shared = ring, True
-            # A long-running cluster has its push-pull phases spread over the whole (N-scaled)
-            # period; a fresh machine draws its first one within the unscaled interval, which
-            # would put every node's exchange into the first 30 s of the run.
-            m._next_push_pull = now + self.workload_rng.uniform(0, period)
-            # Likewise its last load summary went out some time within the (N-scaled) period.
-            m._last_load_gossip = now - self.workload_rng.uniform(0, load_period)
+            probe_order = self.workload_rng.sample(others, min(len(others), first_round))
+            # Push-pull phases spread over the whole (N-scaled) period, as in a long-running pool,
+            # and likewise the last load summary went out some time within its period.
+            next_push_pull = now + self.workload_rng.uniform(0, period)
+            last_load_gossip = now - self.workload_rng.uniform(0, load_period)
+            m.install_view(
+                view, now, probe_order=probe_order, next_push_pull=next_push_pull, last_load_gossip=last_load_gossip
+            )
         self._started = list(range(self.n))
         self.rec.warm_start(now, range(self.n))
         for i in range(self.n):
@@ -508,9 +350,7 @@ class Simulation:
             random.Random(derive_seed(self.options.seed, "node", i, self.life[i])),
             self.now,
             incarnation=incarnation,
-            alive_intern=self.alive_intern,
-            decode_memo=self.decode_memo,
-            record_events=True,
+            shared=self.caches,
         )
         self.machines[i] = m
         self._account_node_seconds()
@@ -612,7 +452,7 @@ class Simulation:
         load = Load(cpu_percent=(meta.load.cpu_percent + 37) % 101, memory_percent=meta.load.memory_percent)
         m.update_meta(replace(meta, load=load), self.now)
         self.metas[i] = m.meta
-        self.rec.update_injected(i, m.incarnation, self.now, "injected")
+        self.rec.update_injected(i, m.incarnation, self.now, UpdateCause.INJECTED)
         self._drain(i, m)
 
     def _schedule_heartbeat(self, i: int) -> None:
@@ -630,7 +470,7 @@ class Simulation:
         m.update_load(load, self.now)
         if m.incarnation != before:
             self.metas[i] = m.meta
-            self.rec.update_injected(i, m.incarnation, self.now, "heartbeat")
+            self.rec.update_injected(i, m.incarnation, self.now, UpdateCause.HEARTBEAT)
         self._drain(i, m)
         self._schedule_heartbeat(i)
 
@@ -714,11 +554,13 @@ class Simulation:
                 self._alloc_note(i, events)
         d = m.next_deadline()
         if after_tick and d is not None and d <= now:
-            # tick(now) fired everything due, so a deadline still <= now can never advance (a
-            # leaving machine keeps an in-flight probe's deadline: see the report). Poll instead
-            # of spinning, as the daemon's timer pump must too.
+            # tick(now) fired everything due, so a deadline still <= now is a protocol bug that
+            # no later tick can clear: counted (tests assert 0) and left unarmed, so that the
+            # node waits for its next input instead of spinning at this instant.
             self.stuck_deadlines += 1
-            d = now + self.config.gossip_interval
+            if self.stuck_deadlines == 1:
+                log.warning("node %s: deadline %r still due after tick(%r)", self.ids[i], d, now)
+            return
         if d is not None and d < self.armed[i]:
             if d < now:
                 d = now

@@ -29,10 +29,21 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
-from membership import MemberEvent, Status
+from membership import EventKind, MemberEvent, Status
 
-_DOWN_KINDS = {"dead": Status.DEAD, "left": Status.LEFT}
+
+class UpdateCause(StrEnum):
+    """Why a node announced a new incarnation whose spread is timed (written into the event log)."""
+
+    INJECTED = "injected"
+    """A metadata update the scenario injected."""
+    HEARTBEAT = "heartbeat"
+    """A load change that, through ``update_load``, became a new incarnation."""
+
+
+_DOWN_KINDS = {EventKind.DEAD: Status.DEAD, EventKind.LEFT: Status.LEFT}
 _HASH_BATCH = 4096
 
 
@@ -59,7 +70,7 @@ class _Update:
     origin: int
     incarnation: int
     start: float
-    kind: str
+    cause: UpdateCause
     got: dict[int, float] = field(default_factory=dict)
 
 
@@ -135,7 +146,8 @@ class Figures:
     services_moved: int | None = None
     uncovered_at_end: int | None = None
     stuck_deadlines: int = 0
-    """Times a machine's deadline was still due right after tick(): the driver polled instead of spinning."""
+    """Ticks after which a machine's deadline was still due (<= now): a protocol bug, 0 in every run.
+    Such a machine is not re-armed until its next input (re-arming at once would spin)."""
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
@@ -335,17 +347,17 @@ class Recorder:
                 continue
             kind = ev.kind
             s_live = live[s]
-            if kind == "joined":
+            if kind is EventKind.JOINED:
                 if s_live:
                     delta += 1
                 self._updated(s, o, ev.incarnation, now)
-            elif kind == "updated":
+            elif kind is EventKind.UPDATED:
                 self._updated(s, o, ev.incarnation, now)
-            elif kind == "alive":
+            elif kind is EventKind.ALIVE:
                 if nonalive.pop(s, None) is not None and s_live:
                     delta += 1
                 self._updated(s, o, ev.incarnation, now)
-            elif kind == "suspect":
+            elif kind is EventKind.SUSPECT:
                 if s not in nonalive and s_live:
                     delta -= 1
                 nonalive[s] = Status.SUSPECT
@@ -358,7 +370,7 @@ class Recorder:
                 if s not in nonalive and s_live:
                     delta -= 1
                 nonalive[s] = _DOWN_KINDS[kind]
-                if kind == "dead":
+                if kind is EventKind.DEAD:
                     kill = self._kills.get(s)
                     if kill is not None and o in kill.waiting:
                         kill.waiting.discard(o)
@@ -368,7 +380,7 @@ class Recorder:
                     if s_live and ev.incarnation > self.life_floor[s]:
                         self.false_death_views += 1
                         self.false_death_keys.add((s, ev.incarnation))
-            elif kind == "reaped":
+            elif kind is EventKind.REAPED:
                 nonalive.pop(s, None)
         if len(lines) >= _HASH_BATCH:
             self._flush_hash()
@@ -380,10 +392,10 @@ class Recorder:
 
     # ------------------------------------------------------------ dissemination
 
-    def update_injected(self, origin: int, incarnation: int, now: float, kind: str) -> None:
+    def update_injected(self, origin: int, incarnation: int, now: float, cause: UpdateCause) -> None:
         """``origin`` announced a new incarnation at ``now``: time its spread to every live node."""
-        self._updates.setdefault(origin, []).append(_Update(origin, incarnation, now, kind))
-        self.log(f"{now!r}|update|{origin}|{incarnation}|{kind}")
+        self._updates.setdefault(origin, []).append(_Update(origin, incarnation, now, cause))
+        self.log(f"{now!r}|update|{origin}|{incarnation}|{cause}")
 
     def _updated(self, s: int, o: int, incarnation: int, now: float) -> None:
         records = self._updates.get(s)

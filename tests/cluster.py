@@ -6,6 +6,11 @@ tests assert exact protocol behaviour in milliseconds of real time.
 Faults are plain data: ``loss`` (probability per datagram), ``blocked``
 (directed pairs of node indexes whose datagrams and streams vanish),
 ``crashed`` (nodes that neither receive nor tick).
+
+Every tick is checked against the machine's promise that ``next_deadline()``
+is None or later than ``now`` afterwards: a breach is recorded in
+``late_deadlines`` (and the node is not re-armed at that instant, so a bug
+shows up as a failed assertion, not as a simulation that spins forever).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Cluster:
         self._seq = 0
         self._armed: dict[int, float] = {}
         self.events: list[tuple[int, object]] = []
+        self.late_deadlines: list[tuple[int, float, float]] = []
+        """(node, now, deadline) for each tick after which the deadline was still <= now."""
         self.delivered = 0
         for i in range(self.n):
             self.add_node(i)
@@ -117,6 +124,10 @@ class Cluster:
                 return True
             del self._armed[i]
             node.tick(self.now)
+            late = node.next_deadline()
+            if late is not None and late <= self.now:
+                self.late_deadlines.append((i, self.now, late))
+                self._armed[i] = self.now  # what flush would re-arm: left alone, not re-pushed
             self.flush(i)
         elif kind == "dgram":
             dst, data, src = payload  # type: ignore[misc]
@@ -160,6 +171,11 @@ class Cluster:
 
     def crash(self, i: int) -> None:
         self.crashed.add(i)
+
+    def leave(self, i: int) -> None:
+        """Node ``i`` announces a graceful leave and keeps running (to gossip it) until crashed."""
+        self.nodes[i].leave(self.now)
+        self.flush(i)
 
     def restart(self, i: int, incarnation: int = 0, port: int | None = None) -> Membership:
         """Bring node ``i`` back with the same identity (a fresh machine, as after a reboot)."""

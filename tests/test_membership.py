@@ -6,8 +6,10 @@ import random
 
 import pytest
 from cluster import Cluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from membership import Membership, NodeMeta, Status, SwimConfig
+from membership import ConvergedView, EventKind, LocalProtocolError, Membership, NodeMeta, SharedCaches, Status, StreamKind, SwimConfig
 from membership.meta import Load
 from membership import wire
 from membership.broadcast import BroadcastQueue, retransmit_limit
@@ -356,6 +358,23 @@ def test_push_pull_across_clusters_is_refused() -> None:
     assert b.status_of("a") is None
 
 
+def test_event_and_stream_kinds_are_the_strings_drivers_compare() -> None:
+    # The daemon and services compare kinds with plain strings and log them with %s; the
+    # simulator formats them into the event log it digests. All must see the old strings.
+    assert {k.value for k in EventKind} == {"joined", "updated", "suspect", "alive", "dead", "left", "reaped", "conflict"}
+    assert all(k == k.value and f"{k}" == k.value and "%s" % k == k.value for k in EventKind)  # noqa: UP031
+    assert {k.value for k in StreamKind} == {"push-pull", "states", "ping"}
+    m = machine()
+    feed(m, alive("p", 1))
+    feed(m, Dead("p", 1, "p"))
+    kinds = [e.kind for e in m.take_events()]
+    assert kinds == [EventKind.JOINED, EventKind.LEFT] and kinds == ["joined", "left"]
+    assert all(type(k) is EventKind for k in kinds)
+    m.push_pull(("10.0.0.3", 1), 0.0)
+    (req,) = m.take_streams()
+    assert req.kind is StreamKind.PUSH_PULL and req.kind == "push-pull"
+
+
 def test_garbage_is_counted_not_raised() -> None:
     m = machine()
     m.receive(b"\x01\xc1garbage", ("1.2.3.4", 5), 0.0)
@@ -393,6 +412,119 @@ def test_leave_is_left_not_dead() -> None:
     c.crash(3)
     c.run_for(60)
     assert c.all_see(3, Status.LEFT), "a member that left is never reported dead afterwards"
+
+
+def test_a_leave_with_a_probe_in_flight_leaves_no_deadline_in_the_past() -> None:
+    m = machine()
+    for i in range(4):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    t = quiet(m)
+    m.tick(t)
+    assert m._probe is not None, "a probe is in flight"  # type: ignore[attr-defined]
+    m.take_datagrams()
+    now = t + 0.1
+    m.leave(now)
+    sent = [x for d, _ in m.take_datagrams() for x in wire.decode_datagram(d)]
+    for _ in range(100):
+        d = m.next_deadline()
+        if d is None:
+            break
+        now = max(now, d)
+        m.tick(now)
+        after = m.next_deadline()
+        assert after is None or after > now, f"tick({now}) left the deadline at {after}"
+        sent += [x for d, _ in m.take_datagrams() for x in wire.decode_datagram(d)]
+    else:
+        pytest.fail("a leaving machine kept a deadline for ever")
+    assert not m.broadcasts_queued(), "the machine goes quiet once its leave is out"
+    leaves = [x for x in sent if isinstance(x, Dead) and x.node == "me" and x.accuser == "me"]
+    assert len(leaves) >= retransmit_limit(SwimConfig.lan().retransmit_mult, 5), "the leave went out in full"
+    assert not [x for x in sent if isinstance(x, (Ping, IndirectPing))], "a leaving machine probes no more"
+
+
+def _states(c: Cluster) -> set[str]:
+    """What the machines of ``c`` are doing now, in the words of the deadline test."""
+    found = set()
+    for i, m in enumerate(c.nodes):
+        if i in c.crashed:
+            continue
+        if m.leaving:
+            found.add("left" if m.next_deadline() is None else "leaving")
+            continue
+        found.add("alive" if m.num_active() > 1 else "joining")
+        if m._probe is not None:  # type: ignore[attr-defined]
+            found.add("probing")
+        if m._suspicions:  # type: ignore[attr-defined]
+            found.add("suspecting")
+        if m._reap_queue:  # type: ignore[attr-defined]
+            found.add("reaping")
+    return found
+
+
+def test_next_deadline_is_later_than_now_after_every_tick_in_every_state() -> None:
+    # The Cluster checks every tick (see tests/cluster.py); this run walks every node through
+    # joining, probing, suspicion and death of a crashed peer, reaping, a leave with its probe
+    # in flight, the quiet after the leave, and a restart, under loss.
+    c = Cluster(12, seed=4, loss=0.05, config=SwimConfig.lan(reap_after=10.0), auto_join=False)
+    seen: set[str] = set()
+    for i in range(1, 12):
+        c.nodes[i].join(c.nodes[0].addr, c.now)
+        c.flush(i)
+        c.run_for(0.05)
+        seen |= _states(c)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.converged())[1], 30)
+    c.crash(2)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.all_see(2, Status.DEAD))[1], 60)
+    assert c.run_until(lambda: c.nodes[3]._probe is not None, 5)  # type: ignore[attr-defined]
+    c.leave(3)
+    assert c.nodes[3].broadcasts_queued(), "more retransmissions are due than leave() sends at once"
+    assert c.run_until(lambda: (seen.update(_states(c)), c.all_see(3, Status.LEFT))[1], 10)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.nodes[3].next_deadline() is None)[1], 10)
+    seen |= _states(c)
+    c.run_for(15)  # past reap_after: the dead and the left are reaped
+    seen |= _states(c)
+    c.restart(2)
+    assert c.run_until(lambda: (seen.update(_states(c)), c.all_see(2, Status.ALIVE, [j for j in range(12) if j != 3]))[1], 30)
+    kinds = {e.kind for _, e in c.events}  # type: ignore[attr-defined]
+    assert {"joined", "suspect", "dead", "left", "reaped"} <= kinds
+    assert {"joining", "alive", "probing", "suspecting", "reaping", "leaving", "left"} <= seen
+    assert not c.late_deadlines
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["crash", "leave", "restart", "partition", "heal", "update"]),
+            st.integers(0, 4),
+            st.floats(0.0, 12.0),
+        ),
+        max_size=8,
+    ),
+)
+def test_no_tick_leaves_a_deadline_due_whatever_happens(seed: int, loss: float, steps: list) -> None:
+    c = Cluster(5, seed=seed, loss=loss, config=SwimConfig.local(reap_after=8.0))
+    for op, i, wait in steps:
+        live = [j for j in c.live() if not c.nodes[j].leaving]
+        if op == "crash" and len(live) > 1:
+            c.crash(i)
+        elif op == "leave" and i in live and len(live) > 1:
+            c.leave(i)
+        elif op == "restart" and (i in c.crashed or c.nodes[i].leaving) and live:
+            c.restart(i)
+        elif op == "partition":
+            c.partition([j for j in range(5) if j <= i], [j for j in range(5) if j > i])
+        elif op == "heal":
+            c.heal()
+        elif op == "update" and i in live:
+            c.nodes[i].update_meta(NodeMeta(name=f"node-{i}", worker_type="gpu" if c.now % 2 < 1 else "cpu"), c.now)
+            c.flush(i)
+        c.run_for(wait)
+    c.heal()
+    c.run_for(30)
+    assert not c.late_deadlines
 
 
 def test_no_false_deaths_under_ten_percent_loss() -> None:
@@ -605,3 +737,102 @@ def test_news_goes_to_the_two_ring_successors_first() -> None:
     m.tick(m.next_deadline())  # type: ignore[arg-type]
     got = [addr_of[a] for d, a in m.take_datagrams() if any(isinstance(x, Suspect) for x in wire.decode_datagram(d))]
     assert got[:2] == ["n", "o"] and len(got) == 3, got
+
+
+# ---------------------------------------------------------------- warm starts
+
+
+def _warm_cluster(n: int, seed: int = 1) -> Cluster:
+    c = Cluster(n, seed=seed, auto_join=False)
+    records = [m.alive_record(m.id) for m in c.nodes]
+    view = ConvergedView.of(records, accept_unsigned)  # type: ignore[arg-type]
+    for m in c.nodes:
+        m.install_view(view, c.now)
+    c.flush()
+    return c
+
+
+def test_an_installed_view_is_converged_quiet_and_shared() -> None:
+    c = _warm_cluster(6)
+    assert c.converged()
+    assert all(m.broadcasts_queued() == 0 for m in c.nodes), "nothing left to gossip"
+    assert all(m.num_active() == 6 and not m.take_events() for m in c.nodes)
+    assert c.nodes[1]._ring is c.nodes[2]._ring, "one sorted ring for all until one changes"  # type: ignore[attr-defined]
+    deadlines = [m.next_deadline() for m in c.nodes]
+    assert all(d is not None and 0 < d <= 1.0 for d in deadlines), "the first probe within one interval"
+    # It stays converged, and a crash is detected as in a pool that joined the long way.
+    c.run_for(20)
+    assert c.converged() and not c.late_deadlines
+    c.crash(4)
+    assert c.run_until(lambda: c.all_see(4, Status.DEAD), 60)
+
+
+def test_install_view_takes_the_probe_order_and_phases_given() -> None:
+    names = ["me", "a", "b", "c"]
+    others = [machine(name) for name in names[1:]]
+    m = machine()
+    view = ConvergedView.of([m.alive_record("me")] + [o.alive_record(o.id) for o in others], accept_unsigned)  # type: ignore[list-item]
+    m.install_view(view, 0.0, probe_order=["c", "a"], next_push_pull=123.0, last_load_gossip=-5.0)
+    assert [x.node for x in m.members() if x.node != "me"] == ["a", "b", "c"], "the view's order"
+    assert m._ids == ["a", "b", "c"]  # type: ignore[attr-defined]
+    probed = []
+    now = 0.0
+    while len(probed) < 2:
+        now = m.next_deadline()  # type: ignore[assignment]
+        assert now < 123.0
+        m.tick(now)
+        for d, _ in m.take_datagrams():
+            probed += [x.target for x in wire.decode_datagram(d) if isinstance(x, Ping)]
+        m._probe = None  # type: ignore[attr-defined]  # nobody answers here: skip to the next probe
+    assert probed[:2] == ["c", "a"]
+    assert m._next_push_pull == 123.0 and m._last_load_gossip == -5.0  # type: ignore[attr-defined]
+
+
+def test_install_view_refuses_a_used_machine_or_a_view_without_us() -> None:
+    a, b = machine("a"), machine("b")
+    view = ConvergedView.of([a.alive_record("a"), b.alive_record("b")], accept_unsigned)  # type: ignore[list-item]
+    with pytest.raises(LocalProtocolError, match="own current record"):
+        machine("me").install_view(view, 0.0)
+    a.update_meta(NodeMeta(name="a", worker_type="gpu"), 0.0)
+    with pytest.raises(LocalProtocolError, match="own current record"):
+        a.install_view(view, 0.0)
+    feed(b, alive("p", 1))
+    with pytest.raises(LocalProtocolError, match="fresh machine"):
+        b.install_view(view, 0.0)
+
+
+def test_a_converged_view_checks_each_record_once() -> None:
+    a = machine("a")
+    rec = a.alive_record("a")
+    with pytest.raises(LocalProtocolError, match="twice"):
+        ConvergedView.of([rec, rec], accept_unsigned)  # type: ignore[list-item]
+    with pytest.raises(LocalProtocolError, match="signature"):
+        ConvergedView.of([rec], lambda *_: False)  # type: ignore[list-item]
+    view = ConvergedView.of([rec, alive("p", 1)], accept_unsigned)  # type: ignore[list-item]
+    assert len(view) == 2 and view.ring == ["a", "p"] and view.index == {"a": 0, "p": 1}
+
+
+def test_shared_caches_intern_records_once_for_every_machine() -> None:
+    caches = SharedCaches()
+    cfg = SwimConfig.lan()
+
+    checked: list[str] = []
+
+    def verify(node: str, *_: object) -> bool:
+        checked.append(node)
+        return node == "x"
+
+    def make(name: str, port: int) -> Membership:
+        return Membership(cfg, UnsignedIdentity(name), verify, ("10.0.0.1", port), NodeMeta(name=name),
+                          random.Random(1), 0.0, shared=caches)
+
+    x, y, z = make("x", 1), make("y", 2), make("w", 3)
+    data = wire.encode_datagram([x.alive_record("x")])  # type: ignore[list-item]
+    y.receive(data, ("10.0.0.1", 1), 0.0)
+    z.receive(data, ("10.0.0.1", 1), 0.0)
+    assert checked == ["x"], "verified by the first machine only"
+    assert y.alive_record("x") is z.alive_record("x"), "one object for every machine"
+    assert caches.decode_memo, "the decode memo is shared too"
+    caches.intern([z.alive_record("w")])  # type: ignore[list-item]
+    y.receive(wire.encode_datagram([z.alive_record("w")]), ("10.0.0.1", 3), 0.0)  # type: ignore[list-item]
+    assert y.status_of("w") is Status.ALIVE and checked == ["x"], "a record the driver interned is taken as is"

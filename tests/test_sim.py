@@ -171,6 +171,19 @@ def test_leave_is_left_not_dead() -> None:
     assert not seen_dead
 
 
+def test_leaves_leave_no_deadline_due_after_a_tick() -> None:
+    # Nodes leave with probes in flight, under loss; the driver re-arms each machine on its own
+    # next_deadline() only, and counts any tick after which it was still due.
+    sim, f = run(nodes=60, seconds=40, seed=3, start="warm", leaves=12, kills=2, kill_at_s=5.0,
+                 network=NetworkOptions(loss=0.1))
+    assert f.stuck_deadlines == 0, replay(sim)
+    assert all(sim.machines[i] is None for i in range(sim.n) if sim.leaving[i]), "leavers stop after their linger"
+    left = [i for i in range(sim.n) if sim.leaving[i]]
+    assert len(left) == 12
+    assert all(sim.status(o, s) is Status.LEFT for o in sim.live_nodes() for s in left), replay(sim)
+    assert f.to_json()["stuck_deadlines"] == 0
+
+
 def test_healed_partition_merges_within_two_push_pull_periods() -> None:
     part = Partition(start_s=20.0, end_s=60.0, fraction=0.5)
     sim, f = run(nodes=20, seconds=150, seed=2, updates=0, network=NetworkOptions(partitions=(part,)))
