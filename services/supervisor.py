@@ -146,6 +146,7 @@ class Supervisor:
         self._first_outcome: asyncio.Future[int | None] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._stderr_done: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
         self._starting = False
         self._session: aiohttp.ClientSession | None = None
 
@@ -319,9 +320,12 @@ class Supervisor:
         self._proc = proc
         self.runs += 1
         log.info("service %s: spawned pid %d (run %d)", self.name, proc.pid, self.runs)
-        # Readers end by themselves at EOF, when the process exits.
+        # Readers end by themselves at EOF, when the process exits; held here so they are not collected.
         self._stderr_done = asyncio.create_task(self._read_stderr(proc), name=f"{self.name}-stderr")
-        asyncio.create_task(self._read_stdout(proc), name=f"{self.name}-stdout")
+        stdout = asyncio.create_task(self._read_stdout(proc), name=f"{self.name}-stdout")
+        for task in (self._stderr_done, stdout):
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
         return proc
 
     async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
