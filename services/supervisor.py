@@ -195,7 +195,7 @@ class Supervisor:
         self._task = asyncio.create_task(self._supervise(proc), name=f"supervise-{self.name}")
         try:
             code = await asyncio.wait_for(asyncio.shield(self._first_outcome), announce_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return  # slow interpreter start: the ready timeout still bounds it
         if code == EXIT_CONFIG:
             reason = self.gave_up or f"{self.name}: exited with status {code}"
@@ -296,7 +296,7 @@ class Supervisor:
                 if resp.status != 200:
                     return False
                 doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
         self.health_doc = doc if isinstance(doc, dict) else None
         return True
@@ -367,7 +367,7 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.policy.stop_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
