@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from allocator.actions import NodeActions, node_actions
@@ -23,7 +24,9 @@ from allocator.members import capabilities, to_node_views
 from membership import MemberEvent, NodeMeta
 from services.handle import PoolHandle
 from services.routing import split_host_port
+from services.capabilities import probe as probe_machine
 from services.runner import PlaceholderRunner, Runner, RunnerError
+from services.runners import has_runner, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +66,63 @@ class InDaemonRunner:
 
 
 RunnerFactory = Callable[[ServiceSpec], Runner]
+Probe = Callable[[], Mapping[str, tuple[bool, str]]]
+"""What this machine can run: service -> (able, one-line reason)."""
 
 
 class ServiceManager:
-    def __init__(self, node: PoolHandle, factory: RunnerFactory | None = None, ephemeral_ports: bool = False) -> None:
+    """Runs this node's row of the allocation.
+
+    ``factory`` builds a service's runner (default: the real runner where one
+    exists, else the echo ``PlaceholderRunner``); ``echo`` makes every service
+    an echo server, for testing the overlay without models. ``probe`` says
+    what this machine can start (default: ``services.capabilities.probe`` on
+    ``env``); what it cannot is never advertised, so never assigned here.
+    """
+
+    def __init__(
+        self,
+        node: PoolHandle,
+        factory: RunnerFactory | None = None,
+        ephemeral_ports: bool = False,
+        *,
+        echo: bool = False,
+        probe: Probe | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.node = node
         self._ephemeral = ephemeral_ports
+        self._echo = echo
+        self._env = env if env is not None else os.environ
         self._factory = factory or self._default_factory
+        self._probe = probe if probe is not None else (lambda: probe_machine(self._env))
         self._runners: dict[str, Runner] = {}
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()
+        self._unavailable: dict[str, str] = {}
         self._wake = asyncio.Event()
         self.reconciliations = 0
 
     # ------------------------------------------------------------ wiring
 
     def capabilities(self) -> tuple[str, ...]:
-        """Services this node can run: those of its type, minus any that failed to start here."""
-        return capabilities(self.node.meta.worker_type, self._failed)
+        """Services this node can run: those of its type this machine can start, minus any that failed here."""
+        return capabilities(self.node.meta.worker_type, self._failed | set(self._unavailable))
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Services this machine cannot start, each with the reason the probe gave."""
+        return dict(self._unavailable)
+
+    async def check_machine(self) -> None:
+        """Probe what this machine can start (imports, models, memory: in a thread) and say so once."""
+        if self._echo:
+            log.info("node %s: echo services: every assigned service is an echo server (overlay testing)", self.node.node_id)
+            return
+        results = await asyncio.to_thread(self._probe)
+        self._unavailable = {s: why for s, (able, why) in results.items() if not able}
+        for service, why in sorted(self._unavailable.items()):
+            log.info("node %s: not offering %s: %s", self.node.node_id, service, why)
 
     def on_events(self, events: Sequence[MemberEvent]) -> None:
         self._wake.set()
@@ -91,11 +133,20 @@ class ServiceManager:
             http = split_host_port(node.meta.http)
             return InDaemonRunner(spec.name, http[1] if http else None)
         port = 0 if self._ephemeral else spec.port
+        if has_runner(spec.name) and not self._echo:
+            return make_runner(spec, node.service_host, port, node.node_id, {}, on_failed=self._gave_up)
         return PlaceholderRunner(spec.name, node.service_host, port, node.node_id)
+
+    def _gave_up(self, service: str, reason: str) -> None:
+        # Supervision gave up: stop offering it, so the allocator places it elsewhere.
+        log.error("node %s: %s keeps failing (%s); no longer offering it", self.node.node_id, service, reason)
+        self._failed.add(service)
+        self._wake.set()
 
     # ------------------------------------------------------------ the loop
 
     async def run(self) -> None:
+        await self.check_machine()
         await self.node.wait_settled()
         self.node.on_view_change(self.on_events)
         self._publish()
@@ -118,6 +169,8 @@ class ServiceManager:
         if self.node.leaving:
             return
         self.reconciliations += 1
+        for service in [s for s in self._runners if s in self._failed]:
+            await self._stop(service, "supervision gave up")
         actions = self.decide()
         for service in actions.start:
             await self._start(service)
