@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -98,7 +97,7 @@ def gap_sentences(gaps_doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def gap_headline(gaps_doc: dict[str, Any]) -> str:
-    """One line for the top of the page: how many services have no worker, or no spare."""
+    """One line for the top of the page: how many services have no worker (by worker type), or no spare."""
     entries = gaps_doc.get("gaps", [])
     critical = [e for e in entries if e.get("status") == "critical"]
     warning = [e for e in entries if e.get("status") == "warning"]
@@ -108,13 +107,10 @@ def gap_headline(gaps_doc: dict[str, Any]) -> str:
     if critical:
         by_type: dict[str, int] = {}
         for e in critical:
-            by_type[e.get("required_type", "")] = by_type.get(e.get("required_type", ""), 0) + 1
-        # A worker runs up to 3 services while its type is short (seed 000 §2), hence ceil(n/3).
-        wanted = ", ".join(
-            f"{math.ceil(n / 3)} {TYPE_WORDS.get(t, t)} worker{'s' if math.ceil(n / 3) > 1 else ''}"
-            for t, n in sorted(by_type.items(), key=lambda kv: -kv[1])
-        )
-        parts.append(f"{len(critical)} of {len(entries)} services have no worker: the pool needs at least {wanted}")
+            kind = TYPE_WORDS.get(e.get("required_type", ""), str(e.get("required_type", "")))
+            by_type[kind] = by_type.get(kind, 0) + 1
+        detail = ", ".join(f"{kind}: {n}" for kind, n in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])))
+        parts.append(f"{len(critical)} of {len(entries)} services have no worker ({detail})")
     if warning:
         parts.append(f"{len(warning)} run{'s' if len(warning) == 1 else ''} on one node only")
     return "; ".join(parts) + "."

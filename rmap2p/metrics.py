@@ -79,6 +79,7 @@ class NodeCollector(Collector):
         node = self.node
         machine = node.machine
         yield _gauge("uptime_seconds", "Seconds since the daemon started.", node.uptime())
+        yield from self._requests()
         if machine is None:
             return
         s = machine.stats
@@ -131,7 +132,6 @@ class NodeCollector(Collector):
         yield _counter("dropped_outbound", "Outgoing datagrams dropped (send queue full or send failed).", node.dropped_outbound)
 
         yield from self._services(members)
-        yield from self._requests()
         yield from self._leaders(members)
         hub = self.app.get(SSE_HUB) if self.app is not None else None
         if hub is not None:

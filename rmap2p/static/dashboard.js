@@ -85,7 +85,9 @@
     const l = s.leaders;
     const p = $("leaders");
     if (!l.coordinators.length) {
-      p.textContent = "No coordinator leader: the pool has no edge node (term " + l.term + ").";
+      const edges = s.members.some((m) => m.worker_type === "edge" && (m.status === "alive" || m.status === "suspect"));
+      p.textContent = "No coordinator leader: " + (edges ? "no edge node runs the coordinator service" : "the pool has no edge node") +
+        " (term " + l.term + ").";
       return;
     }
     const primary = l.primary ? nameOf(s, l.primary) : "none (no quorum of edge nodes)";
@@ -99,7 +101,7 @@
     const members = s.members;
     const n = members.length;
     const cx = 200, cy = 150;
-    const radius = n <= 1 ? 0 : Math.min(115, 40 + n * 8);
+    const radius = n <= 1 ? 0 : Math.min(115, 60 + n * 8);
     const r = n > 60 ? 4 : n > 24 ? 7 : 14;
     pic.appendChild(svg("circle", { class: "hub", cx, cy, r: Math.max(radius, 30) }));
     const pos = members.map((m, i) => {
@@ -169,7 +171,7 @@
     top.appendChild(el("span", "name", m.name));
     const badges = el("span");
     badges.appendChild(el("span", "badge status st-" + m.status, m.status));
-    badges.appendChild(el("span", "badge t-" + m.worker_type, m.worker_type));
+    badges.appendChild(el("span", "badge type t-" + m.worker_type, m.worker_type));
     top.appendChild(badges);
     card.appendChild(top);
     const tags = el("div");
