@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -261,7 +261,7 @@ def _load_static() -> dict[str, bytes]:
     return {name: root.joinpath(name).read_bytes() for name in STATIC_FILES}
 
 
-def _static_handler(files: dict[str, bytes]) -> Any:
+def _static_handler(files: dict[str, bytes]) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info.get("name", "index.html")
         if name not in files:

@@ -8,8 +8,8 @@ import io
 import re
 
 import pytest
-
 from procs import ROOT
+
 from rmap2p.cli import build_parser
 from simulations.cli import build_parser as build_simulate_parser
 

@@ -22,7 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from membership import SwimConfig
 from rmap2p.metrics import make_registry
 from services.handle import RequestCounter
-from services.request_metrics import BUCKETS, MAX_SERIES, OVERFLOW_SERVICE, RequestMetrics, outcome_of
+from services.request_metrics import (
+    BUCKETS,
+    MAX_SERIES,
+    OVERFLOW_SERVICE,
+    RequestMetrics,
+    outcome_of,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

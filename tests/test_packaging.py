@@ -142,7 +142,7 @@ def test_the_image_command_with_the_seeds_variables_joins_and_passes_its_healthc
         (check,) = [r for w, r in instr if w == "HEALTHCHECK"]
         cmd = json.loads(check[check.index("CMD") + 3 :].strip())
         assert cmd[0] == "python"
-        done = subprocess.run([sys.executable, *cmd[1:]], env=env, capture_output=True, timeout=10)
+        done = subprocess.run([sys.executable, *cmd[1:]], env=env, check=False, capture_output=True, timeout=10)
         assert done.returncode == 0, done.stderr.decode()
     finally:
         proc.terminate()
@@ -152,7 +152,7 @@ def test_the_image_command_with_the_seeds_variables_joins_and_passes_its_healthc
 
 
 def compose_command() -> list[str] | None:
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], check=False, capture_output=True).returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -163,9 +163,9 @@ def test_compose_file_is_valid() -> None:
     cmd = compose_command()
     if cmd is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed")
-    done = subprocess.run([*cmd, "-f", str(PACKAGING / "compose.yaml"), "config", "-q"], capture_output=True, timeout=60)
+    done = subprocess.run([*cmd, "-f", str(PACKAGING / "compose.yaml"), "config", "-q"], check=False, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
-    both = subprocess.run([*cmd, "-f", str(PACKAGING / "compose.yaml"), "--profile", "gpu", "config", "--services"], capture_output=True, timeout=60)
+    both = subprocess.run([*cmd, "-f", str(PACKAGING / "compose.yaml"), "--profile", "gpu", "config", "--services"], check=False, capture_output=True, timeout=60)
     assert both.returncode == 0, both.stderr.decode()
     assert set(both.stdout.decode().split()) == {"edge", "cpu", "storage", "gpu"}
 
@@ -180,7 +180,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "ExecStart=/opt/rmap2p/bin/rmap2p join" in unit
     # verify insists that ExecStart exists: point it at this install's script.
     (tmp_path / "rmap2p.service").write_text(unit.replace("/opt/rmap2p/bin/rmap2p", rmap2p))
-    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "rmap2p.service")], capture_output=True, timeout=60)
+    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "rmap2p.service")], check=False, capture_output=True, timeout=60)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr.decode()
 
 
