@@ -10,6 +10,28 @@ prometheus-client: the buckets are plain cumulative counts in its format, so
 One instance per HTTP app (``request_metrics(app)`` gets or creates it), not
 a module global: several nodes may run in one process in tests.
 
+Where the gateway calls it (``services/gateway.py``)::
+
+    # add_routes(app, node), once, before the app starts (the app is frozen after):
+    gateway.metrics = request_metrics(app)
+
+    # Gateway.handle_service: time the whole request, the streamed body included
+    async def handle_service(self, request):
+        started = time.monotonic()
+        status = None
+        try:
+            resp = await self._handle_service(request)  # today's body of handle_service
+            status = resp.status
+            return resp
+        finally:  # an exception (client gone, stream aborted) leaves status None: "aborted"
+            service = canonical_service(request.match_info["service"])
+            if by_name(service) is not None:  # catalog services only
+                self.metrics.observe(service, outcome_of(status), time.monotonic() - started)
+
+``tests/test_metrics.py::test_forwarded_requests_are_counted_by_service_and_outcome``
+checks exactly this through a live node; it is marked ``xfail(strict=True)``
+until the gateway makes the call, so the marker must go when it does.
+
 Bounded: the service label comes from the catalog in the gateway, but an
 ``observe`` with more than ``MAX_SERIES`` distinct (service, outcome) pairs
 folds the excess into service ``"other"``, so no client can grow the table.
