@@ -10,6 +10,8 @@ uses, on a registry of its own.
 from __future__ import annotations
 
 import math
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,8 +46,6 @@ def parse(text: str) -> tuple[set[str], Samples]:
 
 
 def scrape(node: NodeProc) -> tuple[set[str], Samples]:
-    import urllib.request
-
     with urllib.request.urlopen(f"http://{node.http}/metrics", timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
         return parse(resp.read().decode())
@@ -174,9 +174,6 @@ def serving(tmp_path: Path) -> Iterator[NodeProc]:
     "then remove this marker)",
 )
 def test_forwarded_requests_are_counted_by_service_and_outcome(serving: NodeProc) -> None:
-    import urllib.error
-    import urllib.request
-
     def through_gateway(path: str) -> int:
         try:
             with urllib.request.urlopen(f"http://{serving.http}/api/service/{path}", timeout=10) as resp:
