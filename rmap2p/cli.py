@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+        "-v", "--verbose", action="count", default=0,
+        help="more log output: -v for info, -vv for debug (join logs info already, so -v there is debug)",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
@@ -58,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a node. It contacts the --join addresses, then the edge nodes in "
             "bootstrap_nodes.txt, then peers found by mDNS; if nobody answers it "
             "starts a pool of one and keeps looking. Ctrl-C leaves gracefully. "
-            "Settings also come from the environment: WORKER_TYPE, WORKER_ID, "
-            "WORKER_SPECIALIZATION, RMAP2P_BIND, RMAP2P_HTTP, RMAP2P_JOIN "
-            "(comma separated), RMAP2P_DATA_DIR, RMAP2P_KEY_FILE."
+            "Settings also come from the environment (a flag wins): WORKER_TYPE, WORKER_ID, "
+            "WORKER_SPECIALIZATION, RMAP2P_BIND, RMAP2P_ADVERTISE, RMAP2P_HTTP, RMAP2P_JOIN "
+            "(comma separated), RMAP2P_DATA_DIR, RMAP2P_KEY_FILE, RMAP2P_BOOTSTRAP_FILE, "
+            "RMAP2P_CLUSTER, RMAP2P_PROFILE, RMAP2P_EDGE_WINDOW. The dashboard is at / on "
+            "the HTTP address, Prometheus metrics at /metrics."
         ),
     )
     join.add_argument(

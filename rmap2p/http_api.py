@@ -22,6 +22,7 @@ from allocator.view import NodeView
 from membership import MemberView
 from p2p.discovery import format_host_port
 from p2p.keyring import KeyringError, decode_key, encode_key
+from rmap2p import dashboard, metrics  # dashboard at / and Prometheus /metrics (rmap2p/dashboard.py, rmap2p/metrics.py)
 from rmap2p.daemon import Node
 from rmap2p.pool_handle import NodeHandle
 from services import gateway  # gateway hook: /api/service, broadcast-job, worker jobs
@@ -174,6 +175,8 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/api/admin/keys", keys_get)
     app.router.add_post("/api/admin/keys", keys_post)
     gateway.add_routes(app, NodeHandle(node))  # gateway hook: forwarding and job broadcast live in services/gateway.py
+    dashboard.add_routes(app, node)  # GET /, /dashboard, /static/*, /api/dashboard, /api/events (SSE)
+    metrics.add_routes(app, node)  # GET /metrics
     return app
 
 

@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  rmap2p simulate --nodes 1000 --seconds 120 --kill 5 --start warm\n"
-            "  rmap2p simulate --nodes 1000 --seconds 3600 --loss 10%% --start warm --json\n"
-            "  rmap2p simulate --nodes 50 --starved 1 --loss 5%% --no-lifeguard\n"
+            "  rmap2p simulate --nodes 1000 --seconds 3600 --loss 10% --start warm --json\n"
+            "  rmap2p simulate --nodes 50 --starved 1 --loss 5% --no-lifeguard\n"
             "  rmap2p simulate --nodes 100 --partition 0.5@30-90 --seconds 240 --plot view.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
