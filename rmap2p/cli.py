@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-services", action="store_true", help="membership and HTTP only: run no service"
     )
     join.add_argument(
+        "--echo-services",
+        action="store_true",
+        default=_env("RMAP2P_ECHO_SERVICES", "") not in ("", "0"),
+        help="run every assigned service as an echo server instead of its engine: for testing the overlay "
+        "(routing, allocation, hand-over) without models (env RMAP2P_ECHO_SERVICES=1)",
+    )
+    join.add_argument(
         "--ephemeral-service-ports",
         action="store_true",
         help="let the OS pick each service's port instead of the catalog port (for several nodes on one host); ports are gossiped",

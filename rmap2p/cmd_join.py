@@ -50,6 +50,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         mdns=not args.no_mdns,
         services=not args.no_services,
         ephemeral_service_ports=args.ephemeral_service_ports,
+        echo_services=args.echo_services,
         swim=swim,
         edge=EdgeTimings(window=args.edge_window, hold=args.edge_window),
     )
@@ -59,7 +60,9 @@ async def _main(config: NodeConfig) -> int:
     node = Node(config)
     node.add_task(lambda: serve(node))
     if config.services:
-        manager = ServiceManager(NodeHandle(node), ephemeral_ports=config.ephemeral_service_ports)
+        manager = ServiceManager(
+            NodeHandle(node), ephemeral_ports=config.ephemeral_service_ports, echo=config.echo_services
+        )
         node.add_task(manager.run)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

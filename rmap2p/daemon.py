@@ -78,6 +78,8 @@ class NodeConfig:
     services: bool = True
     ephemeral_service_ports: bool = False
     """Let the OS pick each service's port (many nodes on one host); the port is gossiped."""
+    echo_services: bool = False
+    """Every assigned service an echo server (overlay tests without models)."""
     swim: SwimConfig = field(default_factory=SwimConfig.lan)
     rejoin_interval: float = 5.0
     """While alone, retry every seed this often (with back-off up to 8×)."""

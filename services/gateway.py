@@ -52,6 +52,7 @@ from membership import Load, MemberView
 from services.handle import PoolHandle
 from services.jobs import WORKER_JOB_PATH, JobDesk
 from services.log_limits import LogLimiter, suppressed_note
+from services.request_metrics import RequestMetrics, outcome_of, request_metrics
 from services.responses import json_error
 from services.routing import (
     ATTEMPTS_HEADER,
@@ -171,6 +172,7 @@ class Gateway:
         self.book = RouterBook()
         self.jobs = JobDesk(node, self._client)
         self._quiet = LogLimiter()
+        self.metrics = RequestMetrics()
         self._session: aiohttp.ClientSession | None = None
         self._rng: random.Random | None = None
 
@@ -204,6 +206,19 @@ class Gateway:
     # ------------------------------------------------------------ /api/service
 
     async def handle_service(self, request: web.Request) -> web.StreamResponse:
+        """Route or serve one request; counted in ``metrics`` by service and outcome, whole stream timed."""
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            response = await self._handle_service(request)
+            status = response.status
+            return response
+        finally:  # an exception (client gone, stream aborted) leaves status None: "aborted"
+            service = canonical_service(request.match_info["service"])
+            if by_name(service) is not None:  # catalog services only: a client cannot grow the table
+                self.metrics.observe(service, outcome_of(status), time.monotonic() - started)
+
+    async def _handle_service(self, request: web.Request) -> web.StreamResponse:
         asked = request.match_info["service"]
         service = canonical_service(asked)
         me = self._me()
@@ -425,6 +440,7 @@ GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 def add_routes(app: web.Application, node: PoolHandle) -> Gateway:
     """Register the gateway's routes and its session's lifetime on ``app``."""
     gateway = Gateway(node)
+    gateway.metrics = request_metrics(app)
     app[GATEWAY_KEY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)
     app.router.add_route("*", "/api/service/{service}", gateway.handle_service)

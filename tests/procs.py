@@ -56,9 +56,12 @@ def _ephemeral_range() -> tuple[int, int]:
 
 class NodeProc:
     def __init__(
-        self, name: str, workdir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None, services: bool = False
+        self, name: str, workdir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
+        services: bool = False, echo: bool = True,
     ) -> None:
         self.services = services
+        self.echo = echo
+        """With services: run them as echo servers (overlay tests), or their real engines."""
         self.name = name
         self.data_dir = workdir / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,7 @@ class NodeProc:
             "--bind", self.gossip, "--http", self.http, "--data-dir", str(self.data_dir),
             "--name", self.name, "--no-mdns", "--profile", "local",
             *(["--ephemeral-service-ports"] if self.services else ["--no-services"]),
+            *(["--echo-services"] if self.services and self.echo else []),
             *self.extra, *extra,
         ]
         for j in join:

@@ -168,11 +168,6 @@ def serving(tmp_path: Path) -> Iterator[NodeProc]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/gateway.py does not call RequestMetrics.observe yet (lead: wire it in Gateway.handle_service, "
-    "then remove this marker)",
-)
 def test_forwarded_requests_are_counted_by_service_and_outcome(serving: NodeProc) -> None:
     def through_gateway(path: str) -> int:
         try:
