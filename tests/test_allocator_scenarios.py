@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from allocator import CATALOG, NodeView, allocate, by_name, gaps, mode, rank_key
+from allocator import CATALOG, NodeView, allocate, by_name, gaps, mode, rank_key, services_doc
 
 # (node, worker type, the row seed 000 gives it), in the order they join.
 SCENARIOS = [
@@ -69,7 +69,7 @@ def test_scenario7_coordinator_twice() -> None:
 def test_scenarios_gaps_document() -> None:
     rows = join_in_order([(n, t) for n, t, _ in SCENARIOS])[-1]
     types = {n: t for n, t, _ in SCENARIOS}
-    doc = gaps([NodeView(n, types[n], services=row) for n, row in rows.items()])
+    doc = gaps([NodeView(n, types[n], services=row, healthy_services=row) for n, row in rows.items()])
     by_service = {e["service"]: e for e in doc["gaps"]}
     assert by_service["llm-inference"]["current_workers"] == 2
     assert by_service["llm-inference"]["status"] == "ok"
@@ -84,6 +84,39 @@ def test_scenarios_gaps_document() -> None:
     }
     assert [e["service"] for e in doc["critical_gaps"]] == ["notes-coa", "postgres", "minio", "neo4j"]
     assert doc["summary"] == {"total_services": 14, "covered": 2, "needs_attention": 12}
+
+
+@pytest.mark.parametrize(
+    ("health", "workers", "status"),
+    [
+        ({"a": True, "b": True}, 2, "ok"),
+        ({"a": True, "b": False}, 1, "warning"),
+        ({"a": False, "b": False}, 0, "critical"),  # all broken: not "ok" (issue 12)
+        ({"a": False}, 0, "critical"),
+    ],
+)
+def test_gaps_count_healthy_runners_only(health: dict[str, bool], workers: int, status: str) -> None:
+    view = [
+        NodeView(n, "cpu", services=("ner-extraction",), healthy_services=("ner-extraction",) if ok else ())
+        for n, ok in health.items()
+    ]
+    entry = next(e for e in gaps(view)["gaps"] if e["service"] == "ner-extraction")
+    assert (entry["current_workers"], entry["status"]) == (workers, status)
+    assert ("ner-extraction" in [e["service"] for e in gaps(view)["critical_gaps"]]) == (status == "critical")
+    doc = next(e for e in services_doc(view)["services"] if e["name"] == "ner-extraction")
+    assert doc["worker_count"] == workers
+    assert doc["workers"] == sorted(n for n, ok in health.items() if ok)
+    assert doc["not_healthy_workers"] == sorted(n for n, ok in health.items() if not ok)
+
+
+def test_gaps_ignore_health_claims_for_services_not_run() -> None:
+    # Healthy for a service the node does not list, or a dead node's healthy runner: neither counts.
+    view = [
+        NodeView("a", "cpu", services=(), healthy_services=("ner-extraction",)),
+        NodeView("b", "cpu", services=("ner-extraction",), healthy_services=("ner-extraction",), status="dead"),
+    ]
+    entry = next(e for e in gaps(view)["gaps"] if e["service"] == "ner-extraction")
+    assert entry["current_workers"] == 0
 
 
 def test_catalog_matches_the_seeds() -> None:
