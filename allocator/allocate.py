@@ -10,10 +10,11 @@ hash order or draws a random number.
 The rule (seed ``000_…`` §2, made exact)
 ----------------------------------------
 
-Worker types are independent: a node only ever runs services whose
-``requires`` equals its ``worker_type`` and that its ``can_run`` allows (None:
-all of them). For one type T, with W the alive (alive or suspect) nodes of
-type T:
+Steps 0–2 allocate each worker type on its own: there a node only runs
+services whose ``requires`` equals its ``worker_type`` and that its
+``can_run`` allows (None: all of them). Step 3 then lets hosts of another type
+take what a type leaves uncovered (GPU nodes, CPU services). For one type T,
+with W the alive (alive or suspect) nodes of type T:
 
 - *runnable*: the services of T that at least one node of W is able to run.
   *slots* = the sum of their ``target`` (the coordinator counts twice).
@@ -57,11 +58,45 @@ Then, for each type:
       critical, then latest in the catalog, then by rank) and runs g;
    c. *hand over*: a node n able to run g, not running it, hands one of its
       services x to a node m ≠ n that is able to run x, does not run it and
-      holds fewer than cap(g) services; then n runs g.
+      holds fewer than cap(g) services; then n runs g;
+   d. *yield* (only when a, b and c apply to no gap): g runs nowhere
+      (c(g) = 0) and a node able to run g holds a less critical service x
+      (priority(x) > priority(g)); it drops x and runs g. The copy to drop:
+      one whose loss leaves x still running, then the least critical, then
+      latest in the catalog, then by rank. Priority beats stickiness: after
+      a failure a survivor busy with notes-coa (3) makes way for an
+      uncovered document-processing (2). It keeps the node's count (a swap),
+      so it never breaks the cap; x may then be closed elsewhere by a–d.
 
-   Each step raises c(g) by one and leaves every other coverage at or above
-   its target, so the total deficit falls by exactly one per step and the
-   loop ends after at most ``sum(target)`` steps.
+   Steps a, b and c raise c(g) by one and leave every other coverage at or
+   above its target; d trades a unit of deficit of g for one of a less
+   critical x. With weights w(s) = P + 1 − priority(s) (P the largest
+   priority of the type), the *weighted deficit* Σ w(s)·d(s) therefore falls
+   by at least one per step, and the loop ends after at most
+   Σ w(s)·target(s) steps.
+3. **Hosts** (``FALLBACK_HOSTS`` in the catalog: GPU nodes host CPU
+   services, seed ``003_…``: "Let GPU workers handle CPU tasks during idle
+   time"). After steps 0–2 for every type, a CPU service s whose CPU nodes
+   run it fewer than target(s) times has a *residual* target(s) − c_cpu(s).
+   The hosts are the alive GPU nodes whose ``can_run`` is given *and names*
+   a residual service (None means "every service of my type", so a node
+   only hosts what it advertises, and a view without explicit ``can_run``,
+   as in the scenarios, hosts nothing). Steps 0 and 2 (a–d) run again on the
+   hosts, for the residual services with the residual as their target,
+   with these differences: the services a host runs for its own type stay
+   untouched and count towards its load; the cap is always 3 (``MAX_SERVICES``),
+   since a service with no runner of its own tier is the "we need coverage"
+   case; there is no step 1 (a host takes only gaps, never redundancy). So:
+
+   - GPU services first: hosting takes no GPU service's place, and a hosted
+     service is the first thing a host drops when its GPU row grows (in
+     step 2, "the node with the fewest services" counts hosted ones, so
+     a GPU gap goes where it displaces the fewest);
+   - a hosted service stays where it runs while the CPU nodes leave it
+     uncovered (sticky), and is released once a CPU node runs it (the
+     services layer stops it only after the CPU node's copy is healthy);
+   - two GPU boxes alone cover all three CPU services (2 + 1 GPU services,
+     3 free slots), one box alone covers one of them.
 
 Scenarios 1–7 of ``000_…`` follow: the first GPU node takes llm-inference
 (preference) and vision-ocr (a gap, cap 2) but not rag-embeddings (a gap,
@@ -76,21 +111,29 @@ Stickiness bound (tested in tests/test_allocator_properties.py)
 
 Call a view *settled* when every node's ``services`` equal its row of
 ``allocate`` on that view. ``allocate`` is idempotent: on a settled view it
-returns exactly the current services (step 1 finds no fresh node and step 2
-finds nothing to do: the state is the same one at which step 2 stopped).
+returns exactly the current services (step 1 finds no fresh node and steps 2
+and 3 find nothing to do: the state is the same one at which they stopped).
 
-Let D(V) be the total deficit of a view (``deficit()``), counted on the
-services the nodes run at that moment. From a settled view, after one event
-(one fresh node joins, or one node becomes dead or leaves), with D' the
-deficit right after the event and D'' the deficit of the new allocation:
+Let W(V) be the weighted deficit of a view (``weighted_deficit()``: each unit
+of deficit of s weighs P + 1 − priority(s), P the catalog's largest
+priority), counted on the services the nodes run at that moment, hosted
+copies included. From a settled view, after one event (one fresh node joins,
+or one node becomes dead or leaves), with W' the weighted deficit right after
+the event and W'' that of the new allocation:
 
 - every existing node keeps every service it ran, except a service it drops
-  in a *switch* or hands over in step 2;
+  in a *switch*, hands over or gives up in a *yield*, and a hosted service
+  it releases (to a CPU node, or to make room for its own GPU services);
 - the number of (node, service) pairs that change on existing nodes (services
   started plus services stopped, the newcomer not counted) is at most
-  3·(D' − D''): steps a, b, c change at most 1, 2 and 3 pairs and each
-  closes exactly one unit of deficit, and step 1 only touches the newcomer;
-- a newcomer starts at most 3 services (at most 1 in specialize mode);
+  3·(W' − W''), not counting hosted services a host releases to a joining
+  CPU node or to make room for its own type's services (GPU first, whatever
+  it costs the CPU tier):
+  steps a–d change at most 1, 2, 3 and 2 pairs and each lowers W by at
+  least one, and step 1 only touches the newcomer. (Without yields and
+  hosts, as before, the plain deficit D already bounds it: 3·(D' − D'').)
+- a newcomer starts at most 3 services (at most 1 of its own type in
+  specialize mode);
 - when no node restricts ``can_run`` (every node able to run every service
   of its type) and, as in this catalog, only critical services have a
   target above 1:
@@ -99,21 +142,24 @@ deficit right after the event and D'' the deficit of the new allocation:
     type had room for a gap and no service was over-covered, the newcomer
     takes gaps before it adds any redundancy, and a join can only lower the
     cap (multitask → specialize);
-  - a failure only starts services that are gaps on survivors and only stops
-    surplus copies (a *switch*, at most one per unit of deficit closed): a
-    hand-over would need a receiver with room that already runs the gap,
+  - a failure only stops surplus copies (a *switch*) and copies that make
+    way for a more critical service nobody runs (a *yield*), and only starts
+    gaps on the survivors or services another survivor gave up in a yield:
+    a hand-over would need a receiver with room that already runs the gap,
     i.e. a gap with a target above 1, which is critical and so has the third
     slot that makes the hand-over unnecessary.
 
 Complexity: one sort of the nodes by rank, then O(|W| · |S_T|) per step and
-at most ``sum(target)`` steps per type: 10,000 nodes take well under a second.
+at most Σ w·target steps per type (and once more for the hosts): 10,000
+nodes take well under a second.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
-from allocator.catalog import CATALOG, ServiceSpec, ordered
+from allocator.catalog import CATALOG, FALLBACK_HOSTS, ServiceSpec, ordered
 from allocator.view import NodeView, normalize, rank_key
 
 MAX_SERVICES = 3
@@ -128,34 +174,88 @@ def allocate(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG)
     """
     members = normalize(view)
     specs = ordered(catalog)
-    rows: dict[str, tuple[str, ...]] = {n.node_id: () for n in members if n.is_alive}
+    alive = [n for n in members if n.is_alive]
+    rows: dict[str, tuple[str, ...]] = {n.node_id: () for n in alive}
     for worker_type in sorted({s.requires for s in specs}):
         type_specs = [s for s in specs if s.requires == worker_type]
-        nodes = sorted(
-            (n for n in members if n.is_alive and n.worker_type == worker_type),
-            key=lambda n: rank_key(n.node_id),
-        )
+        nodes = sorted((n for n in alive if n.worker_type == worker_type), key=lambda n: rank_key(n.node_id))
         if nodes:
-            rows.update(_TypeAllocation(nodes, type_specs).run())
+            guests = {s.name for s in specs if worker_type in FALLBACK_HOSTS.get(s.requires, ())}
+            hosted = [
+                len(guests.intersection(n.services).intersection(n.can_run)) if guests and n.can_run else 0
+                for n in nodes
+            ]
+            rows.update(_TypeAllocation(nodes, type_specs, hosted=hosted).run())
+    for guest_type in sorted({s.requires for s in specs} & set(FALLBACK_HOSTS)):
+        _host(guest_type, alive, specs, rows)
     return rows
+
+
+def _host(guest_type: str, alive: list[NodeView], specs: list[ServiceSpec], rows: dict[str, tuple[str, ...]]) -> None:
+    """Step 3: hosts of another type take the services of ``guest_type`` its own nodes leave uncovered."""
+    own = [n for n in alive if n.worker_type == guest_type]
+    residual = []
+    for spec in (s for s in specs if s.requires == guest_type):
+        missing = spec.target - sum(1 for n in own if spec.name in rows[n.node_id])
+        if missing > 0:
+            residual.append(dataclasses.replace(spec, target=missing))
+    wanted = {s.name for s in residual}
+    hosts = sorted(
+        (
+            n
+            for n in alive
+            if n.worker_type in FALLBACK_HOSTS[guest_type] and n.can_run is not None and wanted & set(n.can_run)
+        ),
+        key=lambda n: rank_key(n.node_id),
+    )
+    if not hosts:
+        return
+    base = [len(rows[n.node_id]) for n in hosts]
+    hosted = _TypeAllocation(hosts, residual, base=base, hosting=True).run()
+    order = {s.name: i for i, s in enumerate(specs)}
+    for n in hosts:
+        rows[n.node_id] = tuple(sorted(rows[n.node_id] + hosted[n.node_id], key=order.__getitem__))
 
 
 def deficit(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> int:
     """Total deficit of the services the alive nodes run *now*.
 
-    Sum over runnable services s (some alive node of s's type is able to run
-    it) of max(0, target(s) − c(s)), where c(s) counts alive nodes of s's type
-    that are able to run s and list it in ``services``. The quantity the
-    stickiness bound is stated in.
+    Sum over runnable services s of max(0, target(s) − c(s)), where c(s)
+    counts the alive nodes able to run s that list it in ``services``: nodes
+    of s's type able to run it, and hosts (``FALLBACK_HOSTS``) whose
+    ``can_run`` names it. s is runnable when at least one such node exists.
     """
+    return sum(_deficits(view, catalog).values())
+
+
+def weighted_deficit(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> int:
+    """The deficit with each unit of s weighted ``P + 1 − priority(s)`` (P: the catalog's largest priority).
+
+    The quantity the stickiness bound is stated in: every step of the
+    allocation lowers it by at least one, a priority *yield* included (it
+    trades a unit of a more critical service for one of a less critical one).
+    """
+    specs = ordered(catalog)
+    top = max((s.priority for s in specs), default=0)
+    weight = {s.name: top + 1 - s.priority for s in specs}
+    return sum(weight[name] * d for name, d in _deficits(view, specs).items())
+
+
+def _deficits(view: Iterable[NodeView], catalog: Sequence[ServiceSpec]) -> dict[str, int]:
     members = [n for n in normalize(view) if n.is_alive]
-    total = 0
+    out: dict[str, int] = {}
     for spec in ordered(catalog):
-        able = [n for n in members if n.worker_type == spec.requires and n.able_to_run(spec.name)]
+        hosts = FALLBACK_HOSTS.get(spec.requires, ())
+        able = [
+            n
+            for n in members
+            if (n.worker_type == spec.requires and n.able_to_run(spec.name))
+            or (n.worker_type in hosts and n.can_run is not None and spec.name in n.can_run)
+        ]
         if able:
             runners = sum(1 for n in able if spec.name in n.services)
-            total += max(0, spec.target - runners)
-    return total
+            out[spec.name] = max(0, spec.target - runners)
+    return out
 
 
 def mode(view: Iterable[NodeView], worker_type: str, catalog: Sequence[ServiceSpec] = CATALOG) -> str:
@@ -237,33 +337,74 @@ class _TypeAllocation:
     ``nodes`` are sorted by rank, so a node's index is its rank and every
     "then by rank" tie-break is a comparison of indices. Services are indexed
     in catalog order, so "then catalog order" is a comparison of indices too.
+
+    With ``hosting`` the nodes are hosts of another type (step 3): ``base[i]``
+    counts the services node i already runs for its own type, which this
+    allocation never touches but which take room; the cap is always
+    ``MAX_SERVICES``; and there is no step 1, since a host takes only gaps.
+
+    Without it, ``hosted[i]`` counts what node i runs now as a host for
+    another type: never held against a cap here, but part of "the node with
+    the fewest services", so that a gap goes where it displaces the fewest
+    hosted services.
     """
 
-    __slots__ = ("nodes", "specs", "target", "priority", "critical", "eligible", "held", "cover", "runnable", "specialize")
+    __slots__ = (
+        "nodes",
+        "specs",
+        "target",
+        "priority",
+        "weight",
+        "critical",
+        "eligible",
+        "base",
+        "hosted",
+        "hosting",
+        "held",
+        "cover",
+        "runnable",
+        "specialize",
+    )
 
-    def __init__(self, nodes: list[NodeView], specs: list[ServiceSpec]) -> None:
+    def __init__(
+        self,
+        nodes: list[NodeView],
+        specs: list[ServiceSpec],
+        base: Sequence[int] | None = None,
+        hosting: bool = False,
+        hosted: Sequence[int] | None = None,
+    ) -> None:
         self.nodes = nodes
         self.specs = specs
+        self.hosting = hosting
+        self.base = list(base) if base is not None else [0] * len(nodes)
         names = {s.name: j for j, s in enumerate(specs)}
         self.target = [s.target for s in specs]
         self.priority = [s.priority for s in specs]
+        top = max(self.priority, default=0)
+        self.weight = [top + 1 - p for p in self.priority]
         self.critical = [s.critical for s in specs]
         self.eligible: list[tuple[int, ...]] = [
             tuple(j for j, s in enumerate(specs) if n.able_to_run(s.name)) for n in nodes
         ]
-        self.held: list[list[int]] = [self._kept(n, names, elig) for n, elig in zip(nodes, self.eligible)]
+        self.held: list[list[int]] = [
+            self._kept(n, names, elig, MAX_SERVICES - b) for n, elig, b in zip(nodes, self.eligible, self.base)
+        ]
+        self.hosted = list(hosted) if hosted is not None else [0] * len(nodes)
         self.cover = [0] * len(specs)
         for row in self.held:
             for j in row:
                 self.cover[j] += 1
         self.runnable = sorted({j for elig in self.eligible for j in elig})
-        self.specialize = slots_fillable(self.eligible, self.target, self.runnable)
+        self.specialize = not hosting and slots_fillable(self.eligible, self.target, self.runnable)
 
     def run(self) -> dict[str, tuple[str, ...]]:
-        self._place_fresh()
-        # Each successful step closes one unit of deficit, so this loop runs at
-        # most sum(target) + 1 times; exhausting the bound is our bug.
-        for _ in range(sum(self.target) + 1):
+        if not self.hosting:
+            self._place_fresh()
+        # Each successful step lowers the weighted deficit sum(weight · deficit)
+        # by at least one, so this loop runs at most that many + 1 times;
+        # exhausting the bound is our bug.
+        for _ in range(sum(w * t for w, t in zip(self.weight, self.target)) + 1):
             if not self._close_one_gap():
                 break
         else:  # pragma: no cover
@@ -274,16 +415,19 @@ class _TypeAllocation:
 
     # -- helpers -------------------------------------------------------------
 
-    def _kept(self, node: NodeView, names: dict[str, int], elig: tuple[int, ...]) -> list[int]:
+    def _kept(self, node: NodeView, names: dict[str, int], elig: tuple[int, ...], room: int) -> list[int]:
         allowed = set(elig)
         kept: list[int] = []
         for name in node.services:
             j = names.get(name)
             if j is not None and j in allowed and j not in kept:
                 kept.append(j)
-        if len(kept) > MAX_SERVICES:
-            kept = sorted(kept, key=lambda j: (self.priority[j], j))[:MAX_SERVICES]
+        if len(kept) > room:
+            kept = sorted(kept, key=lambda j: (self.priority[j], j))[: max(0, room)]
         return kept
+
+    def _load(self, i: int) -> int:
+        return self.base[i] + len(self.held[i])
 
     def _deficit(self, j: int) -> int:
         return max(0, self.target[j] - self.cover[j])
@@ -292,6 +436,8 @@ class _TypeAllocation:
         return (-self._deficit(j), self.cover[j], self.priority[j], j)
 
     def _cap(self, j: int) -> int:
+        if self.hosting:
+            return MAX_SERVICES
         if self.specialize:
             return 1
         return MAX_SERVICES if self.critical[j] else 2
@@ -323,14 +469,18 @@ class _TypeAllocation:
 
     def _close_one_gap(self) -> bool:
         gaps = sorted((j for j in self.runnable if self._deficit(j) > 0), key=self._preference)
-        return any(self._add(g) or self._switch(g) or self._hand_over(g) for g in gaps)
+        if any(self._add(g) or self._switch(g) or self._hand_over(g) for g in gaps):
+            return True
+        # Only when no gap can be closed without uncovering something else does
+        # a less critical service make way: the fewest moves for the same end.
+        return any(self._yield(g) for g in gaps)
 
     def _add(self, g: int) -> bool:
         cap = self._cap(g)
         best: tuple[int, int] | None = None
         for i, row in enumerate(self.held):
-            if len(row) < cap and g not in row and g in self.eligible[i]:
-                key = (len(row), i)
+            if self._load(i) < cap and g not in row and g in self.eligible[i]:
+                key = (self._load(i) + self.hosted[i], i)
                 if best is None or key < best:
                     best = key
         if best is None:
@@ -363,13 +513,14 @@ class _TypeAllocation:
         # receiver is the giver itself.
         receivers: dict[int, list[tuple[int, int]]] = {}
         for m, row in enumerate(self.held):
-            if len(row) >= cap:
+            if self._load(m) >= cap:
                 continue
+            load = self._load(m) + self.hosted[m]
             for x in self.eligible[m]:
                 if x in row:
                     continue
                 top = receivers.setdefault(x, [])
-                top.append((len(row), m))
+                top.append((load, m))
                 top.sort()
                 del top[2:]
         if not receivers:
@@ -393,4 +544,27 @@ class _TypeAllocation:
         self._drop(n, x)
         self._gain(m, x)
         self._gain(n, g)
+        return True
+
+    def _yield(self, g: int) -> bool:
+        # Priority beats stickiness, but only for a service nobody runs: a
+        # second copy of a critical service is not worth a sole copy of another.
+        if self.cover[g] > 0:
+            return False
+        best: tuple[bool, int, int, int, int] | None = None
+        for i, row in enumerate(self.held):
+            if g not in self.eligible[i]:
+                continue
+            for x in row:
+                if self.priority[x] > self.priority[g]:
+                    # A copy whose loss leaves x still running goes first; then
+                    # the least critical, the latest in the catalog, by rank.
+                    key = (self.cover[x] == 1, -self.priority[x], -x, i, x)
+                    if best is None or key < best:
+                        best = key
+        if best is None:
+            return False
+        i, x = best[3], best[4]
+        self._drop(i, x)
+        self._gain(i, g)
         return True

@@ -36,6 +36,12 @@ WORKER_TYPES: tuple[str, ...] = ("gpu", "cpu", "storage", "edge")
 # Tier of each worker type (000: "4-Tier Architecture").
 TIER_OF_TYPE: dict[str, int] = {"gpu": 1, "cpu": 2, "storage": 3, "edge": 4}
 
+# Worker types whose nodes may also run another type's services, as a
+# fallback where that type's own nodes leave them uncovered: seed 003's tip
+# "Let GPU workers handle CPU tasks during idle time". Only a host whose
+# advertised ``can_run`` names the service is eligible (see allocator/allocate.py).
+FALLBACK_HOSTS: dict[str, tuple[str, ...]] = {"cpu": ("gpu",)}
+
 
 def tier_of(worker_type: str) -> int:
     """The tier of a worker type; a type this version does not know counts as CPU (tier 2),

@@ -5,10 +5,12 @@ one entry per catalog service with the number of alive or suspect nodes that
 run it and a status — ``critical`` (0 runners), ``warning`` (1: no
 redundancy), ``ok`` (2 or more) — plus ``critical_gaps`` and a ``summary``.
 
-Counting: a node counts for a service when it is alive or suspect and lists
-the service in ``services``, whatever its worker type: the document reports
-what runs, not what should. (``allocate`` never assigns a service across
-types, so on an allocated view the two agree.)
+Counting: a node counts for a service when it is alive or suspect, lists the
+service in ``services`` *and reports it healthy* (``healthy_services``),
+whatever its worker type: the document reports what serves, not what should.
+A pool whose runners of a service are all starting, broken or stopping has
+no worker for it: the service is ``critical``, not ``ok``. (A GPU node
+hosting a CPU service counts for it, as ``allocate`` step 3 intends.)
 
 Choices the seed leaves open:
 
@@ -41,16 +43,29 @@ def gap_status(current_workers: int) -> str:
     return "ok"
 
 
-def runners(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> dict[str, tuple[str, ...]]:
-    """For each catalog service, the sorted ids of the alive or suspect nodes that run it."""
+def runners(
+    view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG, healthy: bool | None = None
+) -> dict[str, tuple[str, ...]]:
+    """For each catalog service, the sorted ids of the alive or suspect nodes that run it.
+
+    ``healthy``: None, every runner; True, those that report it healthy;
+    False, those that do not (starting, unhealthy or stopping).
+    """
     alive = [n for n in normalize(view) if n.is_alive]
-    return {s.name: tuple(n.node_id for n in alive if s.name in n.services) for s in ordered(catalog)}
+    return {
+        s.name: tuple(
+            n.node_id
+            for n in alive
+            if s.name in n.services and (healthy is None or (s.name in n.healthy_services) == healthy)
+        )
+        for s in ordered(catalog)
+    }
 
 
 def gaps(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> dict[str, object]:
     """The ``/api/admin/gaps`` document (see the module docstring)."""
     specs = ordered(catalog)
-    by_service = runners(view, specs)
+    by_service = runners(view, specs, healthy=True)
     entries = []
     for spec in specs:
         count = len(by_service[spec.name])
@@ -79,9 +94,15 @@ def gaps(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> 
 
 
 def services_doc(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> dict[str, object]:
-    """The ``/api/admin/services`` document: each service, its runners and their count."""
+    """The ``/api/admin/services`` document: each service, its runners and their count.
+
+    ``workers`` and ``worker_count`` are the runners that report the service
+    healthy, as ``current_workers`` in ``gaps()``; ``not_healthy_workers``
+    the others that run it (starting, unhealthy or stopping).
+    """
     specs = ordered(catalog)
-    by_service = runners(view, specs)
+    healthy = runners(view, specs, healthy=True)
+    others = runners(view, specs, healthy=False)
     return {
         "services": [
             {
@@ -89,8 +110,9 @@ def services_doc(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATA
                 "port": spec.port,
                 "tier": spec.tier,
                 "required_type": spec.requires,
-                "worker_count": len(by_service[spec.name]),
-                "workers": list(by_service[spec.name]),
+                "worker_count": len(healthy[spec.name]),
+                "workers": list(healthy[spec.name]),
+                "not_healthy_workers": list(others[spec.name]),
             }
             for spec in specs
         ]

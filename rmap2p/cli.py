@@ -198,8 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute the service assignment for a view read as JSON on stdin",
         description=(
             'Reads {"nodes": [{"node_id", "worker_type", "services": [...], "status"?, '
-            '"can_run"?, "specialization"?}]} on stdin and prints '
-            '{"assignments": {node_id: [service, ...]}, "gaps": {...}}.'
+            '"can_run"?, "specialization"?, "services_status"?}]} on stdin and prints '
+            '{"assignments": {node_id: [service, ...]}, "gaps": {...}}. '
+            "The gaps count only healthy runners: a listed service is healthy unless "
+            'services_status ({service: "healthy"|"starting"|"unhealthy"|"stopping"}) says otherwise. '
+            "They are computed as the pool will be once every node runs its assignment: a new or "
+            "starting service counts, an unhealthy or stopping one does not. A GPU node whose "
+            "can_run names CPU services may be given those the CPU nodes leave uncovered."
         ),
     )
     allocate.add_argument("--indent", type=int, default=2, help="JSON indentation (default 2)")

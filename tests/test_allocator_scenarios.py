@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from allocator import CATALOG, NodeView, allocate, by_name, gaps, mode, rank_key
+from allocator import CATALOG, NodeView, allocate, by_name, gaps, mode, rank_key, services_doc
 
 # (node, worker type, the row seed 000 gives it), in the order they join.
 SCENARIOS = [
@@ -69,7 +69,7 @@ def test_scenario7_coordinator_twice() -> None:
 def test_scenarios_gaps_document() -> None:
     rows = join_in_order([(n, t) for n, t, _ in SCENARIOS])[-1]
     types = {n: t for n, t, _ in SCENARIOS}
-    doc = gaps([NodeView(n, types[n], services=row) for n, row in rows.items()])
+    doc = gaps([NodeView(n, types[n], services=row, healthy_services=row) for n, row in rows.items()])
     by_service = {e["service"]: e for e in doc["gaps"]}
     assert by_service["llm-inference"]["current_workers"] == 2
     assert by_service["llm-inference"]["status"] == "ok"
@@ -84,6 +84,39 @@ def test_scenarios_gaps_document() -> None:
     }
     assert [e["service"] for e in doc["critical_gaps"]] == ["notes-coa", "postgres", "minio", "neo4j"]
     assert doc["summary"] == {"total_services": 14, "covered": 2, "needs_attention": 12}
+
+
+@pytest.mark.parametrize(
+    ("health", "workers", "status"),
+    [
+        ({"a": True, "b": True}, 2, "ok"),
+        ({"a": True, "b": False}, 1, "warning"),
+        ({"a": False, "b": False}, 0, "critical"),  # all broken: not "ok" (issue 12)
+        ({"a": False}, 0, "critical"),
+    ],
+)
+def test_gaps_count_healthy_runners_only(health: dict[str, bool], workers: int, status: str) -> None:
+    view = [
+        NodeView(n, "cpu", services=("ner-extraction",), healthy_services=("ner-extraction",) if ok else ())
+        for n, ok in health.items()
+    ]
+    entry = next(e for e in gaps(view)["gaps"] if e["service"] == "ner-extraction")
+    assert (entry["current_workers"], entry["status"]) == (workers, status)
+    assert ("ner-extraction" in [e["service"] for e in gaps(view)["critical_gaps"]]) == (status == "critical")
+    doc = next(e for e in services_doc(view)["services"] if e["name"] == "ner-extraction")
+    assert doc["worker_count"] == workers
+    assert doc["workers"] == sorted(n for n, ok in health.items() if ok)
+    assert doc["not_healthy_workers"] == sorted(n for n, ok in health.items() if not ok)
+
+
+def test_gaps_ignore_health_claims_for_services_not_run() -> None:
+    # Healthy for a service the node does not list, or a dead node's healthy runner: neither counts.
+    view = [
+        NodeView("a", "cpu", services=(), healthy_services=("ner-extraction",)),
+        NodeView("b", "cpu", services=("ner-extraction",), healthy_services=("ner-extraction",), status="dead"),
+    ]
+    entry = next(e for e in gaps(view)["gaps"] if e["service"] == "ner-extraction")
+    assert entry["current_workers"] == 0
 
 
 def test_catalog_matches_the_seeds() -> None:
@@ -117,13 +150,76 @@ def test_failure_of_first_gpu_moves_its_services_to_the_survivor() -> None:
     assert allocate(view) == {"gpu-2": ("llm-inference", "vision-ocr", "rag-embeddings")}
 
 
-def test_lone_cpu_worker_does_not_take_a_third_noncritical_service() -> None:
+# After a failure, priority beats stickiness: a less critical service makes way
+# for a more critical one that nobody runs, within the node's count (issue 12).
+# Each row: the survivors' current services (the dead node's row first) -> rows.
+PRIORITY_AFTER_FAILURE = [
+    pytest.param(
+        [("cpu-1", "cpu", ("ner-extraction", "document-processing"), "dead"), ("cpu-2", "cpu", ("notes-coa",), "alive")],
+        {"cpu-2": ("ner-extraction", "document-processing")},
+        id="issue12-survivor-ran-notes-coa",
+    ),
+    pytest.param(
+        # The state the old rule left behind: it must not stay there.
+        [("cpu-1", "cpu", ("ner-extraction", "document-processing"), "dead"), ("cpu-2", "cpu", ("ner-extraction", "notes-coa"), "alive")],
+        {"cpu-2": ("ner-extraction", "document-processing")},
+        id="issue12-old-answer-is-not-settled",
+    ),
+    pytest.param(
+        # Nothing more critical is missing: notes-coa stays a gap, nothing moves.
+        [("cpu-1", "cpu", ("notes-coa",), "dead"), ("cpu-2", "cpu", ("ner-extraction", "document-processing"), "alive")],
+        {"cpu-2": ("ner-extraction", "document-processing")},
+        id="lone-cpu-keeps-equal-priorities",
+    ),
+    pytest.param(
+        # chromadb (critical) takes the third slot; redis (2) then displaces minio (4), the least critical.
+        [("s-1", "storage", ("chromadb", "redis"), "dead"), ("s-2", "storage", ("postgres", "minio"), "alive")],
+        {"s-2": ("chromadb", "redis", "postgres")},
+        id="storage-cascade-least-critical-yields",
+    ),
+    pytest.param(
+        # Room comes first: cpu-3 has a free slot, so nobody gives anything up.
+        [
+            ("cpu-1", "cpu", ("ner-extraction",), "dead"),
+            ("cpu-2", "cpu", ("notes-coa", "document-processing"), "alive"),
+            ("cpu-3", "cpu", ("document-processing",), "alive"),
+        ],
+        {"cpu-2": ("document-processing", "notes-coa"), "cpu-3": ("ner-extraction", "document-processing")},
+        id="add-before-yield",
+    ),
+    pytest.param(
+        # Specialize mode (three nodes, three slots): a surplus copy switches, nobody yields;
+        # cpu-4 outranks cpu-3 (rank_key), so its copy of document-processing is the one that moves.
+        [
+            ("cpu-1", "cpu", ("ner-extraction",), "dead"),
+            ("cpu-2", "cpu", ("notes-coa",), "alive"),
+            ("cpu-3", "cpu", ("document-processing",), "alive"),
+            ("cpu-4", "cpu", ("document-processing",), "alive"),
+        ],
+        {"cpu-2": ("notes-coa",), "cpu-3": ("document-processing",), "cpu-4": ("ner-extraction",)},
+        id="specialized-surplus-switches-first",
+    ),
+    pytest.param(
+        # A node that may not run the gap never yields for it.
+        [
+            ("cpu-1", "cpu", ("ner-extraction", "document-processing"), "dead"),
+            ("cpu-2", "cpu", ("notes-coa",), "alive", ("notes-coa",)),
+        ],
+        {"cpu-2": ("notes-coa",)},
+        id="can-run-limits-the-yield",
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "expected"), PRIORITY_AFTER_FAILURE)
+def test_priority_beats_stickiness_after_a_failure(before: list[tuple], expected: dict[str, tuple[str, ...]]) -> None:
     view = [
-        NodeView("cpu-1", "cpu", services=("ner-extraction", "document-processing"), status="dead"),
-        NodeView("cpu-2", "cpu", services=("notes-coa",)),
+        NodeView(row[0], row[1], services=row[2], status=row[3], can_run=row[4] if len(row) > 4 else None) for row in before
     ]
-    # Sticky: notes-coa stays; one more (the best gap); document-processing waits for a worker.
-    assert allocate(view) == {"cpu-2": ("ner-extraction", "notes-coa")}
+    rows = allocate(view)
+    assert rows == expected
+    # And it is settled: the survivors running these rows keep them.
+    assert allocate([dataclasses.replace(n, services=rows.get(n.node_id, n.services)) for n in view]) == rows
 
 
 def test_specialized_failure_switches_a_redundant_copy() -> None:
@@ -200,3 +296,95 @@ def test_a_gap_goes_to_the_least_loaded_node_with_room() -> None:
     rows = allocate(view)
     assert rows[idle] == ("vision-ocr", "rag-embeddings")
     assert rows[busy] == ("llm-inference", "rag-embeddings")
+
+
+# -- GPU nodes host CPU services the CPU nodes leave uncovered (issue 12) --------------
+
+GPU = ("llm-inference", "vision-ocr", "rag-embeddings")
+CPU = ("ner-extraction", "document-processing", "notes-coa")
+BOTH = GPU + CPU
+
+
+def test_two_gpu_boxes_alone_cover_every_cpu_service() -> None:
+    """The seed's tip: GPU services first (as scenarios 1-2), then the CPU services in the free slots."""
+    view: list[NodeView] = []
+    for box in ("box-1", "box-2"):  # joining one after the other, as in the scenarios
+        view.append(NodeView(box, "gpu", can_run=BOTH))
+        rows = allocate(view)
+        view = [dataclasses.replace(n, services=rows[n.node_id]) for n in view]
+    gpu_rows = sorted(tuple(s for s in row if s in GPU) for row in rows.values())
+    assert gpu_rows == [("llm-inference", "vision-ocr"), ("rag-embeddings",)]
+    for s in CPU:
+        assert sum(s in row for row in rows.values()) == 1, s
+    assert all(len(row) == 3 for row in rows.values())
+    assert allocate(view) == rows  # settled
+
+
+def test_one_gpu_box_hosts_what_its_third_slot_allows() -> None:
+    # llm and vision first; the third slot goes to the most critical CPU service.
+    assert allocate([NodeView("box", "gpu", can_run=BOTH)]) == {"box": ("llm-inference", "vision-ocr", "ner-extraction")}
+
+
+def test_hosting_only_what_can_run_names() -> None:
+    # can_run None means "every GPU service": no CPU work (so the scenarios stay as written).
+    assert allocate([NodeView("box", "gpu")]) == {"box": ("llm-inference", "vision-ocr")}
+    # A box that advertises only notes-coa among the CPU services never gets the others.
+    rows = allocate([NodeView("a", "gpu", can_run=(*GPU, "notes-coa")), NodeView("b", "gpu", can_run=GPU)])
+    assert {s for row in rows.values() for s in row if s in CPU} == {"notes-coa"}
+    assert "notes-coa" in rows["a"]
+
+
+def test_a_cpu_node_takes_back_what_gpu_boxes_hosted() -> None:
+    boxes = [
+        NodeView("box-1", "gpu", services=("llm-inference", "vision-ocr", "document-processing"), can_run=BOTH),
+        NodeView("box-2", "gpu", services=("rag-embeddings", "ner-extraction", "notes-coa"), can_run=BOTH),
+    ]
+    rows = allocate([*boxes, NodeView("cpu-1", "cpu")])
+    # The CPU node takes the two best CPU services (scenario 4); the boxes keep only
+    # what it leaves uncovered, where it already ran (sticky), and their GPU rows.
+    assert rows == {
+        "box-1": ("llm-inference", "vision-ocr"),
+        "box-2": ("rag-embeddings", "notes-coa"),
+        "cpu-1": ("ner-extraction", "document-processing"),
+    }
+
+
+def test_hosted_services_stay_put_when_a_gpu_box_joins() -> None:
+    settled = [
+        NodeView("box-1", "gpu", services=("llm-inference", "vision-ocr", "document-processing"), can_run=BOTH),
+        NodeView("box-2", "gpu", services=("rag-embeddings", "ner-extraction", "notes-coa"), can_run=BOTH),
+    ]
+    assert allocate(settled) == {n.node_id: n.services for n in settled}
+    rows = allocate([*settled, NodeView("box-3", "gpu", can_run=BOTH)])
+    # The newcomer specializes (three boxes, three GPU slots); nothing hosted moves.
+    assert rows["box-1"] == settled[0].services and rows["box-2"] == settled[1].services
+    assert rows["box-3"] == ("llm-inference",)
+
+
+def test_gpu_services_first_then_priority_among_hosted() -> None:
+    # box-2 (rag, ner, doc) dies and only box-1 may run rag: box-1 gains it (GPU
+    # first) in the slot notes-coa held, and notes-coa (3) then makes way for
+    # ner-extraction (2) in the one slot left.
+    view = [
+        NodeView("box-1", "gpu", services=("llm-inference", "notes-coa"), can_run=BOTH),
+        NodeView("box-2", "gpu", services=("rag-embeddings", "ner-extraction", "document-processing"), can_run=BOTH, status="dead"),
+        NodeView("box-3", "gpu", services=("vision-ocr",), can_run=("vision-ocr",)),
+    ]
+    assert allocate(view) == {
+        "box-1": ("llm-inference", "rag-embeddings", "ner-extraction"),
+        "box-3": ("vision-ocr",),
+    }
+
+
+def test_a_gpu_gap_goes_to_the_box_that_hosts_least() -> None:
+    # Same failure, but box-3 may run rag too: both have one GPU service, and
+    # box-3 hosts nothing, so rag goes there and box-1 keeps its CPU work.
+    view = [
+        NodeView("box-1", "gpu", services=("llm-inference", "notes-coa"), can_run=BOTH),
+        NodeView("box-2", "gpu", services=("rag-embeddings", "ner-extraction", "document-processing"), can_run=BOTH, status="dead"),
+        NodeView("box-3", "gpu", services=("vision-ocr",), can_run=GPU),
+    ]
+    assert allocate(view) == {
+        "box-1": ("llm-inference", "ner-extraction", "document-processing"),
+        "box-3": ("vision-ocr", "rag-embeddings"),
+    }
