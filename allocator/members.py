@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from allocator.catalog import CATALOG, WORKER_TYPES, ServiceSpec
+from allocator.catalog import CATALOG, FALLBACK_HOSTS, WORKER_TYPES, ServiceSpec
 from allocator.view import NodeView
 from membership import MemberView
 
@@ -54,8 +54,15 @@ def capabilities(
 ) -> tuple[str, ...]:
     """The services a node of ``worker_type`` advertises it can run, in catalog order.
 
-    Those of its own type, minus ``unavailable`` (services that failed to
-    start there, or that the machine cannot run).
+    Those of its own type and of the types it may stand in for
+    (``FALLBACK_HOSTS``: a GPU node can run CPU work), minus ``unavailable``
+    (services that failed to start there, or that the machine cannot run).
+    The allocator gives a stand-in service only where no node of its own type
+    covers it.
     """
     kind = worker_type_of(worker_type)
-    return tuple(s.name for s in catalog if s.requires == kind and s.name not in unavailable)
+    return tuple(
+        s.name
+        for s in catalog
+        if (s.requires == kind or kind in FALLBACK_HOSTS.get(s.requires, ())) and s.name not in unavailable
+    )

@@ -54,6 +54,9 @@ def test_capabilities_are_the_services_of_the_type_minus_the_unavailable() -> No
     assert capabilities("cpu") == CPU_SERVICES
     assert capabilities("cpu", {"notes-coa"}) == CPU_SERVICES[:-1]
     assert capabilities("quantum") == CPU_SERVICES, "an unknown type counts as CPU, as in the views"
+    gpu = tuple(s.name for s in CATALOG if s.requires == "gpu")
+    assert capabilities("gpu") == gpu + CPU_SERVICES, "a GPU node can stand in for CPU work"
+    assert capabilities("storage") == tuple(s.name for s in CATALOG if s.requires == "storage")
 
 
 # ---------------------------------------------------------------- the manager on real machines
