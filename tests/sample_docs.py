@@ -1,0 +1,65 @@
+"""Documents made by the tests: a PDF written by hand (text pages and image-only "scanned" pages), a DOCX."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+
+def make_pdf(pages: list[str | None]) -> bytes:
+    """A PDF with one page per item: a line of Helvetica text, or (None) a gray image and no text.
+
+    Written by hand (objects, offsets, xref) so the test needs no PDF writer
+    and the scanned page is exactly "an image, no text layer".
+    """
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    catalog = add(b"")  # filled in below, once the page tree's number is known
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    pixels = zlib.compress(bytes(range(0, 256, 4)) * 64)
+    image = add(b"<< /Type /XObject /Subtype /Image /Width 64 /Height 64 /ColorSpace /DeviceGray /BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n" % len(pixels) + pixels + b"\nendstream")
+    tree = add(b"")
+    kids = []
+    for text in pages:
+        if text is None:
+            content = b"q 400 0 0 400 100 200 cm /Im1 Do Q"
+            resources = b"<< /XObject << /Im1 %d 0 R >> >>" % image
+        else:
+            escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+            content = b"BT /F1 14 Tf 72 720 Td (" + escaped + b") Tj ET"
+            resources = b"<< /Font << /F1 %d 0 R >> >>" % font
+        stream = add(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+        kids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources %s /Contents %d 0 R >>" % (tree, resources, stream)))
+    objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % tree
+    objects[tree - 1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, xref)
+    return bytes(out)
+
+
+def make_docx() -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Client budget", level=1)
+    document.add_paragraph("Income is paid monthly.")
+    table = document.add_table(rows=2, cols=2)
+    for r, row in enumerate([("Rent", "650"), ("Council tax", "120")]):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+    document.add_page_break()
+    document.add_paragraph("Second page: the creditors.")
+    buf = io.BytesIO()
+    document.save(buf)
+    return buf.getvalue()
