@@ -56,15 +56,21 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def loopback_http_problem(http_host: str, member_hosts: Iterable[str]) -> str | None:
+def loopback_http_problem(http_host: str, member_hosts: Iterable[str], own_host: str) -> str | None:
     """A member host that cannot reach our HTTP port because it is bound to loopback, or None.
 
-    ``member_hosts`` are the gossip hosts of the other live members; a member
-    on a loopback address shares our host and reaches a loopback port fine.
+    ``member_hosts`` are the gossip hosts of the other live members; members on
+    a loopback address or on our own gossip host (``own_host``) share our
+    machine and reach a loopback port fine.
     """
     if not is_loopback(http_host):
         return None
-    return next((h for h in sorted(set(member_hosts)) if not is_loopback(h)), None)
+    return next((h for h in sorted(set(member_hosts)) if not is_loopback(h) and h != own_host), None)
+
+
+def wildcard_for(host: str) -> str:
+    """The wildcard bind of ``host``'s address family, as ``--http`` takes it."""
+    return "[::]" if ":" in host else "0.0.0.0"
 
 
 def advertise_host(bind_host: str) -> str:

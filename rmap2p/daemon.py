@@ -50,6 +50,7 @@ from rmap2p.addresses import (
     default_http_bind,
     is_loopback,
     loopback_http_problem,
+    wildcard_for,
 )
 from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
 from rmap2p.identity_conflict import DaemonClaim, this_daemon_yields
@@ -254,7 +255,7 @@ class Node:
             try:
                 await self._mdns.start()
             except (OSError, RuntimeError, ValueError) as exc:
-                log.warning("mDNS unavailable (%s); relying on --join and the bootstrap file", exc)
+                log.warning("node %s: mDNS unavailable (%s); relying on --join and the bootstrap file", self.machine.id, exc)
                 await self._mdns.close()
                 self._mdns = None
         seeds = Seeds(cfg.join, cfg.bootstrap_file, data_dir, self._known_edges, self._mdns, self.gossip_addr, self.machine.id)
@@ -393,15 +394,15 @@ class Node:
         if not is_loopback(http_host):
             return  # the usual case: no need to look at the members
         hosts = [m.addr[0] for m in machine.members() if m.node != machine.id and not m.status.is_down]
-        remote = loopback_http_problem(http_host, hosts)
+        remote = loopback_http_problem(http_host, hosts, machine.addr[0])
         if remote is None:
             return
         self._warned_loopback_http = True
         log.warning(
             "node %s: HTTP API bound to loopback %s, but pool members run on other hosts (e.g. %s): "
             "their gateways cannot forward requests or broadcast jobs to this node. "
-            "Fix: start without --http (it then binds the --bind host) or with --http 0.0.0.0:%d.",
-            machine.id, format_host_port(http_host, http_port), remote, http_port,
+            "Fix: start without --http (it then binds the --bind host) or with --http %s:%d.",
+            machine.id, format_host_port(http_host, http_port), remote, wildcard_for(http_host), http_port,
         )
 
     def _log_event(self, ev: MemberEvent) -> None:

@@ -9,6 +9,7 @@ from rmap2p.addresses import (
     default_http_bind,
     is_loopback,
     loopback_http_problem,
+    wildcard_for,
 )
 
 
@@ -49,19 +50,25 @@ def test_advertised_http(
 
 
 @pytest.mark.parametrize(
-    ("http_host", "members", "problem"),
+    ("http_host", "members", "own", "problem"),
     [
-        ("127.0.0.1", ["10.0.0.2", "127.0.0.1"], "10.0.0.2"),
-        ("127.0.0.1", ["127.0.0.1", "127.0.0.2"], None),  # all on this host
-        ("127.0.0.1", [], None),  # alone
-        ("::1", ["fd00::2"], "fd00::2"),
-        ("localhost", ["10.0.0.3", "10.0.0.2"], "10.0.0.2"),
-        ("0.0.0.0", ["10.0.0.2"], None),
-        ("10.0.0.1", ["10.0.0.2"], None),
+        ("127.0.0.1", ["10.0.0.2", "127.0.0.1"], "10.0.0.1", "10.0.0.2"),
+        ("127.0.0.1", ["127.0.0.1", "127.0.0.2"], "127.0.0.1", None),  # all on this host
+        ("127.0.0.1", ["10.0.0.1"], "10.0.0.1", None),  # same host, other gossip ports
+        ("127.0.0.1", [], "10.0.0.1", None),  # alone
+        ("::1", ["fd00::2"], "fd00::1", "fd00::2"),
+        ("localhost", ["10.0.0.3", "10.0.0.2"], "10.0.0.1", "10.0.0.2"),
+        ("0.0.0.0", ["10.0.0.2"], "10.0.0.1", None),
+        ("10.0.0.1", ["10.0.0.2"], "10.0.0.1", None),
     ],
 )
-def test_loopback_http_problem(http_host: str, members: list[str], problem: str | None) -> None:
-    assert loopback_http_problem(http_host, members) == problem
+def test_loopback_http_problem(http_host: str, members: list[str], own: str, problem: str | None) -> None:
+    assert loopback_http_problem(http_host, members, own) == problem
+
+
+def test_wildcard_for_the_family() -> None:
+    assert wildcard_for("127.0.0.1") == "0.0.0.0"
+    assert wildcard_for("::1") == "[::]"
 
 
 def test_is_loopback() -> None:
