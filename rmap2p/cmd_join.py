@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -56,8 +57,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     )
 
 
-def http_port_problem(addr: tuple[str, int]) -> str | None:
-    """Why the HTTP port cannot be listened on (in use, no such address), or None.
+def http_port_problem(addr: tuple[str, int]) -> OSError | None:
+    """Why the HTTP port cannot be listened on (in use, not an address here), or None.
 
     Checked before the node joins, so a taken port is one clear line and exit 1,
     as for the gossip port, not a node that joins and then falls over.
@@ -76,15 +77,17 @@ def http_port_problem(addr: tuple[str, int]) -> str | None:
             probe.bind((host, port))
             probe.listen(1)
         except OSError as exc:
-            return f"{exc.strerror or exc}"
+            return exc
     return None
 
 
-def _http_failure(addr: tuple[str, int], reason: str) -> str:
-    return (
-        f"cannot listen for HTTP on {format_host_port(*addr)}: {reason} "
-        "(another node or program uses it? choose another with --http HOST:PORT)"
-    )
+def http_failure(addr: tuple[str, int], exc: OSError) -> str:
+    """The one line ``join`` prints when it cannot listen for HTTP, with what to do about it."""
+    if exc.errno == errno.EADDRINUSE:
+        hint = "another node or program uses it; choose another port with --http HOST:PORT"
+    else:
+        hint = "choose an address of this machine with --http HOST:PORT"
+    return f"cannot listen for HTTP on {format_host_port(*addr)}: {exc.strerror or exc} ({hint})"
 
 
 async def _serve_http(node: Node) -> None:
@@ -93,7 +96,7 @@ async def _serve_http(node: Node) -> None:
     except OSError as exc:
         # Taken between the check and the bind: stop the node the same way, gracefully.
         assert node.config.http is not None
-        node.stop(_http_failure(node.config.http, exc.strerror or str(exc)), error=True)
+        node.stop(http_failure(node.config.http, exc), error=True)
 
 
 async def _main(config: NodeConfig) -> int:
@@ -101,7 +104,7 @@ async def _main(config: NodeConfig) -> int:
     assert node.config.http is not None
     problem = http_port_problem(node.config.http)
     if problem is not None:
-        raise StartupError(_http_failure(node.config.http, problem))
+        raise StartupError(http_failure(node.config.http, problem))
     node.add_task(lambda: _serve_http(node))
     if config.services:
         manager = ServiceManager(node, ephemeral_ports=config.ephemeral_service_ports)

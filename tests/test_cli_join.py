@@ -30,7 +30,7 @@ def test_http_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert cp.returncode == 1, cp
     lines = [line for line in cp.stderr.splitlines() if line.startswith("rmap2p join:")]
     assert len(lines) == 1, cp.stderr
-    assert f"cannot listen for HTTP on 127.0.0.1:{taken}" in lines[0] and "--http" in lines[0], lines[0]
+    assert f"cannot listen for HTTP on 127.0.0.1:{taken}" in lines[0] and "uses it" in lines[0], lines[0]
     assert "Traceback" not in cp.stderr
     assert time.monotonic() - started < 30
 
@@ -71,3 +71,13 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
             assert cp.stderr == b"", cp.stderr.decode()
     finally:
         node.terminate()
+
+
+def test_http_address_not_on_this_machine_says_so(tmp_path: Path) -> None:
+    cp = subprocess.run(
+        _rmap2p("join", "--bind", f"127.0.0.1:{free_port()}", "--http", "192.0.2.1:8080",
+                "--data-dir", str(tmp_path / "n"), "--no-mdns", "--no-services"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert cp.returncode == 1, cp
+    assert "cannot listen for HTTP on 192.0.2.1:8080" in cp.stderr and "address of this machine" in cp.stderr, cp.stderr
