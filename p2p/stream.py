@@ -10,8 +10,10 @@ with one frame, and both sides close. A frame is::
     +-------------------------+------------------------------+
 
 where the payload is sealed with the cluster :class:`~p2p.keyring.Sealer`
-(associated data :data:`STREAM_AAD`, so a sealed UDP datagram cannot be
-replayed as a frame) and ``length`` covers the sealed bytes.
+(associated data: the daemon passes :func:`stream_aad` of its cluster, so a
+sealed UDP datagram cannot be replayed as a frame and two pools sharing a key
+do not mix; the default :data:`STREAM_AAD` serves standalone use) and
+``length`` covers the sealed bytes.
 
 Limits (STYLE item 7). The announced length is checked against ``max_frame``
 (default 4 MiB) *before* the body is read, and the body is read with
@@ -50,11 +52,21 @@ Handler = Callable[[bytes, Addr], Awaitable[bytes | None]]
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_READ_TIMEOUT = 10.0
-#: Associated data bound into every sealed frame.
+#: Associated data bound into sealed frames when the caller names no cluster.
 STREAM_AAD = b"rmap2p/tcp"
+#: Prefix of the associated data of a cluster's frames (see :func:`stream_aad`).
+STREAM_AAD_PREFIX = b"rmap2p/tcp/"
 HEADER = struct.Struct(">I")
 #: Bytes of framing per frame (the length prefix).
 HEADER_BYTES = HEADER.size
+
+
+def stream_aad(cluster: str) -> bytes:
+    """Associated data of a cluster's push-pull frames: ``b"rmap2p/tcp/" + cluster``.
+
+    Differs from :func:`p2p.transport.udp_aad` in its label for every cluster name.
+    """
+    return STREAM_AAD_PREFIX + cluster.encode()
 
 
 class StreamError(Exception):

@@ -62,11 +62,20 @@ MAX_PAYLOAD = 1400
 DEFAULT_MAX_DATAGRAM = MAX_PAYLOAD + SEAL_OVERHEAD + 128
 #: Default bound on datagrams received but not yet taken by ``recv()``.
 DEFAULT_QUEUE_SIZE = 1024
-#: Associated data :class:`SealedTransport` binds to UDP payloads, so a sealed
-#: datagram cannot be replayed as a TCP frame (p2p.stream uses another label).
-UDP_AAD = b"rmap2p/udp"
+#: Prefix of the associated data every sealed UDP payload is bound to (see :func:`udp_aad`).
+UDP_AAD_PREFIX = b"rmap2p/udp/"
 # ICMP errors drained before one send; bounded so a storm cannot stall a send.
 _MAX_PENDING_ERRORS = 256
+
+
+def udp_aad(cluster: str) -> bytes:
+    """The one associated data of sealed gossip datagrams: ``b"rmap2p/udp/" + cluster``.
+
+    The label keeps a sealed datagram from opening as a TCP frame
+    (:func:`p2p.stream.stream_aad` starts ``rmap2p/tcp/``); the cluster name
+    keeps two pools that share a key from accepting each other's datagrams.
+    """
+    return UDP_AAD_PREFIX + cluster.encode()
 
 
 class TransportClosed(Exception):
@@ -443,14 +452,15 @@ class SealedTransport:
     Wraps any :class:`DatagramTransport`. ``stats`` is the inner transport's,
     with unopenable datagrams counted in ``dropped_unauthenticated``. The
     sealer may be a live :class:`~p2p.keyring.Keyring`: rotation takes effect
-    on the next datagram.
+    on the next datagram. Every payload is bound to :func:`udp_aad` of
+    ``cluster``.
     """
 
-    def __init__(self, inner: DatagramTransport, sealer: Sealer, *, aad: bytes = UDP_AAD) -> None:
+    def __init__(self, inner: DatagramTransport, sealer: Sealer, *, cluster: str) -> None:
         self.inner = inner
         self.stats = inner.stats
         self.sealer = sealer
-        self.aad = aad
+        self.aad = udp_aad(cluster)
 
     @property
     def local_addr(self) -> Addr:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 DEFAULT_BIND = "0.0.0.0:7946"
 DEFAULT_HTTP = "127.0.0.1:8080"
+"""Where the status/gaps/leave/keys clients look for a node (a daemon with the default --bind serves there)."""
 WORKER_TYPES = ("auto", "gpu", "cpu", "storage", "edge")
 
 # verb -> "module:function"; the function takes the parsed args and returns an exit code.
@@ -80,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument(
         "--http",
-        default=_env("RMAP2P_HTTP", DEFAULT_HTTP),
+        default=_env("RMAP2P_HTTP"),
         metavar="HOST:PORT",
-        help=f"HTTP API and request gateway (default {DEFAULT_HTTP})",
+        help="HTTP API and request gateway (default: the --bind host, port 8080, so that peers' gateways "
+        "reach it; peers are told the advertised host with this port). A loopback address keeps it "
+        "local, but then other hosts cannot forward requests or jobs to this node",
     )
     join.add_argument(
         "--join",
@@ -251,9 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, func_name = HANDLERS[args.verb].split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must surface inside this try
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `rmap2p status | head -1`: the reader has gone; nothing is wrong with the command.
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

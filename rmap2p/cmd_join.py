@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
 from membership import SwimConfig
-from p2p.discovery import parse_host_port
+from p2p.discovery import format_host_port, parse_host_port
 from rmap2p.daemon import Node, NodeConfig, StartupError
 from rmap2p.edge import EdgeTimings
 from rmap2p.http_api import serve
@@ -29,7 +31,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             raise ValueError(f"{option} {text!r}: {exc}") from None
 
     bind = addr("--bind", args.bind, local=True)
-    http = addr("--http", args.http, local=True)
+    # No --http: the node binds the --bind host with port 8080 (rmap2p/addresses.py).
+    http = addr("--http", args.http, local=True) if args.http else None
     advertise = addr("--advertise", args.advertise) if args.advertise else None
     joins = tuple(addr("--join", j, default_port=7946) for j in args.join)
     swim = SwimConfig.local() if args.profile == "local" else SwimConfig.lan()
@@ -56,9 +59,55 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     )
 
 
+def http_port_problem(addr: tuple[str, int]) -> OSError | None:
+    """Why the HTTP port cannot be listened on (in use, not an address here), or None.
+
+    Checked before the node joins, so a taken port is one clear line and exit 1,
+    as for the gossip port, not a node that joins and then falls over.
+    """
+    host, port = addr
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # The same option aiohttp sets, so a port in TIME_WAIT is not reported as taken;
+        # a listening socket still makes bind() fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's servers do
+        try:
+            probe.bind((host, port))
+            probe.listen(1)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def http_failure(addr: tuple[str, int], exc: OSError) -> str:
+    """The one line ``join`` prints when it cannot listen for HTTP, with what to do about it."""
+    if exc.errno == errno.EADDRINUSE:
+        hint = "another node or program uses it; choose another port with --http HOST:PORT"
+    else:
+        hint = "choose an address of this machine with --http HOST:PORT"
+    return f"cannot listen for HTTP on {format_host_port(*addr)}: {exc.strerror or exc} ({hint})"
+
+
+async def _serve_http(node: Node) -> None:
+    try:
+        await serve(node)
+    except OSError as exc:
+        # Taken between the check and the bind: stop the node the same way, gracefully.
+        assert node.config.http is not None
+        node.stop(http_failure(node.config.http, exc), error=True)
+
+
 async def _main(config: NodeConfig) -> int:
     node = Node(config)
-    node.add_task(lambda: serve(node))
+    assert node.config.http is not None
+    problem = http_port_problem(node.config.http)
+    if problem is not None:
+        raise StartupError(http_failure(node.config.http, problem))
+    node.add_task(lambda: _serve_http(node))
     if config.services:
         manager = ServiceManager(
             NodeHandle(node), ephemeral_ports=config.ephemeral_service_ports, echo=config.echo_services
@@ -73,7 +122,10 @@ async def _main(config: NodeConfig) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     log.info("node %s stopped: %s", node.machine.id if node.machine else "?", node.exit_reason)
-    return 1 if node.exit_reason.startswith("identity conflict") else 0
+    if node.exit_error:
+        print(f"rmap2p join: {node.exit_reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,12 +9,19 @@ sampler, outgoing TCP exchanges, the HTTP runner and the service
 reconciler. ``Node.stop()`` (SIGINT, SIGTERM, ``POST /api/admin/leave``)
 leaves gracefully: it announces the leave, lets gossip carry it for a
 moment, stops services, then cancels and awaits every task.
+
+Datagrams move through a :class:`p2p.transport.DatagramTransport` that a
+``transport_factory`` makes (real UDP by default, a ``MemoryNetwork``
+endpoint in tests), always wrapped in a :class:`~p2p.transport.SealedTransport`
+bound to the cluster name. Push-pull uses TCP streams on the same port.
+What lives elsewhere: seeds and the join loop in :mod:`rmap2p.join`, the
+copied-identity rule in :mod:`rmap2p.identity_conflict`, bind and advertised
+addresses in :mod:`rmap2p.addresses`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
@@ -23,38 +30,43 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from membership import Load, Membership, MemberEvent, MemberView, NodeMeta, SwimConfig
+from membership import Load, MemberEvent, Membership, MemberView, NodeMeta, SwimConfig
 from membership.messages import Addr
 from p2p import identity as ident
-from p2p.discovery import (
-    BootstrapError,
-    find_bootstrap_file,
-    format_host_port,
-    load_bootstrap,
-    parse_bootstrap,
-    resolve,
-)
-from p2p.mdns import MdnsDiscovery
+from p2p.discovery import format_host_port
 from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
-from p2p.stream import StreamError, StreamServer, request
-from p2p.transport import UdpTransport
+from p2p.mdns import MdnsDiscovery
+from p2p.stream import StreamError, StreamServer, request, stream_aad
+from p2p.transport import (
+    DatagramTransport,
+    SealedTransport,
+    TransportClosed,
+    UdpTransport,
+)
 from rmap2p import hardware
+from rmap2p.addresses import (
+    advertise_host,
+    advertised_http,
+    default_http_bind,
+    is_loopback,
+    loopback_http_problem,
+    wildcard_for,
+)
 from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
+from rmap2p.identity_conflict import DaemonClaim, this_daemon_yields
+from rmap2p.join import JoinLoop, JoinTimings, KnownEdges, Seeds, edges_in
 from services.handle import RequestCounter
 
 log = logging.getLogger(__name__)
 
-UDP_AAD_PREFIX = b"rmap2p/udp/"
-TCP_AAD_PREFIX = b"rmap2p/tcp/"
+TransportFactory = Callable[[str, int, int], Awaitable[DatagramTransport]]
+"""``await factory(host, port, max_size)``: an unsealed datagram transport bound there (port 0: any)."""
+
 LEAVE_GRACE = 1.0
 """Seconds of gossip after announcing a leave, so peers hear it from us and not by timeout."""
 LOAD_SAMPLE_INTERVAL = 2.0
 MAX_STREAMS_IN_FLIGHT = 32
 OUTBOX_LIMIT = 4096
-
-
-MAX_KNOWN_EDGES = 32
-EDGES_FILE = "known_edges.txt"
 
 
 class StartupError(RuntimeError):
@@ -64,7 +76,9 @@ class StartupError(RuntimeError):
 @dataclass(frozen=True)
 class NodeConfig:
     bind: Addr = ("0.0.0.0", 7946)
-    http: Addr = ("127.0.0.1", 8080)
+    http: Addr | None = None
+    """HTTP bind address; None: the bind host of ``bind`` with port 8080 (rmap2p/addresses.py).
+    ``Node.config.http`` is always resolved."""
     advertise: Addr | None = None
     join: tuple[Addr, ...] = ()
     worker_type: str = "auto"
@@ -89,9 +103,17 @@ class NodeConfig:
     """Evidence window and hold time of edge promotion/demotion for ``--type auto`` (rmap2p/edge.py)."""
 
 
+async def udp_transport(host: str, port: int, max_size: int) -> DatagramTransport:
+    """The production transport factory: real UDP."""
+    return await UdpTransport.bind(host, port, max_size=max_size)
+
+
 class Node:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, transport_factory: TransportFactory = udp_transport) -> None:
+        if config.http is None:
+            config = replace(config, http=default_http_bind(config.bind))
         self.config = config
+        self._transport_factory = transport_factory
         self.started_at = time.time()
         self.machine: Membership | None = None
         self.identity: ident.NodeIdentity | None = None
@@ -102,14 +124,13 @@ class Node:
         self.http_addr: Addr | None = None
         self.gossip_addr: Addr | None = None
         self.ready = asyncio.Event()
-        self._push_pull_ok = asyncio.Event()
         self.settled = asyncio.Event()
         """Set once the first join round is over (joined, or nobody answered): a node that
         allocates before it has seen the pool would take services the pool already covers."""
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._udp: UdpTransport | None = None
+        self._udp: DatagramTransport | None = None
         self._tcp: StreamServer | None = None
         self._outbox: asyncio.Queue[tuple[bytes, Addr]] = asyncio.Queue(OUTBOX_LIMIT)
         self._streams = asyncio.Semaphore(MAX_STREAMS_IN_FLIGHT)
@@ -117,7 +138,9 @@ class Node:
         self._view_listeners: list[Callable[[list[MemberEvent]], None]] = []
         self._extra_tasks: list[Callable[[], Awaitable[None]]] = []
         self._mdns: MdnsDiscovery | None = None
-        self._known_edges: list[Addr] = []
+        self._known_edges: KnownEdges | None = None
+        self._joiner: JoinLoop | None = None
+        self._warned_loopback_http = False
         self._saved_incarnation = -1
         self.edge_candidate = False
         self.edge_state = EdgeState()
@@ -126,6 +149,8 @@ class Node:
         self.requests = RequestCounter()
         """Requests this node's gateway is serving: counted by services/, read into our load."""
         self.exit_reason = ""
+        self.exit_error = False
+        """True when the node stopped because of a problem (the CLI exits 1), not on request."""
 
     @property
     def active_requests(self) -> int:
@@ -133,9 +158,11 @@ class Node:
 
     # ------------------------------------------------------------ lifecycle
 
-    def stop(self, reason: str = "stop requested") -> None:
+    def stop(self, reason: str = "stop requested", *, error: bool = False) -> None:
+        """Leave gracefully and end ``run()``; ``error``: the reason is a failure to report."""
         if not self._stop.is_set():
             self.exit_reason = reason
+            self.exit_error = error
             self._stop.set()
 
     def on_view_change(self, callback: Callable[[list[MemberEvent]], None]) -> None:
@@ -160,7 +187,8 @@ class Node:
                 self._tg = tg
                 tg.create_task(self._receive_loop())
                 tg.create_task(self._send_loop())
-                tg.create_task(self._join_loop())
+                assert self._joiner is not None
+                tg.create_task(self._joiner.run())
                 tg.create_task(self._load_loop())
                 if self.edge_candidate:
                     tg.create_task(self._edge_loop())
@@ -199,19 +227,20 @@ class Node:
         self._fallback_type = self.worker_type
         host, port = cfg.bind
         try:
-            self._udp = await UdpTransport.bind(host, port, max_size=cfg.swim.max_datagram + 64)
+            raw = await self._transport_factory(host, port, cfg.swim.max_datagram + 64)
         except OSError as exc:
             raise StartupError(f"cannot bind UDP {format_host_port(host, port)}: {exc.strerror or exc}") from None
+        self._udp = SealedTransport(raw, self.sealer, cluster=cfg.cluster)
         port = self._udp.local_addr[1]
         self._tcp = StreamServer(
             host, port, self._handle_stream, self.sealer,
-            max_frame=cfg.swim.max_stream_frame + 64, aad=TCP_AAD_PREFIX + cfg.cluster.encode(),
+            max_frame=cfg.swim.max_stream_frame + 64, aad=stream_aad(cfg.cluster),
         )
         try:
             await self._tcp.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on TCP {format_host_port(host, port)}: {exc.strerror or exc}") from None
-        self.gossip_addr = cfg.advertise or (_advertise_host(host), port)
+        self.gossip_addr = cfg.advertise or (advertise_host(host), port)
         self.machine = Membership(
             cfg.swim,
             self.identity,
@@ -223,16 +252,21 @@ class Node:
             incarnation=incarnation,
             cluster=cfg.cluster,
         )
-        self._known_edges = _load_edges(data_dir)
+        self._known_edges = KnownEdges.load(data_dir)
         self._save_incarnation()
         if cfg.mdns:
             self._mdns = MdnsDiscovery(self.machine.id, cfg.cluster, self.gossip_addr)
             try:
                 await self._mdns.start()
             except (OSError, RuntimeError, ValueError) as exc:
-                log.warning("mDNS unavailable (%s); relying on --join and the bootstrap file", exc)
+                log.warning("node %s: mDNS unavailable (%s); relying on --join and the bootstrap file", self.machine.id, exc)
                 await self._mdns.close()
                 self._mdns = None
+        seeds = Seeds(cfg.join, cfg.bootstrap_file, data_dir, self._known_edges, self._mdns, self.gossip_addr, self.machine.id)
+        self._joiner = JoinLoop(
+            self.machine, seeds, self._flush, self._now, self.settled,
+            JoinTimings(cfg.rejoin_interval, cfg.recontact_interval),
+        )
         log.info(
             "node %s (%s, %s) gossiping on %s, incarnation %d",
             self.machine.id, self.config.name or socket.gethostname(), self.worker_type,
@@ -257,12 +291,13 @@ class Node:
         if self.machine is not None:
             self.update_meta(lambda m: replace(m, http=self._advertised_http()))
 
+    def _http_bind(self) -> Addr:
+        http = self.http_addr or self.config.http
+        assert http is not None  # resolved in __init__
+        return http
+
     def _advertised_http(self) -> str:
-        # A wildcard bind is reachable at the address we gossip from, not at 0.0.0.0.
-        host, port = self.http_addr or self.config.http
-        if host in ("0.0.0.0", "", "::") and self.gossip_addr is not None:
-            host = self.gossip_addr[0]
-        return format_host_port(host, port)
+        return advertised_http(self._http_bind(), self.config.bind[0], self.gossip_addr)
 
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
         machine = self._require_machine()
@@ -322,7 +357,9 @@ class Node:
         if events:
             for ev in events:
                 self._log_event(ev)
-            self._remember_edges(events)
+            if self._known_edges is not None:
+                self._known_edges.remember(edges_in(events, machine))
+            self._check_http_reach()
             for listener in self._view_listeners:
                 listener(events)
         self._rearm()
@@ -352,34 +389,39 @@ class Node:
         except OSError as exc:
             log.warning("node %s: cannot save incarnation: %s", machine.id, exc)
 
-    def _remember_edges(self, events: list[MemberEvent]) -> None:
-        """Edge nodes that join become introducers for our next start (kept in the data dir)."""
-        machine = self._require_machine()
-        changed = False
-        for ev in events:
-            if ev.kind not in ("joined", "updated", "alive") or ev.node == machine.id:
-                continue
-            rec = machine.alive_record(ev.node)
-            if rec is None or rec.meta.worker_type != "edge" or rec.addr in self._known_edges:
-                continue
-            self._known_edges = [rec.addr, *self._known_edges][:MAX_KNOWN_EDGES]
-            changed = True
-        if changed:
-            _save_edges(self.config.data_dir.expanduser(), self._known_edges)
+    def _check_http_reach(self) -> None:
+        """Warn once when our HTTP port is on loopback but members on other hosts need to reach it."""
+        if self._warned_loopback_http or self.machine is None:
+            return
+        machine = self.machine
+        http_host, http_port = self._http_bind()
+        if not is_loopback(http_host):
+            return  # the usual case: no need to look at the members
+        hosts = [m.addr[0] for m in machine.members() if m.node != machine.id and not m.status.is_down]
+        remote = loopback_http_problem(http_host, hosts, machine.addr[0])
+        if remote is None:
+            return
+        self._warned_loopback_http = True
+        log.warning(
+            "node %s: HTTP API bound to loopback %s, but pool members run on other hosts (e.g. %s): "
+            "their gateways cannot forward requests or broadcast jobs to this node. "
+            "Fix: start without --http (it then binds the --bind host) or with --http %s:%d.",
+            machine.id, format_host_port(http_host, http_port), remote, wildcard_for(http_host), http_port,
+        )
 
     def _log_event(self, ev: MemberEvent) -> None:
         machine = self._require_machine()
         if ev.kind == "conflict":
-            other = ev.record.meta.started_at if ev.record is not None else 0
-            mine = machine.meta.started_at
-            # The younger daemon is the copy; equal start seconds: the higher address yields.
-            if other < mine or (other == mine and ev.detail < "%s:%d" % machine.addr):
+            other = DaemonClaim(ev.record.meta.started_at if ev.record is not None else 0, ev.detail)
+            # Written as the core writes ``detail`` (host:port, no brackets), so both sides compare alike.
+            mine = DaemonClaim(machine.meta.started_at, f"{machine.addr[0]}:{machine.addr[1]}")
+            if this_daemon_yields(mine, other):
                 log.error(
                     "node %s: another daemon at %s already runs with this identity (was the data dir "
                     "%s copied?); stopping. Give each machine its own --data-dir.",
                     machine.id, ev.detail, self.config.data_dir,
                 )
-                self.stop(f"identity conflict: node {machine.id} already runs at {ev.detail}")
+                self.stop(f"identity conflict: node {machine.id} already runs at {ev.detail}", error=True)
             else:
                 log.error(
                     "node %s: a newer daemon at %s claims our identity (copied data dir?); keeping ours",
@@ -395,15 +437,12 @@ class Node:
 
     async def _receive_loop(self) -> None:
         assert self._udp is not None
-        aad = UDP_AAD_PREFIX + self.config.cluster.encode()
         machine = self._require_machine()
         while True:
-            data, addr = await self._udp.recv()
             try:
-                plain = self.sealer.open(data, aad)
-            except ValueError:
-                machine.stats.malformed += 1
-                continue
+                plain, addr = await self._udp.recv()
+            except TransportClosed:
+                return
             try:
                 machine.receive(plain, addr, self._now())
             except Exception:
@@ -414,11 +453,10 @@ class Node:
 
     async def _send_loop(self) -> None:
         assert self._udp is not None
-        aad = UDP_AAD_PREFIX + self.config.cluster.encode()
         while True:
             data, addr = await self._outbox.get()
             try:
-                await self._udp.send(self.sealer.seal(data, aad), addr)
+                await self._udp.send(data, addr)
             except (OSError, ValueError) as exc:
                 # Addresses come from peers' records: an unusable one costs that datagram only.
                 self.dropped_outbound += 1
@@ -434,14 +472,14 @@ class Node:
                 reply = await request(
                     addr, payload, self.sealer, timeout=10.0 if kind != "ping" else self.config.swim.probe_interval,
                     expect_reply=expect_reply, max_frame=self.config.swim.max_stream_frame + 64,
-                    aad=TCP_AAD_PREFIX + self.config.cluster.encode(),
+                    aad=stream_aad(self.config.cluster),
                 )
             except (StreamError, OSError, ValueError) as exc:
                 log.debug("node %s: %s exchange with %s failed: %s", machine.id, kind, format_host_port(*addr), exc)
         if expect_reply:
             try:
-                if machine.stream_reply(token, reply, self._now()) and kind == "push-pull":
-                    self._push_pull_ok.set()
+                if machine.stream_reply(token, reply, self._now()) and kind == "push-pull" and self._joiner:
+                    self._joiner.push_pull_answered()
             except Exception:
                 log.exception(
                     "node %s: internal error handling a %s reply from %s", machine.id, kind, format_host_port(*addr)
@@ -453,90 +491,6 @@ class Node:
         reply = machine.handle_stream(payload, peer, self._now())
         self._flush()
         return reply
-
-    async def _seeds(self) -> list[Addr]:
-        cfg = self.config
-        machine_id = self.machine.id if self.machine else "?"
-        seeds: list[Addr] = list(cfg.join)
-        try:
-            path = find_bootstrap_file(cfg.bootstrap_file, cfg.data_dir.expanduser())
-            if path is not None:
-                seeds += load_bootstrap(path)
-        except BootstrapError as exc:
-            # Bad lines are reported; the good ones are still worth trying.
-            log.warning("bootstrap file: %s", exc)
-            seeds += list(getattr(exc, "addresses", ()))
-        except OSError as exc:
-            log.warning("bootstrap file: %s", exc)
-        seeds += self._known_edges
-        if self._mdns is not None:
-            seeds += self._mdns.peers()
-        resolved: list[Addr] = []
-        for host, port in seeds:
-            try:
-                for addr in await resolve(host, port):
-                    if addr not in resolved and addr != self.gossip_addr:
-                        resolved.append(addr)
-            except OSError as exc:
-                log.warning("node %s: cannot resolve seed %s: %s", machine_id, format_host_port(host, port), exc)
-        return resolved
-
-    async def _join_loop(self) -> None:
-        """Join through the seeds; while alone keep trying with back-off; later, re-contact seeds.
-
-        Seeds are the --join addresses, the bootstrap file, edge nodes remembered
-        from earlier runs and peers found by mDNS. Once in a pool, every
-        ``recontact_interval`` we push-pull with seeds that are not alive in our
-        view: a bootstrap node on the far side of a healed partition, or a second
-        pool that formed on the same LAN, merges without an operator.
-        """
-        machine = self._require_machine()
-        cfg = self.config
-        delay = cfg.rejoin_interval
-        announced_alone = False
-        first = True
-        while True:
-            seeds = await self._seeds()
-            if first and not seeds and self._mdns is not None:
-                # Give mDNS a moment to hear the neighbours before deciding we are alone.
-                for _ in range(20):
-                    await asyncio.sleep(0.15)
-                    seeds = await self._seeds()
-                    if seeds:
-                        break
-            first = False
-            alone = machine.num_active() <= 1
-            if alone:
-                targets = seeds
-            else:
-                live = {m.addr for m in machine.members() if not m.status.is_down}
-                targets = [a for a in seeds if a not in live][:3]
-            if targets:
-                for addr in targets:
-                    if alone:
-                        machine.join(addr, self._now())
-                    else:
-                        machine.push_pull(addr, self._now())
-                self._flush()
-                self._push_pull_ok.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._push_pull_ok.wait(), min(2.0, delay))
-            if machine.num_active() > 1:
-                if alone:
-                    log.info("node %s joined a pool of %d", machine.id, machine.num_active())
-                self.settled.set()
-                delay = cfg.rejoin_interval
-                await asyncio.sleep(cfg.recontact_interval)
-                continue
-            self.settled.set()
-            if not announced_alone:
-                log.warning(
-                    "node %s: no peer answered (%s); running as a pool of one and still looking",
-                    machine.id, ", ".join(format_host_port(h, p) for h, p in seeds) or "no seeds configured",
-                )
-                announced_alone = True
-            await asyncio.sleep(delay if not self._mdns else min(delay, 2.0))
-            delay = min(delay * 2, cfg.rejoin_interval * 8)
 
     async def _edge_loop(self) -> None:
         """Promote this candidate to edge, and demote it again, by the rule in rmap2p/edge.py."""
@@ -610,40 +564,5 @@ class Node:
             save_keyring(self.config.key_file, self.keyring)
 
 
-def _load_edges(data_dir: Path) -> list[Addr]:
-    try:
-        text = (data_dir / EDGES_FILE).read_text()
-    except OSError:
-        return []
-    try:
-        return parse_bootstrap(text)[:MAX_KNOWN_EDGES]
-    except BootstrapError as exc:
-        return list(getattr(exc, "addresses", ()))[:MAX_KNOWN_EDGES]
-
-
-def _save_edges(data_dir: Path, edges: list[Addr]) -> None:
-    lines = ["# Edge nodes this node has seen; used as introducers at the next start."]
-    lines += [format_host_port(h, p) for h, p in edges]
-    with contextlib.suppress(OSError):
-        ident.atomic_write(data_dir / EDGES_FILE, ("\n".join(lines) + "\n").encode(), mode=0o644)
-
-
 class _Shutdown(Exception):
     """Raised inside the task group to cancel every task once the leave is done."""
-
-
-def _advertise_host(bind_host: str) -> str:
-    """The address peers should use when we bind a wildcard: the one our default route uses.
-
-    ``::`` asks the IPv6 routes (an IPv6 pool); ``0.0.0.0`` the IPv4 ones.
-    """
-    if bind_host not in ("0.0.0.0", "", "::"):
-        return bind_host
-    family, probe, fallback = (
-        (socket.AF_INET6, "2001:db8::1", "::1") if bind_host == "::" else (socket.AF_INET, "192.0.2.1", "127.0.0.1")
-    )
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
-        # connect() on UDP sends nothing; it only asks the kernel which source address it would use.
-        s.connect((probe, 9))
-        return str(s.getsockname()[0])
-    return fallback

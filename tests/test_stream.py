@@ -14,6 +14,7 @@ from p2p.stream import (
     StreamServer,
     encode_frame,
     request,
+    stream_aad,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -274,10 +275,15 @@ async def test_oversized_reply_from_server_rejected_by_client() -> None:
             await request(server.local_addr, b"x", timeout=5, max_frame=1000)
 
 
-def test_stream_aad_differs_from_udp() -> None:
-    from p2p.transport import UDP_AAD
+@pytest.mark.parametrize("tcp_cluster", ["rmap2p", "a", "", "udp/x"])
+@pytest.mark.parametrize("udp_cluster", ["rmap2p", "a", "", "tcp/x"])
+def test_stream_aad_differs_from_udp(tcp_cluster: str, udp_cluster: str) -> None:
+    # Different labels, so no pair of cluster names makes a datagram open as a frame.
+    from p2p.transport import udp_aad
 
-    assert STREAM_AAD != UDP_AAD
+    assert stream_aad(tcp_cluster) != udp_aad(udp_cluster)
+    assert STREAM_AAD != udp_aad(udp_cluster)
+    assert stream_aad(tcp_cluster).startswith(b"rmap2p/tcp/")
 
 
 async def test_handler_returning_non_bytes_is_counted() -> None:

@@ -16,6 +16,7 @@ from p2p.transport import (
     SealedTransport,
     TransportClosed,
     UdpTransport,
+    udp_aad,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -169,15 +170,29 @@ async def test_udp_close_wakes_recv_and_later_calls() -> None:
 async def test_sealed_transport_drops_wrong_key() -> None:
     k1, k2 = bytes(32), bytes(range(32))
     net = MemoryNetwork()
-    a = SealedTransport(net.transport(("10.0.0.1", 7946)), Keyring.single(k1))
-    b = SealedTransport(net.transport(("10.0.0.2", 7946)), Keyring.single(k1))
-    intruder = SealedTransport(net.transport(("10.0.0.3", 7946)), Keyring.single(k2))
+    a = SealedTransport(net.transport(("10.0.0.1", 7946)), Keyring.single(k1), cluster="pool")
+    b = SealedTransport(net.transport(("10.0.0.2", 7946)), Keyring.single(k1), cluster="pool")
+    intruder = SealedTransport(net.transport(("10.0.0.3", 7946)), Keyring.single(k2), cluster="pool")
     await intruder.send(b"let me in", b.local_addr)
     await net.transport(("10.0.0.4", 7946)).send(b"plaintext", b.local_addr)
     await a.send(b"hello", b.local_addr)
     assert await b.recv() == (b"hello", a.local_addr)
     assert b.stats.dropped_unauthenticated == 2
     assert a.stats.bytes_out == 5 + 29
+
+
+async def test_sealed_transport_binds_the_cluster_name() -> None:
+    # Two pools sharing one key stay apart: the cluster name is in the associated data.
+    key = bytes(range(32))
+    net = MemoryNetwork()
+    mine = SealedTransport(net.transport(("10.0.0.1", 7946)), Keyring.single(key), cluster="pool-a")
+    other = SealedTransport(net.transport(("10.0.0.2", 7946)), Keyring.single(key), cluster="pool-b")
+    friend = SealedTransport(net.transport(("10.0.0.3", 7946)), Keyring.single(key), cluster="pool-a")
+    await other.send(b"from pool b", mine.local_addr)
+    await friend.send(b"from pool a", mine.local_addr)
+    assert await mine.recv() == (b"from pool a", friend.local_addr)
+    assert mine.stats.dropped_unauthenticated == 1
+    assert mine.aad == udp_aad("pool-a") == b"rmap2p/udp/pool-a"
 
 
 async def test_memory_network_delivery_and_no_route() -> None:
