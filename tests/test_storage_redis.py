@@ -1,0 +1,142 @@
+"""Redis runners with a real redis-server: data kept across restarts, passwords, replication, failover."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from services.runners.resp import RespClient, RespError
+from services.runners.stateful import make_stateful_runner
+from services.supervisor import RestartPolicy
+from storage import StorageNode, pid_gone, require_binary
+
+POLICY = RestartPolicy(check_interval=0.2, backoff_initial=0.5, backoff_max=2.0)
+WRITES = 1000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def redis_server() -> str:
+    return require_binary("redis-server", "redis-server")
+
+
+async def connect(port: int, password: str | None) -> RespClient:
+    return await RespClient.connect("127.0.0.1", port, password)
+
+
+async def test_restarted_runner_keeps_its_data_and_its_password(tmp_path: Path) -> None:
+    runner = make_stateful_runner("redis", tmp_path, "127.0.0.1", 0, "n1", b"pool secret", policy=POLICY)
+    await runner.start()
+    try:
+        assert await runner.health() in ("starting", "healthy")
+        client = await connect(runner.port, runner.password)  # type: ignore[arg-type, attr-defined]
+        await client.pipeline([("SET", f"k{i}", f"v{i}") for i in range(200)])
+        await client.close()
+        # No default and no empty password: an unauthenticated client is refused.
+        anon = await connect(runner.port, None)  # type: ignore[arg-type]
+        with pytest.raises(RespError, match="NOAUTH"):
+            await anon.command("GET", "k1")
+        await anon.close()
+    finally:
+        await runner.stop()
+    service_dir = tmp_path / "services" / "redis"
+    for name in ("password", "redis.conf"):
+        assert stat.S_IMODE((service_dir / name).stat().st_mode) == 0o600, name
+    password = (service_dir / "password").read_text().strip()
+    assert len(password) >= 32
+
+    again = make_stateful_runner("redis", tmp_path, "127.0.0.1", 0, "n1", b"another secret", policy=POLICY)
+    await again.start()
+    try:
+        assert again.password == password  # type: ignore[attr-defined]  # the kept file wins
+        client = await connect(again.port, password)  # type: ignore[arg-type]
+        values = await client.pipeline([("GET", f"k{i}") for i in range(200)])
+        await client.close()
+        assert values == [f"v{i}".encode() for i in range(200)]
+    finally:
+        await again.stop()
+
+
+async def test_the_server_dies_with_the_runner_process(tmp_path: Path) -> None:
+    node = StorageNode("redis", tmp_path / "a", tmp_path / "a.log")
+    try:
+        assert not pid_gone(node.server_pid, timeout=0.2)
+        node.kill()
+        assert pid_gone(node.server_pid), "redis-server outlived its node (no parent-death signal)"
+    finally:
+        node.stop()
+
+
+async def write_acknowledged(port: int, password: str, n: int) -> set[str]:
+    """SET n keys, each followed by WAIT 1: the keys whose WAIT saw a replica acknowledge."""
+    client = await connect(port, password)
+    acked: set[str] = set()
+    try:
+        for start in range(0, n, 100):
+            keys = [f"key:{i}" for i in range(start, min(n, start + 100))]
+            commands: list[tuple[str, ...]] = []
+            for key in keys:
+                commands += [("SET", key, f"value of {key}"), ("WAIT", "1", "2000")]
+            replies = await client.pipeline(commands)
+            for key, set_reply, wait_reply in zip(keys, replies[0::2], replies[1::2]):
+                if set_reply == "OK" and isinstance(wait_reply, int) and wait_reply >= 1:
+                    acked.add(key)
+    finally:
+        await client.close()
+    return acked
+
+
+async def test_failover_keeps_every_acknowledged_write_and_the_old_primary_rejoins_as_replica(tmp_path: Path) -> None:
+    a = StorageNode("redis", tmp_path / "a", tmp_path / "a.log", role="primary")
+    b = StorageNode("redis", tmp_path / "b", tmp_path / "b.log", role="replica", primary=a.address)
+    try:
+        assert a.password == b.password  # one password per pool
+        b.wait_replication(lambda s: s["role"] == "replica" and s["linked"])
+        a.wait_replication(lambda s: s["replicas"] == 1)
+
+        acked = await write_acknowledged(a.port, a.password, WRITES)
+        assert len(acked) == WRITES, f"only {len(acked)} of {WRITES} writes acknowledged by the replica"
+
+        # The primary's node dies; its server with it.
+        a.kill()
+        assert pid_gone(a.server_pid)
+        killed = time.monotonic()
+        b.set_role("primary")
+        client = await connect(b.port, b.password)
+        while True:  # the first write the promoted copy accepts ends the window without a writable primary
+            try:
+                assert await client.command("SET", "after-failover", "yes") == "OK"
+                break
+            except RespError as exc:
+                assert "READONLY" in str(exc)
+                assert time.monotonic() - killed < 10
+                await asyncio.sleep(0.01)
+        no_primary_s = time.monotonic() - killed
+        values = await client.pipeline([("GET", k) for k in sorted(acked)])
+        await client.close()
+        missing = [k for k, v in zip(sorted(acked), values) if v != f"value of {k}".encode()]
+        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
+
+        # The old primary comes back: as a replica of the current one, never as a second primary.
+        a2 = StorageNode("redis", tmp_path / "a", tmp_path / "a2.log", role="replica", primary=b.address)
+        try:
+            a2.wait_replication(lambda s: s["role"] == "replica" and s["linked"])
+            b.wait_replication(lambda s: s["replicas"] == 1)
+            old = await connect(a2.port, a2.password)
+            with pytest.raises(RespError, match="READONLY"):
+                await old.command("SET", "split", "brain")
+            deadline = time.monotonic() + 10
+            while await old.command("GET", "after-failover") != b"yes":
+                assert time.monotonic() < deadline, "the rejoined replica never received the new primary's write"
+                await asyncio.sleep(0.05)
+            assert await old.command("DBSIZE") == WRITES + 1
+            await old.close()
+        finally:
+            a2.stop()
+        print(f"\nredis: {WRITES} writes acknowledged with WAIT; promotion to first accepted write {no_primary_s * 1000:.0f} ms")
+    finally:
+        a.stop()
+        b.stop()
