@@ -9,13 +9,16 @@ JSON-lines protocol. Everything is bounded in time and reaped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,31 +48,35 @@ def require_binary(name: str, package: str) -> str:
     return path
 
 
-def traversable(path: Path) -> Path:
-    """Give every ancestor of ``path`` search permission for others (test dirs only).
+@contextlib.contextmanager
+def server_dir() -> Iterator[Path]:
+    """A fresh directory under /tmp that an unprivileged server user can enter (0711), removed after.
 
-    pytest's base temp dir is 0700 for root, which an unprivileged server
-    (postgres) cannot enter.
+    Not pytest's ``tmp_path``: pytest resets ``/tmp/pytest-of-<user>`` to 0700
+    whenever any pytest session starts (other engineers' included), which
+    locks a running postgres (as user ``postgres``) out of its own data dir.
     """
-    path.mkdir(parents=True, exist_ok=True)
-    for directory in [path, *path.parents]:
-        if str(directory) in ("/", "/tmp"):
-            break
-        mode = directory.stat().st_mode
-        if not mode & 0o001:
-            os.chmod(directory, (mode & 0o7777) | 0o001)
-    return path
+    path = Path(tempfile.mkdtemp(prefix="rmap2p-storage-", dir="/tmp"))
+    os.chmod(path, 0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class StorageNode:
     """One storage runner in its own process (``tests/storage_node.py``)."""
 
-    def __init__(self, service: str, data_dir: Path, log_path: Path, *, role: str = "primary", primary: str | None = None) -> None:
+    def __init__(
+        self, service: str, data_dir: Path, log_path: Path, *, role: str = "primary", primary: str | None = None, synchronous: bool = False
+    ) -> None:
         self.service = service
         self.data_dir = data_dir
         argv = [sys.executable, str(NODE_SCRIPT), service, str(data_dir), "--role", role]
         if primary:
             argv += ["--primary", primary]
+        if synchronous:
+            argv.append("--synchronous")
         self._log = open(log_path, "ab")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
@@ -97,6 +104,9 @@ class StorageNode:
 
     def set_role(self, role: str, primary: str | None = None) -> None:
         self.request("set_role", role=role, primary=primary)
+
+    def sql(self, statement: str, timeout: float = 120) -> str:
+        return str(self.request("sql", timeout=timeout, sql=statement)["out"])
 
     def wait_replication(self, pred: Any, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

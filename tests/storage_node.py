@@ -9,6 +9,8 @@ JSON line:
     {"op": "set_role", "role": "primary"|"replica", "primary": "host:port"|null}
     {"op": "replication"}      -> {"role", "linked", "replicas", "offset"}
     {"op": "health"}           -> {"health"}
+    {"op": "set_synchronous", "synchronous": bool}   (postgres)
+    {"op": "sql", "sql": "..."} -> {"out"}            (postgres, psql's unaligned output)
     {"op": "stop"}             -> stops the runner and exits
 
 Killing this process with SIGKILL is the death of a storage node: the
@@ -50,9 +52,12 @@ async def main() -> int:
     parser.add_argument("--role", default="primary")
     parser.add_argument("--primary")
     parser.add_argument("--pool-secret", default="test pool secret")
+    parser.add_argument("--synchronous", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s {args.data_dir.name} %(name)s: %(message)s")
-    runner = make_stateful_runner(args.service, args.data_dir, args.host, args.port, args.data_dir.name, args.pool_secret.encode(), policy=POLICY)
+    runner = make_stateful_runner(
+        args.service, args.data_dir, args.host, args.port, args.data_dir.name, args.pool_secret.encode(), policy=POLICY, synchronous=args.synchronous
+    )
     await runner.set_role(args.role, parse_endpoint(args.primary))
     try:
         await runner.start()
@@ -73,6 +78,11 @@ async def main() -> int:
                     answer: dict[str, object] = {"ok": True}
                 elif req["op"] == "replication":
                     answer = dataclasses.asdict(await runner.replication())
+                elif req["op"] == "set_synchronous":
+                    await runner.set_synchronous(req["synchronous"])  # type: ignore[attr-defined]
+                    answer = {"ok": True}
+                elif req["op"] == "sql":
+                    answer = {"out": await runner.sql(req["sql"])}  # type: ignore[attr-defined]
                 elif req["op"] == "health":
                     answer = {"health": await runner.health()}
                 elif req["op"] == "stop":

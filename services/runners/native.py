@@ -175,7 +175,7 @@ class NativeSupervisor(Supervisor):
     async def _check(self) -> bool:
         try:
             return await self._probe()
-        except (OSError, asyncio.TimeoutError, ValueError):
+        except (OSError, TimeoutError, ValueError):
             return False
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
@@ -185,7 +185,7 @@ class NativeSupervisor(Supervisor):
             proc.send_signal(self._stop_signal)
         try:
             await asyncio.wait_for(proc.wait(), self.policy.stop_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()

@@ -46,8 +46,13 @@ def make_stateful_runner(
     *,
     policy: RestartPolicy | None = None,
     on_failed: Callable[[str, str], None] | None = None,
+    synchronous: bool = False,
 ) -> StatefulRunner:
-    """The runner of ``service`` on ``host:port`` (0: a free port), data under ``data_dir``."""
+    """The runner of ``service`` on ``host:port`` (0: a free port), data under ``data_dir``.
+
+    ``synchronous``: PostgreSQL's primary commits only once a standby has the
+    WAL (the operator's choice; Redis clients ask per write with ``WAIT``).
+    """
     directory = service_dir(data_dir, service)
     password = service_password(directory, service, pool_secret)
     if service == "redis":
@@ -57,5 +62,5 @@ def make_stateful_runner(
     if service == "postgres":
         from services.runners.postgres import PostgresRunner
 
-        return PostgresRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed)
+        return PostgresRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed, synchronous=synchronous)
     raise KeyError(f"no stateful runner for {service}")
