@@ -17,7 +17,7 @@ from services.runners.resp import RespClient, RespError
 from services.runners.stateful import make_stateful_runner, service_dir
 from services.stateful import Endpoint
 from services.supervisor import RestartPolicy
-from storage import require_binary
+from storage import require_binary, server_dir
 
 POLICY = RestartPolicy(check_interval=0.2, backoff_initial=0.5, backoff_max=2.0)
 S = "redis"
@@ -62,8 +62,13 @@ async def converge(nodes: list[Node], rounds: int = 100) -> str | None:
     raise AssertionError(f"no convergence: {[n.copy() for n in nodes]}")
 
 
-async def test_view_driven_failover_and_rejoin(tmp_path: Path) -> None:
+async def test_view_driven_failover_and_rejoin() -> None:
     require_binary("redis-server", "redis-server")
+    with server_dir() as root:
+        await failover_and_rejoin(root)
+
+
+async def failover_and_rejoin(tmp_path: Path) -> None:
     nodes = [Node("a", tmp_path), Node("b", tmp_path)]
     try:
         first = await converge(nodes)

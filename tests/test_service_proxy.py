@@ -9,7 +9,7 @@ from pathlib import Path
 from services.runners.resp import RespClient, RespError
 from services.service_proxy import ServiceProxy
 from services.stateful import Endpoint
-from storage import StorageNode, require_binary
+from storage import StorageNode, require_binary, server_dir
 
 
 async def echo_server(tag: bytes) -> tuple[asyncio.Server, Endpoint]:
@@ -97,8 +97,13 @@ async def test_connections_beyond_the_limit_are_refused() -> None:
 
 async def test_redis_through_the_proxy_across_a_failover(tmp_path: Path) -> None:
     require_binary("redis-server", "redis-server")
-    a = StorageNode("redis", tmp_path / "a", tmp_path / "a.log")
-    b = StorageNode("redis", tmp_path / "b", tmp_path / "b.log", role="replica", primary=a.address)
+    with server_dir() as data:
+        await redis_failover_through_proxy(tmp_path, data)
+
+
+async def redis_failover_through_proxy(tmp_path: Path, data: Path) -> None:
+    a = StorageNode("redis", data / "a", tmp_path / "a.log")
+    b = StorageNode("redis", data / "b", tmp_path / "b.log", role="replica", primary=a.address)
     proxy = ServiceProxy("redis", "127.0.0.1", 0)
     await proxy.start()
     try:

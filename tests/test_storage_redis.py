@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from services.runners.resp import RespClient, RespError
 from services.runners.stateful import make_stateful_runner
 from services.supervisor import RestartPolicy
-from storage import StorageNode, pid_gone, require_binary
+from storage import StorageNode, pid_gone, require_binary, server_dir
 
 POLICY = RestartPolicy(check_interval=0.2, backoff_initial=0.5, backoff_max=2.0)
 WRITES = 1000
@@ -23,15 +26,39 @@ def redis_server() -> str:
     return require_binary("redis-server", "redis-server")
 
 
+@pytest.fixture
+def data_root() -> Iterator[Path]:
+    with server_dir() as path:  # reachable by the unprivileged redis user, unlike pytest's tmp_path
+        yield path
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def redis_user_exists() -> bool:
+    try:
+        pwd.getpwnam("redis")
+    except KeyError:
+        return False
+    return True
+
+
 async def connect(port: int, password: str | None) -> RespClient:
     return await RespClient.connect("127.0.0.1", port, password)
 
 
-async def test_restarted_runner_keeps_its_data_and_its_password(tmp_path: Path) -> None:
+async def test_restarted_runner_keeps_its_data_and_its_password(data_root: Path) -> None:
+    tmp_path = data_root
     runner = make_stateful_runner("redis", tmp_path, "127.0.0.1", 0, "n1", b"pool secret", policy=POLICY)
     await runner.start()
     try:
         assert await runner.health() in ("starting", "healthy")
+        if os.geteuid() == 0 and redis_user_exists():
+            assert uid_of(runner.supervisor.pid) != 0, "redis-server runs as root"  # type: ignore[attr-defined]
         client = await connect(runner.port, runner.password)  # type: ignore[arg-type, attr-defined]
         await client.pipeline([("SET", f"k{i}", f"v{i}") for i in range(200)])
         await client.close()
@@ -60,8 +87,8 @@ async def test_restarted_runner_keeps_its_data_and_its_password(tmp_path: Path) 
         await again.stop()
 
 
-async def test_the_server_dies_with_the_runner_process(tmp_path: Path) -> None:
-    node = StorageNode("redis", tmp_path / "a", tmp_path / "a.log")
+async def test_the_server_dies_with_the_runner_process(tmp_path: Path, data_root: Path) -> None:
+    node = StorageNode("redis", data_root / "a", tmp_path / "a.log")
     try:
         assert not pid_gone(node.server_pid, timeout=0.2)
         node.kill()
@@ -89,9 +116,9 @@ async def write_acknowledged(port: int, password: str, n: int) -> set[str]:
     return acked
 
 
-async def test_failover_keeps_every_acknowledged_write_and_the_old_primary_rejoins_as_replica(tmp_path: Path) -> None:
-    a = StorageNode("redis", tmp_path / "a", tmp_path / "a.log", role="primary")
-    b = StorageNode("redis", tmp_path / "b", tmp_path / "b.log", role="replica", primary=a.address)
+async def test_failover_keeps_every_acknowledged_write_and_the_old_primary_rejoins_as_replica(tmp_path: Path, data_root: Path) -> None:
+    a = StorageNode("redis", data_root / "a", tmp_path / "a.log", role="primary")
+    b = StorageNode("redis", data_root / "b", tmp_path / "b.log", role="replica", primary=a.address)
     try:
         assert a.password == b.password  # one password per pool
         b.wait_replication(lambda s: s["role"] == "replica" and s["linked"])
@@ -121,7 +148,7 @@ async def test_failover_keeps_every_acknowledged_write_and_the_old_primary_rejoi
         assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
 
         # The old primary comes back: as a replica of the current one, never as a second primary.
-        a2 = StorageNode("redis", tmp_path / "a", tmp_path / "a2.log", role="replica", primary=b.address)
+        a2 = StorageNode("redis", data_root / "a", tmp_path / "a2.log", role="replica", primary=b.address)
         try:
             a2.wait_replication(lambda s: s["role"] == "replica" and s["linked"])
             b.wait_replication(lambda s: s["replicas"] == 1)

@@ -19,20 +19,24 @@ A replica that used to be primary does a full resync from the new primary:
 its writes that never reached a replica are dropped, which is what keeps
 one history (no split brain).
 
-Redis runs as the daemon's user; it does not refuse root.
+Privileges: when the daemon is root, redis-server runs as
+``RMAP2P_REDIS_USER`` (default ``redis``, the user the Debian package
+creates) and owns its ``data/`` and ``redis.conf``; where that user does not
+exist it runs as root (Redis allows it; a warning says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from p2p.identity import atomic_write
 from services.runner import RunnerError
-from services.runners.native import NativeSupervisor, guarded_argv, pick_port
+from services.runners.native import NativeSupervisor, RunAs, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
 from services.runners.resp import RespClient, RespError, parse_info
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 SERVICE = "redis"
 DEFAULT_PORT = 6379
 BINARY = "redis-server"
+USER_ENV = "RMAP2P_REDIS_USER"
+DEFAULT_USER = "redis"
 READY_TIMEOUT = 30.0
 
 
@@ -107,6 +113,7 @@ class RedisRunner:
         self._binary = binary or find_binary()
         self._role: Role = "primary"
         self._primary: Endpoint | None = None
+        self._as: RunAs | None = None
         self.supervisor: NativeSupervisor | None = None
 
     # ------------------------------------------------------------ Runner
@@ -142,10 +149,12 @@ class RedisRunner:
             raise RunnerError(f"{self.service}: {BINARY} not found (apt-get install redis-server)")
         data = self._dir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        self._as = self._unprivileged_user()
+        chown_tree(data, self._as)
         port = pick_port(self._host, self._want_port)
         self._want_port = port  # restarts of this runner keep its port
         self._write_config(port)
-        argv = guarded_argv([self._binary, str(self._dir / "redis.conf")])
+        argv = guarded_argv([self._binary, str(self._dir / "redis.conf")], self._as)
         self.supervisor = NativeSupervisor(
             self.service, argv, {}, self._host, port, self._ping,
             policy=self._policy, on_give_up=self._gave_up,
@@ -222,6 +231,20 @@ class RedisRunner:
     def _write_config(self, port: int) -> None:
         text = render_config(host=self._host, port=port, data=(self._dir / "data").resolve(), password=self._password, primary=self._primary)
         atomic_write(self._dir / "redis.conf", text.encode(), mode=0o600)
+        chown_tree(self._dir / "redis.conf", self._as)
+
+    def _unprivileged_user(self) -> RunAs | None:
+        user = os.environ.get(USER_ENV, DEFAULT_USER)
+        try:
+            as_user = run_as(user)
+        except RunnerError:
+            log.warning("node %s: service %s runs as root: user %r does not exist", self._node_id, self.service, user)
+            return None
+        blocked = unreachable_ancestor(self._dir, as_user)
+        if blocked is not None:
+            log.warning("node %s: service %s runs as root: user %s cannot reach %s (no search permission on %s)", self._node_id, self.service, user, self._dir, blocked)
+            return None
+        return as_user
 
     async def _ping(self) -> bool:
         assert self.supervisor is not None and self.supervisor.port is not None
