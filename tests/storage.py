@@ -164,3 +164,38 @@ def pid_gone(pid: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+class ProxyThread:
+    """A ``ServiceProxy`` on its own event loop in a thread, for tests written without asyncio."""
+
+    def __init__(self, service: str) -> None:
+        import asyncio
+        import threading
+
+        from services.service_proxy import ServiceProxy
+
+        self._loop = asyncio.new_event_loop()
+        self.proxy = ServiceProxy(service, "127.0.0.1", 0)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"proxy-{service}", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self._loop).result(10)
+        assert self.proxy.port is not None
+        self.port: int = self.proxy.port
+
+    def set_target(self, address: str | None) -> None:
+        from services.stateful import Endpoint
+
+        target = None
+        if address:
+            host, _, port = address.rpartition(":")
+            target = Endpoint(host, int(port))
+        self._loop.call_soon_threadsafe(self.proxy.set_target, target)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
