@@ -110,10 +110,15 @@ class StorageNode:
 
     def wait_replication(self, pred: Any, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
+        state: dict[str, Any] = {}
         while True:
-            state = self.request("replication")
-            if pred(state):
-                return state
+            try:
+                state = self.request("replication")
+            except RuntimeError as exc:  # the server is down or restarting: ask again
+                state = {"error": str(exc)}
+            else:
+                if pred(state):
+                    return state
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.service} at {self.address}: replication state {state} after {timeout} s")
             time.sleep(0.1)

@@ -10,7 +10,11 @@ Durability: every write is in the AOF, fsynced every second; a restart of
 the node (SIGTERM) loses nothing, a crash of the machine at most the last
 second. A client that must not lose a write to a crash waits for the
 replica (``WAIT 1 <ms>``); a promoted replica holds every write so
-acknowledged.
+acknowledged. One case is not covered: if redis-server alone crashes on a
+primary whose node stays alive, the supervisor restarts it from its AOF
+(possibly a second short) and the replica resynchronises from it, so the
+last second can be lost even where ``WAIT`` acknowledged it (Redis's own
+caveat; ``appendfsync always`` would close it at a large cost per write).
 
 Roles: ``replicaof`` is in the config when the runner starts as a replica,
 so the supervisor's restarts keep the role; ``set_role`` changes it live
