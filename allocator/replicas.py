@@ -43,8 +43,10 @@ synchronous mode makes a commit wait for the standby.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from allocator.view import NodeView
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,26 @@ def primary_of(service: str, copies: Iterable[Copy]) -> Roles:
     epoch = chosen.epoch if keeps else top + 1
     replicas = tuple(c.node_id for c in live if c.node_id != chosen.node_id)
     return Roles(chosen.node_id, epoch, replicas, not keeps)
+
+
+def copies(service: str, view: Iterable[NodeView], claims: Mapping[str, tuple[int, bool]]) -> list[Copy]:
+    """The copies of ``service`` in ``view``: nodes that run it or gossip a claim for it.
+
+    ``claims`` maps node id -> (epoch, primary) as each node gossips it for
+    ``service`` (absent: no data). ``runs`` is the service being in the
+    node's ``services`` (its runner has not failed); ``alive`` is SWIM's
+    alive or suspect. A node that left or died keeps its claim in the view,
+    which is what stops an empty copy from being promoted over its data.
+    """
+    out = []
+    for node in view:
+        claim = claims.get(node.node_id)
+        runs = service in node.services
+        if claim is None and not runs:
+            continue
+        epoch, primary = claim if claim is not None else (0, False)
+        out.append(Copy(node.node_id, alive=node.is_alive, runs=runs and node.is_alive, epoch=max(0, int(epoch)), primary=bool(primary)))
+    return out
 
 
 def _collapse(copies: Iterable[Copy]) -> list[Copy]:

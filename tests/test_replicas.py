@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from allocator.replicas import Copy, Roles, primary_of, rank
+from allocator.replicas import Copy, Roles, copies, primary_of, rank
+from allocator.view import NodeView
 
 S = "redis"
 
@@ -122,3 +123,20 @@ def test_a_joining_node_never_takes_over(copies: list[Copy], newcomer: str) -> N
     bootstrap = before.promoted and before.epoch == 1
     if before.primary is not None and not bootstrap:
         assert (after.primary, after.epoch) == (before.primary, before.epoch)
+
+
+def test_copies_from_a_view() -> None:
+    view = [
+        NodeView("a", "storage", services=("redis",), status="dead"),
+        NodeView("b", "storage", services=("redis", "postgres")),
+        NodeView("c", "storage", services=("postgres",)),
+        NodeView("d", "storage", services=(), status="left"),
+    ]
+    claims = {"a": (3, True), "b": (3, False), "d": (1, False)}
+    got = copies(S, view, claims)
+    assert got == [
+        Copy("a", alive=False, runs=False, epoch=3, primary=True),
+        Copy("b", alive=True, runs=True, epoch=3, primary=False),
+        Copy("d", alive=False, runs=False, epoch=1, primary=False),
+    ]
+    assert primary_of(S, got) == Roles("b", 4, (), True)
