@@ -25,18 +25,29 @@ that has not heard of its successor.
 
 PostgreSQL's synchronous commit is turned on only while the primary has a
 replica in the view (a commit would otherwise wait for ever).
+
+``converge`` is the whole step for one service, as the manager runs it:
+copies from the view and the claims, ``primary_of``, ``apply``, and the
+local forwarder retargeted to the primary (``services.service_proxy``).
+``endpoints`` says where each member's copy listens, from its gossiped
+metadata (the host of its ``http`` address, or its gossip host when that is
+a wildcard, and the service's port in ``service_ports``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from allocator.replicas import Roles
+from allocator.replicas import Copy, Roles, copies, primary_of
+from allocator.view import NodeView
+from membership import MemberView
 from p2p.identity import atomic_write
+from services.routing import WILDCARD_HOSTS, connect_host, split_host_port
+from services.service_proxy import ServiceProxy
 from services.stateful import Endpoint, StatefulRunner
 
 log = logging.getLogger(__name__)
@@ -109,3 +120,57 @@ class ReplicaDriver:
         self.claim = claim
         self._dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self._dir / STATE_FILE, (json.dumps(asdict(claim)) + "\n").encode(), mode=0o600)
+
+
+def endpoints(service: str, members: Iterable[MemberView], me: str) -> dict[str, Endpoint]:
+    """Where each up member's copy of ``service`` listens, as this node (``me``) reaches it."""
+    out = {}
+    for m in members:
+        if m.status.is_down:
+            continue
+        port = m.meta.port_of(service)
+        http = split_host_port(m.meta.http)
+        if port is None or http is None:
+            continue
+        if m.node == me:
+            host = connect_host(http[0])
+        else:
+            # A wildcard HTTP host is no address for others; the gossip host is where that node is.
+            host = m.addr[0] if http[0] in WILDCARD_HOSTS else http[0]
+        out[m.node] = Endpoint(host, port)
+    return out
+
+
+async def converge(
+    driver: ReplicaDriver | None,
+    service: str,
+    view: Iterable[NodeView],
+    claims: Mapping[str, tuple[int, bool]],
+    where: Mapping[str, Endpoint],
+    proxy: ServiceProxy | None = None,
+) -> Roles:
+    """One step for ``service``: decide from the view, move the local copy (if any), retarget the proxy.
+
+    ``claims`` are the other nodes' gossiped claims; this node's own comes
+    from ``driver`` (it may be newer than what the view has heard), and its
+    copy counts as running. Call it once before ``runner.start()`` (so the
+    copy starts in its role) and then on every view change and tick.
+
+    At bootstrap two fresh nodes that do not see each other's copy yet can
+    both start as primary of epoch 1; once each sees the other, the rank
+    decides and the other becomes its replica (its empty-start writes, if
+    any client reached it, are dropped). A node with data only acts after
+    its view is settled (the manager's ``wait_settled``).
+    """
+    claims = dict(claims)
+    found = copies(service, view, claims)
+    if driver is not None:
+        # This node runs (or is about to start) its copy, whatever its gossip says yet, with its own claim.
+        own = Copy(driver.node_id, alive=True, runs=True, epoch=driver.claim.epoch, primary=driver.claim.primary)
+        found = [c for c in found if c.node_id != driver.node_id] + [own]
+    roles = primary_of(service, found)
+    if driver is not None:
+        await driver.apply(roles, where)
+    if proxy is not None:
+        proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
+    return roles

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from allocator.replicas import Copy, primary_of
+from allocator.view import NodeView
 from services.replication import ReplicaDriver, load_claim
+from services.replication import converge as step
+from services.replication import endpoints
 from services.runners.resp import RespClient, RespError
 from services.runners.stateful import make_stateful_runner, service_dir
 from services.stateful import Endpoint
@@ -37,18 +40,20 @@ class Node:
 
 
 async def converge(nodes: list[Node], rounds: int = 100) -> str | None:
-    """Apply every node's decision from the shared view until the claims stop changing."""
+    """Run ``services.replication.converge`` on every node over the shared view until claims settle."""
     import asyncio
 
     for _ in range(rounds):
-        view = [n.copy() for n in nodes]
+        view = [NodeView(n.name, "storage", services=(S,) if n.started else (), status="alive" if n.alive else "dead") for n in nodes]
+        claims = {n.name: (n.driver.claim.epoch, n.driver.claim.primary) for n in nodes}
         endpoints = {n.name: n.runner.endpoint for n in nodes if n.alive and n.runner.endpoint}
         changed = False
         for n in nodes:
             if not n.alive:
                 continue
-            roles = primary_of(S, view)
-            changed |= await n.driver.apply(roles, endpoints)  # type: ignore[arg-type]
+            before = n.driver.claim
+            await step(n.driver, S, view, claims, endpoints)  # type: ignore[arg-type]
+            changed |= n.driver.claim != before
             if not n.started:
                 await n.runner.start()
                 n.started = True
@@ -108,3 +113,20 @@ async def failover_and_rejoin(tmp_path: Path) -> None:
     finally:
         for n in nodes:
             await n.runner.stop()
+
+
+def test_endpoints_from_gossiped_metadata() -> None:
+    from membership import Load, MemberView, NodeMeta, Status
+
+    def member(node: str, http: str, ports: tuple[tuple[str, int], ...], status: Status = Status.ALIVE) -> MemberView:
+        meta = NodeMeta(name=node, worker_type="storage", http=http, service_ports=ports)
+        return MemberView(node, status, 1, ("10.0.0." + node[-1], 7946), meta, Load(), None, None)
+
+    members = [
+        member("n1", "0.0.0.0:8080", (("redis", 6379),)),
+        member("n2", "192.168.1.2:8080", (("redis", 16379), ("postgres", 5432))),
+        member("n3", "192.168.1.3:8080", (("redis", 6379),), Status.DEAD),
+        member("n4", "192.168.1.4:8080", ()),
+    ]
+    assert endpoints(S, members, me="n9") == {"n1": Endpoint("10.0.0.1", 6379), "n2": Endpoint("192.168.1.2", 16379)}
+    assert endpoints(S, members, me="n1")["n1"] == Endpoint("127.0.0.1", 6379)
