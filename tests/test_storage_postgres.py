@@ -134,3 +134,29 @@ def test_failover_keeps_every_committed_row_and_the_old_primary_rejoins_as_stand
         proxy.close()
         a.stop()
         b.stop()
+
+
+def test_a_live_primary_demoted_is_rewound_onto_the_new_primary(tmp_path: Path, data_root: Path) -> None:
+    """Both sides of a healed partition were primary: the loser stops, pg_rewind, follows; one history remains."""
+    a = StorageNode("postgres", data_root / "a", tmp_path / "a.log", role="primary")
+    b = StorageNode("postgres", data_root / "b", tmp_path / "b.log", role="replica", primary=a.address)
+    try:
+        b.wait_replication(lambda s: s["linked"], timeout=60)
+        a.sql("CREATE TABLE t (id int PRIMARY KEY, side text); INSERT INTO t VALUES (1, 'both')")
+        b.wait_replication(lambda s: s["offset"] >= a.request("replication")["offset"], timeout=30)
+        b.set_role("primary")  # the partition: b promoted while a still runs
+        a.sql("INSERT INTO t VALUES (2, 'only a')")
+        b.sql("INSERT INTO t VALUES (3, 'only b')")
+
+        a.set_role("replica", b.address)  # live demotion: stop, rewind, start as standby
+        a.wait_replication(lambda s: s["role"] == "replica" and s["linked"], timeout=60)
+        deadline = time.monotonic() + 30
+        while a.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").strip() != "1,3":
+            assert time.monotonic() < deadline, a.sql("SELECT * FROM t")
+            time.sleep(0.1)
+        assert not (data_root / "a" / "services" / "postgres" / "pgdata.discarded").exists(), "copied afresh, not rewound"
+        with pytest.raises(RuntimeError, match="read-only transaction"):
+            a.sql("INSERT INTO t VALUES (4, 'split brain')")
+    finally:
+        a.stop()
+        b.stop()

@@ -203,3 +203,32 @@ async def test_a_crashed_server_is_restarted_in_its_role_with_its_data(tmp_path:
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_live_primary_demoted_drops_its_divergent_writes(tmp_path: Path, data_root: Path) -> None:
+    """Both sides of a healed partition were primary: the loser becomes a replica live, one history remains."""
+    a = StorageNode("redis", data_root / "a", tmp_path / "a.log", role="primary")
+    b = StorageNode("redis", data_root / "b", tmp_path / "b.log", role="replica", primary=a.address)
+    try:
+        b.wait_replication(lambda s: s["linked"])
+        assert len(await write_acknowledged(a.port, a.password, 10)) == 10
+        b.set_role("primary")  # the partition: b promoted while a still runs
+        ca = await connect(a.port, a.password)
+        cb = await connect(b.port, b.password)
+        assert await ca.command("SET", "only-on-a", "1") == "OK"
+        assert await cb.command("SET", "only-on-b", "1") == "OK"
+        await ca.close()
+
+        a.set_role("replica", b.address)  # the view decides for b (higher epoch)
+        a.wait_replication(lambda s: s["role"] == "replica" and s["linked"])
+        ca = await connect(a.port, a.password)
+        assert await ca.command("GET", "only-on-b") == b"1"
+        assert await ca.command("GET", "only-on-a") is None
+        assert await ca.command("GET", "key:9") == b"value of key:9"
+        with pytest.raises(RespError, match="READONLY"):
+            await ca.command("SET", "x", "y")
+        await ca.close()
+        await cb.close()
+    finally:
+        a.stop()
+        b.stop()
