@@ -160,3 +160,33 @@ def test_a_live_primary_demoted_is_rewound_onto_the_new_primary(tmp_path: Path, 
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_standby_restarted_as_primary_forks_a_new_timeline(tmp_path: Path, data_root: Path) -> None:
+    """Both nodes down; the replica's node comes back first and the view makes it primary."""
+    a = StorageNode("postgres", data_root / "a", tmp_path / "a.log", role="primary")
+    b = StorageNode("postgres", data_root / "b", tmp_path / "b.log", role="replica", primary=a.address)
+    try:
+        b.wait_replication(lambda s: s["linked"], timeout=60)
+        a.sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)")
+        b.wait_replication(lambda s: s["offset"] >= a.request("replication")["offset"], timeout=30)
+    finally:
+        a.stop()
+        b.stop()
+    b = StorageNode("postgres", data_root / "b", tmp_path / "b2.log", role="primary")
+    try:
+        assert b.sql("SELECT count(*) FROM t").strip() == "100"
+        b.sql("INSERT INTO t VALUES (101)")
+        b.sql("CHECKPOINT")
+        assert int(b.sql("SELECT timeline_id FROM pg_control_checkpoint()").strip()) > 1
+        a = StorageNode("postgres", data_root / "a", tmp_path / "a2.log", role="replica", primary=b.address)
+        try:
+            a.wait_replication(lambda s: s["role"] == "replica" and s["linked"], timeout=60)
+            deadline = time.monotonic() + 30
+            while a.sql("SELECT count(*) FROM t").strip() != "101":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            a.stop()
+    finally:
+        b.stop()

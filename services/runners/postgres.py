@@ -24,7 +24,8 @@ Roles and replication (streaming, WAL level ``replica``):
 - a first start as replica copies the primary with ``pg_basebackup`` and
   follows it (``standby.signal``, ``primary_conninfo``);
 - ``set_role("primary")`` on a replica: ``pg_ctl promote``: it keeps its
-  data and takes writes on a new timeline;
+  data and takes writes on a new timeline (a standby's data dir started as
+  primary is started as a standby and promoted the same way);
 - a copy that was primary and must now be a replica (an old primary coming
   back) is stopped, rewound onto the new primary's timeline with
   ``pg_rewind`` (its divergent, unreplicated transactions are discarded:
@@ -233,6 +234,12 @@ class PostgresRunner:
             policy=self._policy, on_give_up=self._gave_up, stop_signal=signal.SIGINT,
         )  # fmt: skip
         await self.supervisor.start_ready(READY_TIMEOUT)
+        if self._role == "primary" and (self._pgdata / "standby.signal").exists():
+            # Told to be primary while holding a standby's data: start as a standby (replaying
+            # what it has) and promote, so that its history forks onto a new timeline. Starting
+            # it without standby.signal would continue the old timeline, which pg_rewind could
+            # then not tell apart from the former primary's.
+            await self._promote()
         log.info(
             "node %s: service %s started as %s on %s:%d (pid %s)%s",
             self._node_id, self.service, self._role, self._host, port, self.supervisor.pid,
@@ -267,11 +274,7 @@ class PostgresRunner:
         if role == "primary":
             # A standby promoted keeps its data; the config loses primary_conninfo for its restarts.
             self._write_config(self.port)
-            await self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", str(self._pgdata))
-            # The control file names the new timeline only after a checkpoint; pg_rewind of the
-            # old primary against us reads it ("same timeline, no rewind required" otherwise).
-            await self.sql("CHECKPOINT")
-            log.info("node %s: service %s promoted to primary", self._node_id, self.service)
+            await self._promote()
         elif before_role == "replica":
             self._write_config(self.port)
             await self._run("pg_ctl", "reload", "-D", str(self._pgdata))  # primary_conninfo reloads without a restart
@@ -281,6 +284,16 @@ class PostgresRunner:
             log.warning("node %s: service %s demoted: rewinding onto %s", self._node_id, self.service, primary)
             await self.stop()
             await self.start()
+
+    async def _promote(self) -> None:
+        """End recovery on a new timeline (idempotent: a server already out of recovery is left alone)."""
+        if (await self.sql("SELECT pg_is_in_recovery()")).strip() != "t":
+            return
+        await self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", str(self._pgdata))
+        # The control file names the new timeline only after a checkpoint; pg_rewind of the
+        # old primary against us reads it ("same timeline, no rewind required" otherwise).
+        await self.sql("CHECKPOINT")
+        log.info("node %s: service %s promoted to primary", self._node_id, self.service)
 
     async def set_synchronous(self, synchronous: bool) -> None:
         """Whether the primary's commits wait for a standby; off when no replica can exist."""
@@ -326,9 +339,6 @@ class PostgresRunner:
                 await self._basebackup()
         elif self._role == "replica" and not (self._pgdata / "standby.signal").exists():
             await self._rewind()
-        elif self._role == "primary" and (self._pgdata / "standby.signal").exists():
-            # Told to be primary at start while holding a standby's data: promote it on start.
-            (self._pgdata / "standby.signal").unlink()
         self._write_hba()
 
     async def _initdb(self) -> None:
