@@ -82,6 +82,7 @@ async def test_connections_beyond_the_limit_are_refused() -> None:
             assert await asyncio.wait_for(r.read(10), 5) == b"a"
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         assert await asyncio.wait_for(reader.read(10), 5) == b""  # closed at once
+        writer.close()
         assert proxy.refused == 1
         for _, w in held:
             w.close()
