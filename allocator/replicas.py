@@ -1,0 +1,147 @@
+"""Which copy of a stateful service is primary: a pure function of the view.
+
+Input: one ``Copy`` per node the view knows that holds (or held) a copy of
+the service, with what that node gossips about it:
+
+- ``alive``: the member is alive or suspect (SWIM), and ``runs``: it runs
+  the service now (its runner has not failed);
+- ``epoch``: the history its data belongs to. A primary gossips the epoch it
+  was chosen at; a replica gossips its primary's epoch once it has streamed
+  from it; 0 means no data yet (a fresh or still-copying replica);
+- ``primary``: the node says it is the primary (of ``epoch``).
+
+Rule (``primary_of``):
+
+1. Among alive running copies that claim to be primary, the one with the
+   highest epoch stays primary (ties: the stable rank). So a node that
+   joins never takes the role (it claims nothing), and an old primary that
+   returns with an old claim loses to the current one and becomes its
+   replica: no split brain once both are in the view.
+2. With no live claimant (the primary died), the alive running copy with
+   data from the most recent history (highest ``epoch``, then the rank) is
+   promoted. A copy with no data (epoch 0) is never promoted while any copy
+   in the view, dead or alive, has data: the answer is then *no primary*
+   rather than a fresh empty database. Only a view where no copy ever had
+   data (bootstrap) picks an empty copy, by rank; until that copy's claim
+   is gossiped a better-ranked node joining can still take the pick (no
+   data is at stake then). Once a primary has claimed, a join never moves it.
+3. The chosen primary's epoch is its own if that is already the highest
+   epoch in the view, else ``max epoch in the view + 1`` (a new promotion),
+   so that a later-returning copy with an older claim always loses.
+
+Rank: blake2b-64 of ``service + "/" + node_id`` (different services put
+their primaries on different nodes). Everything is order-independent:
+inputs are collapsed by node id and sorted first.
+
+Caveat (stated, not solved here): two sides of a network partition each see
+the other dead and can each promote; when the partition heals the higher
+epoch wins and the other side's writes since the split are discarded.
+Redis clients that need a write to survive use ``WAIT``; PostgreSQL's
+synchronous mode makes a commit wait for the standby.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from allocator.view import NodeView
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One node's copy of a stateful service, as the view shows it."""
+
+    node_id: str
+    alive: bool
+    runs: bool
+    epoch: int = 0
+    primary: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epoch < 0:
+            raise ValueError(f"{self.node_id}: negative epoch {self.epoch}")
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """The decision for one service: its primary (None: no writable copy now) and replicas."""
+
+    primary: str | None
+    epoch: int
+    """The epoch the primary claims (what it gossips); the history replicas follow."""
+    replicas: tuple[str, ...]
+    """Alive running copies other than the primary, by node id."""
+    promoted: bool
+    """True when the primary is not (yet) a claimant of this epoch: it must promote itself."""
+
+
+def rank(service: str, node_id: str) -> tuple[bytes, str]:
+    """The stable ordering key of a node for ``service`` (lower ranks first)."""
+    digest = hashlib.blake2b(f"{service}/{node_id}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return digest, node_id
+
+
+def primary_of(service: str, copies: Iterable[Copy]) -> Roles:
+    """Roles of every copy of ``service``; see the module docstring. Pure and order-independent."""
+    view = _collapse(copies)
+    if not view:
+        return Roles(None, 0, (), False)
+    top = max(c.epoch for c in view)
+    live = [c for c in view if c.alive and c.runs]
+
+    def best(candidates: list[Copy]) -> Copy:
+        # Highest epoch first, then the lowest rank.
+        return min(candidates, key=lambda c: (-c.epoch, rank(service, c.node_id)))
+
+    # A claim without data (epoch 0) is not a primary's: ignored, whatever a peer gossips.
+    claimants = [c for c in live if c.primary and c.epoch > 0]
+    if claimants:
+        chosen = best(claimants)
+    else:
+        with_data = [c for c in live if c.epoch > 0]
+        if with_data:
+            chosen = best(with_data)
+        elif top == 0 and live:
+            chosen = best(live)  # bootstrap: no copy ever had data
+        else:
+            return Roles(None, top, tuple(c.node_id for c in live), False)
+    keeps = chosen.primary and chosen.epoch == top and top > 0
+    epoch = chosen.epoch if keeps else top + 1
+    replicas = tuple(c.node_id for c in live if c.node_id != chosen.node_id)
+    return Roles(chosen.node_id, epoch, replicas, not keeps)
+
+
+def copies(service: str, view: Iterable[NodeView], claims: Mapping[str, tuple[int, bool]]) -> list[Copy]:
+    """The copies of ``service`` in ``view``: nodes that run it or gossip a claim for it.
+
+    ``claims`` maps node id -> (epoch, primary) as each node gossips it for
+    ``service`` (absent: no data). ``runs`` is the service being in the
+    node's ``services`` (its runner has not failed); ``alive`` is SWIM's
+    alive or suspect. A node that left or died keeps its claim in the view,
+    which is what stops an empty copy from being promoted over its data.
+    """
+    out = []
+    for node in view:
+        claim = claims.get(node.node_id)
+        runs = service in node.services
+        if claim is None and not runs:
+            continue
+        epoch, primary = claim if claim is not None else (0, False)
+        out.append(Copy(node.node_id, alive=node.is_alive, runs=runs and node.is_alive, epoch=max(0, int(epoch)), primary=bool(primary)))
+    return out
+
+
+def _collapse(copies: Iterable[Copy]) -> list[Copy]:
+    """One entry per node id, sorted: duplicates keep the greatest (epoch, primary, alive, runs)."""
+    best: dict[str, Copy] = {}
+    for c in copies:
+        old = best.get(c.node_id)
+        if old is None or _precedence(c) > _precedence(old):
+            best[c.node_id] = c
+    return [best[k] for k in sorted(best)]
+
+
+def _precedence(c: Copy) -> tuple[int, bool, bool, bool]:
+    return (c.epoch, c.primary, c.alive, c.runs)

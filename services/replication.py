@@ -1,0 +1,176 @@
+"""Drive a node's copy of a stateful service to the role the view gives it; say what to gossip.
+
+The manager keeps one ``ReplicaDriver`` per stateful service it runs. On
+every view change (and every reconcile tick) it computes
+``allocator.replicas.primary_of(service, copies)`` from the view (every
+node's gossiped ``Claim`` plus its liveness) and calls
+``driver.apply(roles, endpoints)``; then it gossips ``driver.claim``.
+
+- chosen as primary: ``set_role("primary")`` (a replica is promoted, keeping
+  its data); the claim becomes ``(roles.epoch, primary=True)``;
+- a replica: ``set_role("replica", endpoint of the primary)``; its claim
+  takes the primary's epoch only once it streams from it (until then its
+  data is not known to hold that history, so it is not a promotion
+  candidate for it);
+- no primary in the view (the copies with data are all gone): nothing
+  changes; a replica keeps what it has and waits.
+
+The claim is kept in ``<service dir>/replication.json`` so that a restarted
+node knows which history its data belongs to, and that it was primary:
+it then claims its old epoch and, if another copy was promoted meanwhile,
+loses to it and follows it (``primary_of``, rule 1). The manager must call
+``apply`` only once its view holds the other nodes' claims (after the
+join's full state sync), or a returning old primary could act on a view
+that has not heard of its successor.
+
+PostgreSQL's synchronous commit is turned on only while the primary has a
+replica in the view (a commit would otherwise wait for ever).
+
+``converge`` is the whole step for one service, as the manager runs it:
+copies from the view and the claims, ``primary_of``, ``apply``, and the
+local forwarder retargeted to the primary (``services.service_proxy``).
+``endpoints`` says where each member's copy listens, from its gossiped
+metadata (the host of its ``http`` address, or its gossip host when that is
+a wildcard, and the service's port in ``service_ports``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from allocator.replicas import Copy, Roles, copies, primary_of
+from allocator.view import NodeView
+from membership import MemberView
+from p2p.identity import atomic_write
+from services.routing import WILDCARD_HOSTS, connect_host, split_host_port
+from services.service_proxy import ServiceProxy
+from services.stateful import Endpoint, StatefulRunner
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "replication.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a node gossips about its copy of a stateful service."""
+
+    epoch: int = 0
+    primary: bool = False
+
+
+def load_claim(service_dir: Path) -> Claim:
+    """The claim kept in ``service_dir``; an absent or unreadable file is no data (epoch 0)."""
+    try:
+        raw = json.loads((service_dir / STATE_FILE).read_text())
+        epoch, primary = raw["epoch"], raw["primary"]
+        if isinstance(epoch, int) and epoch >= 0 and isinstance(primary, bool):
+            return Claim(epoch, primary)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return Claim()
+
+
+class ReplicaDriver:
+    def __init__(self, service: str, node_id: str, runner: StatefulRunner, service_dir: Path, *, synchronous: bool = False) -> None:
+        self.service = service
+        self.node_id = node_id
+        self.runner = runner
+        self._dir = Path(service_dir)
+        self._synchronous = synchronous
+        self.claim = load_claim(self._dir)
+        self.following: Endpoint | None = None
+
+    async def apply(self, roles: Roles, endpoints: Mapping[str, Endpoint]) -> bool:
+        """Move the local copy to its role in ``roles``; True when ``claim`` changed (gossip it)."""
+        before = self.claim
+        if roles.primary == self.node_id:
+            if self.runner.role != "primary" or self.following is not None:
+                log.info("node %s: %s primary at epoch %d%s", self.node_id, self.service, roles.epoch, " (promoted)" if roles.promoted else "")
+            await self.runner.set_role("primary", None)
+            self.following = None
+            set_sync = getattr(self.runner, "set_synchronous", None)
+            if set_sync is not None and self.runner.port is not None:
+                await set_sync(self._synchronous and bool(roles.replicas))
+            self._set_claim(Claim(roles.epoch, True))
+        elif roles.primary is not None:
+            target = endpoints.get(roles.primary)
+            if target is None:
+                return False  # the primary's address is not in the view yet
+            if target != self.following:
+                log.info("node %s: %s follows %s (%s) at epoch %d", self.node_id, self.service, roles.primary, target, roles.epoch)
+            await self.runner.set_role("replica", target)
+            self.following = target
+            if self.runner.port is not None:
+                state = await self.runner.replication()
+                if state.role == "replica" and state.linked:
+                    self._set_claim(Claim(roles.epoch, False))
+                elif before.primary:
+                    # No longer primary, whatever happens next: never claim it again for that epoch.
+                    self._set_claim(Claim(before.epoch, False))
+        return self.claim != before
+
+    def _set_claim(self, claim: Claim) -> None:
+        if claim == self.claim:
+            return
+        self.claim = claim
+        self._dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._dir / STATE_FILE, (json.dumps(asdict(claim)) + "\n").encode(), mode=0o600)
+
+
+def endpoints(service: str, members: Iterable[MemberView], me: str) -> dict[str, Endpoint]:
+    """Where each up member's copy of ``service`` listens, as this node (``me``) reaches it."""
+    out = {}
+    for m in members:
+        if m.status.is_down:
+            continue
+        port = m.meta.port_of(service)
+        http = split_host_port(m.meta.http)
+        if port is None or http is None:
+            continue
+        if m.node == me:
+            host = connect_host(http[0])
+        else:
+            # A wildcard HTTP host is no address for others; the gossip host is where that node is.
+            host = m.addr[0] if http[0] in WILDCARD_HOSTS else http[0]
+        out[m.node] = Endpoint(host, port)
+    return out
+
+
+async def converge(
+    driver: ReplicaDriver | None,
+    service: str,
+    view: Iterable[NodeView],
+    claims: Mapping[str, tuple[int, bool]],
+    where: Mapping[str, Endpoint],
+    proxy: ServiceProxy | None = None,
+) -> Roles:
+    """One step for ``service``: decide from the view, move the local copy (if any), retarget the proxy.
+
+    ``claims`` are the other nodes' gossiped claims; this node's own comes
+    from ``driver`` (it may be newer than what the view has heard), and its
+    copy counts as running. Call it once before ``runner.start()`` (so the
+    copy starts in its role) and then on every view change and tick.
+
+    At bootstrap two fresh nodes that do not see each other's copy yet can
+    both start as primary of epoch 1; once each sees the other, the rank
+    decides and the other becomes its replica (its empty-start writes, if
+    any client reached it, are dropped). A node with data only acts after
+    its view is settled (the manager's ``wait_settled``).
+    """
+    claims = dict(claims)
+    found = copies(service, view, claims)
+    if driver is not None:
+        # This node runs (or is about to start) its copy, whatever its gossip says yet, with its own claim.
+        own = Copy(driver.node_id, alive=True, runs=True, epoch=driver.claim.epoch, primary=driver.claim.primary)
+        found = [c for c in found if c.node_id != driver.node_id] + [own]
+    roles = primary_of(service, found)
+    if driver is not None:
+        await driver.apply(roles, where)
+    if proxy is not None:
+        proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
+    return roles

@@ -1,0 +1,275 @@
+"""Redis: a supervised ``redis-server`` with its data under the node's data dir, primary or replica.
+
+Layout of ``<data dir>/services/redis/``::
+
+    password        the pool's Redis password (0600, services.credentials)
+    redis.conf      written by the runner before every start (0600: holds the password)
+    data/           RDB snapshot and the append-only file (appendonly yes, fsync every second)
+
+Durability: every write is in the AOF, fsynced every second; a restart of
+the node (SIGTERM) loses nothing, a crash of the machine at most the last
+second. A client that must not lose a write to a crash waits for the
+replica (``WAIT 1 <ms>``); a promoted replica holds every write so
+acknowledged. One case is not covered: if redis-server alone crashes on a
+primary whose node stays alive, the supervisor restarts it from its AOF
+(possibly a second short) and the replica resynchronises from it, so the
+last second can be lost even where ``WAIT`` acknowledged it (Redis's own
+caveat; ``appendfsync always`` would close it at a large cost per write).
+
+Roles: ``replicaof`` is in the config when the runner starts as a replica,
+so the supervisor's restarts keep the role; ``set_role`` changes it live
+(``REPLICAOF host port`` / ``REPLICAOF NO ONE``) and rewrites the config.
+A replica that used to be primary does a full resync from the new primary:
+its writes that never reached a replica are dropped, which is what keeps
+one history (no split brain).
+
+Privileges: when the daemon is root, redis-server runs as
+``RMAP2P_REDIS_USER`` (default ``redis``, the user the Debian package
+creates) and owns its ``data/`` and ``redis.conf``; where that user does not
+exist it runs as root (Redis allows it; a warning says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from p2p.identity import atomic_write
+from services.runner import RunnerError
+from services.runners.native import NativeSupervisor, RunAs, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
+from services.runners.resp import RespClient, RespError, parse_info
+from services.stateful import Endpoint, ReplicationState, Role
+from services.supervisor import RestartPolicy, connect_host
+
+log = logging.getLogger(__name__)
+
+SERVICE = "redis"
+DEFAULT_PORT = 6379
+BINARY = "redis-server"
+USER_ENV = "RMAP2P_REDIS_USER"
+DEFAULT_USER = "redis"
+READY_TIMEOUT = 30.0
+
+
+def find_binary() -> str | None:
+    return shutil.which(BINARY)
+
+
+def render_config(*, host: str, port: int, data: Path, password: str, primary: Endpoint | None) -> str:
+    """redis.conf for one copy. Pure."""
+    lines = [
+        f"bind {host}",
+        f"port {port}",
+        # requirepass guards every connection; protected mode would refuse non-loopback clients besides.
+        "protected-mode no",
+        "daemonize no",
+        'logfile ""',
+        "loglevel notice",
+        f'dir "{data}"',
+        "dbfilename dump.rdb",
+        "appendonly yes",
+        "appendfsync everysec",
+        "save 3600 1 300 100 60 10000",
+        f"requirepass {password}",
+        f"masterauth {password}",
+        "replica-read-only yes",
+        "replica-serve-stale-data yes",
+        # A full resync streams the snapshot at once instead of waiting 5 s for more replicas.
+        "repl-diskless-sync yes",
+        "repl-diskless-sync-delay 0",
+        "repl-diskless-load swapdb",
+    ]
+    if primary is not None:
+        lines.append(f"replicaof {primary.host} {primary.port}")
+    return "\n".join(lines) + "\n"
+
+
+class RedisRunner:
+    """One copy of ``redis``; see the module docstring."""
+
+    def __init__(
+        self,
+        service_dir: Path,
+        host: str,
+        port: int,
+        node_id: str,
+        password: str,
+        *,
+        policy: RestartPolicy | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
+        binary: str | None = None,
+        service: str = SERVICE,
+    ) -> None:
+        if not password:
+            raise RunnerError(f"{service}: refusing to run without a password")
+        self.service = service
+        self._dir = Path(service_dir)
+        self._host = host
+        self._want_port = port
+        self._node_id = node_id
+        self._password = password
+        self._policy = policy
+        self._on_failed = on_failed
+        self._binary = binary or find_binary()
+        self._role: Role = "primary"
+        self._primary: Endpoint | None = None
+        self._as: RunAs | None = None
+        self.supervisor: NativeSupervisor | None = None
+
+    # ------------------------------------------------------------ Runner
+
+    @property
+    def port(self) -> int | None:
+        s = self.supervisor
+        return s.port if s is not None and s.state not in ("stopped", "failed") else None
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def failed(self) -> str | None:
+        return self.supervisor.gave_up if self.supervisor is not None else None
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        port = self.port
+        return Endpoint(connect_host(self._host), port) if port else None
+
+    @property
+    def password(self) -> str:
+        return self._password
+
+    async def start(self) -> None:
+        if self._binary is None:
+            raise RunnerError(f"{self.service}: {BINARY} not found (apt-get install redis-server)")
+        data = self._dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self._as = self._unprivileged_user()
+        chown_tree(data, self._as)
+        port = pick_port(self._host, self._want_port)
+        self._want_port = port  # restarts of this runner keep its port
+        self._write_config(port)
+        argv = guarded_argv([self._binary, str(self._dir / "redis.conf")], self._as)
+        self.supervisor = NativeSupervisor(
+            self.service, argv, {}, self._host, port, self._ping,
+            policy=self._policy, on_give_up=self._gave_up,
+        )  # fmt: skip
+        await self.supervisor.start_ready(READY_TIMEOUT)
+        log.info(
+            "node %s: service %s started as %s on %s:%d (pid %s)%s",
+            self._node_id, self.service, self._role, self._host, port, self.supervisor.pid,
+            f", replica of {self._primary}" if self._primary else "",
+        )  # fmt: skip
+
+    async def health(self) -> str:
+        s = self.supervisor
+        if s is None or s.state == "starting":
+            return "starting"
+        return "healthy" if s.state == "ready" and s.ready else "unhealthy"
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            log.info("node %s: service %s stopped", self._node_id, self.service)
+
+    # ------------------------------------------------------------ StatefulRunner
+
+    async def set_role(self, role: Role, primary: Endpoint | None) -> None:
+        if role == "replica" and primary is None:
+            raise ValueError("a replica needs a primary")
+        if role == "primary":
+            primary = None
+        changed = (role, primary) != (self._role, self._primary)
+        self._role, self._primary = role, primary
+        if self.supervisor is None or self.port is None:
+            return  # applied by start()
+        self._write_config(self.port)
+        if not changed:
+            return
+        args = ("REPLICAOF", "NO", "ONE") if primary is None else ("REPLICAOF", primary.host, primary.port)
+        await self.command(*args)
+        log.info("node %s: service %s is now %s%s", self._node_id, self.service, role, f" of {primary}" if primary else "")
+
+    async def replication(self) -> ReplicationState:
+        info = parse_info(await self.command("INFO", "replication"))  # type: ignore[arg-type]
+        if info.get("role") == "master":
+            return ReplicationState("primary", True, _streaming_replicas(info), int(info.get("master_repl_offset", 0)))
+        return ReplicationState(
+            "replica", info.get("master_link_status") == "up", 0,
+            int(info.get("slave_repl_offset", info.get("master_repl_offset", 0))),
+        )  # fmt: skip
+
+    async def wait_linked(self, timeout: float) -> None:
+        """Wait until this copy is a replica streaming from its primary (bounded)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            state = await self.replication()
+            if state.role == "replica" and state.linked:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self.service}: replica not linked to {self._primary} after {timeout:g} s")
+            await asyncio.sleep(0.05)
+
+    async def command(self, *args: str | bytes | int) -> object:
+        """One command on a fresh authenticated connection to this copy."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            raise RunnerError(f"{self.service}: not running")
+        client = await RespClient.connect(endpoint.host, endpoint.port, self._password)
+        try:
+            return await client.command(*args)
+        finally:
+            await client.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _write_config(self, port: int) -> None:
+        text = render_config(host=self._host, port=port, data=(self._dir / "data").resolve(), password=self._password, primary=self._primary)
+        atomic_write(self._dir / "redis.conf", text.encode(), mode=0o600)
+        chown_tree(self._dir / "redis.conf", self._as)
+
+    def _unprivileged_user(self) -> RunAs | None:
+        user = os.environ.get(USER_ENV, DEFAULT_USER)
+        try:
+            as_user = run_as(user)
+        except RunnerError:
+            log.warning("node %s: service %s runs as root: user %r does not exist", self._node_id, self.service, user)
+            return None
+        blocked = unreachable_ancestor(self._dir, as_user)
+        if blocked is not None:
+            log.warning("node %s: service %s runs as root: user %s cannot reach %s (no search permission on %s)", self._node_id, self.service, user, self._dir, blocked)
+            return None
+        return as_user
+
+    async def _ping(self) -> bool:
+        assert self.supervisor is not None and self.supervisor.port is not None
+        try:
+            client = await RespClient.connect(connect_host(self._host), self.supervisor.port, self._password, timeout=2.0)
+        except RespError:
+            return False
+        try:
+            reply = await asyncio.wait_for(client.command("PING"), 2.0)
+        except RespError:
+            return False  # LOADING: alive, not ready
+        finally:
+            await client.close()
+        return reply == "PONG"
+
+    def _gave_up(self, service: str, reason: str) -> None:
+        log.error("node %s: service %s failed for good: %s", self._node_id, service, reason)
+        if self._on_failed is not None:
+            self._on_failed(service, reason)
+
+
+def _streaming_replicas(info: dict[str, str]) -> int:
+    # slaveN:ip=...,port=...,state=online,offset=...,lag=...
+    return sum(1 for k, v in info.items() if k.startswith("slave") and k[5:].isdigit() and "state=online" in v)

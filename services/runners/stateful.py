@@ -1,0 +1,66 @@
+"""Registry of the stateful services' runners (storage engines with data and replicas).
+
+``make_stateful_runner(service, data_dir, host, port, node_id, pool_secret)``
+builds the runner of a storage service: its data under
+``<data_dir>/services/<service>/``, its password from
+``services.credentials`` (per pool, 0600, never a default). Whether this
+machine can run one is ``services.storage_probe``.
+
+| service | engine module | backend |
+|---|---|---|
+| redis | ``services.runners.redis_server`` | redis-server, replication with ``REPLICAOF`` |
+| postgres | ``services.runners.postgres`` | PostgreSQL's initdb/postgres, streaming replication |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from services.credentials import service_password
+from services.stateful import StatefulRunner
+from services.supervisor import RestartPolicy
+
+STATEFUL_ENGINES: dict[str, str] = {
+    "redis": "services.runners.redis_server",
+    "postgres": "services.runners.postgres",
+}
+
+
+def is_stateful(service: str) -> bool:
+    return service in STATEFUL_ENGINES
+
+
+def service_dir(data_dir: Path, service: str) -> Path:
+    """Where ``service`` keeps its data, password and config on this node."""
+    return Path(data_dir) / "services" / service
+
+
+def make_stateful_runner(
+    service: str,
+    data_dir: Path,
+    host: str,
+    port: int,
+    node_id: str,
+    pool_secret: bytes | None,
+    *,
+    policy: RestartPolicy | None = None,
+    on_failed: Callable[[str, str], None] | None = None,
+    synchronous: bool = False,
+) -> StatefulRunner:
+    """The runner of ``service`` on ``host:port`` (0: a free port), data under ``data_dir``.
+
+    ``synchronous``: PostgreSQL's primary commits only once a standby has the
+    WAL (the operator's choice; Redis clients ask per write with ``WAIT``).
+    """
+    directory = service_dir(data_dir, service)
+    password = service_password(directory, service, pool_secret)
+    if service == "redis":
+        from services.runners.redis_server import RedisRunner
+
+        return RedisRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed)
+    if service == "postgres":
+        from services.runners.postgres import PostgresRunner
+
+        return PostgresRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed, synchronous=synchronous)
+    raise KeyError(f"no stateful runner for {service}")

@@ -1,0 +1,114 @@
+"""Whether this machine can run each storage service, and why: facts gathered once, a pure decision.
+
+Same split as ``services.capabilities``: ``gather_storage_facts()`` looks at
+the machine (which server binaries exist, whether a Docker engine answers,
+whether we are root and the unprivileged user exists); ``can_run_storage``
+decides from those facts alone and is table-tested. A node advertises a
+storage service only when ``can_run_storage`` says yes, so the allocator
+never assigns what cannot start; the reason is one line for the node's log
+and ``rmap2p status``.
+
+| service | native | else |
+|---|---|---|
+| redis | ``redis-server`` on the PATH | a Docker engine (official image) |
+| postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | a Docker engine |
+| chromadb, minio, neo4j | (not written yet: ``chromadb`` package; minio, neo4j only by Docker) | a Docker engine |
+
+The Docker path of each engine is not written yet: a machine with an engine
+and no binary is reported as such ("docker engine present, runner not
+written"), never silently offered.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
+NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres"})
+"""Services whose native runner exists (services.runners.stateful)."""
+DOCKER_RUNNERS: frozenset[str] = frozenset()
+"""Services whose Docker runner exists (none yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFacts:
+    redis_server: str | None
+    """Path of redis-server, or None."""
+    postgres_bin: str | None
+    """Directory of PostgreSQL's server programs, or None."""
+    is_root: bool
+    postgres_user: str
+    postgres_user_exists: bool
+    setpriv: bool
+    """util-linux setpriv is there (privilege drop, death signal)."""
+    docker_engine: bool
+    """A Docker engine answers on this machine."""
+
+
+def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
+    """Whether this machine can run ``service``, and a one-line reason. Pure."""
+    if service == "redis" and facts.redis_server:
+        return True, f"redis: {facts.redis_server}"
+    if service == "postgres" and facts.postgres_bin:
+        if facts.is_root and not facts.postgres_user_exists:
+            return False, f"postgres: the daemon runs as root and user {facts.postgres_user!r} does not exist to run PostgreSQL as (useradd --system {facts.postgres_user}, or set RMAP2P_POSTGRES_USER)"
+        if facts.is_root and not facts.setpriv:
+            return False, "postgres: the daemon runs as root and setpriv (util-linux) is missing to drop privileges"
+        return True, f"postgres: {facts.postgres_bin}" + (f" as user {facts.postgres_user}" if facts.is_root else "")
+    native = {"redis": "redis-server not found (apt-get install redis-server)", "postgres": "PostgreSQL's server programs not found (apt-get install postgresql)"}
+    missing = native.get(service, f"no native {service} runner")
+    if facts.docker_engine:
+        if service in DOCKER_RUNNERS:
+            return True, f"{service}: Docker engine"
+        return False, f"{service}: {missing}; a Docker engine is present but the Docker runner is not written yet"
+    return False, f"{service}: {missing} and no Docker engine"
+
+
+def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
+    from services.runners.postgres import SUPERUSER, USER_ENV, find_bin_dir
+
+    user = env.get(USER_ENV, SUPERUSER)
+    try:
+        pwd.getpwnam(user)
+        user_exists = True
+    except KeyError:
+        user_exists = False
+    bin_dir = find_bin_dir(env)
+    return StorageFacts(
+        redis_server=shutil.which("redis-server"),
+        postgres_bin=str(bin_dir) if bin_dir else None,
+        is_root=os.geteuid() == 0,
+        postgres_user=user,
+        postgres_user_exists=user_exists,
+        setpriv=shutil.which("setpriv") is not None,
+        docker_engine=docker_engine_present(env),
+    )
+
+
+def probe_storage(env: Mapping[str, str] = os.environ, services: Iterable[str] = STORAGE_SERVICES) -> dict[str, tuple[bool, str]]:
+    """``can_run_storage`` for each of ``services`` on this machine."""
+    facts = gather_storage_facts(env)
+    return {s: can_run_storage(s, facts) for s in services}
+
+
+def docker_engine_present(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether a Docker engine answers (the Docker SDK's ping), without failing when there is none."""
+    host = env.get("DOCKER_HOST", "")
+    if not host and not os.path.exists("/var/run/docker.sock"):
+        return False
+    try:
+        import docker  # the 'docker' extra
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure to reach the engine means "no engine"
+        return False
