@@ -24,6 +24,12 @@ reply, so a slow or silent peer holds a slot for a bounded time. At most
 ``max_connections`` connections are served at once; the rest are closed on
 accept and counted.
 
+A frame that fails authentication is answered with one *unsealed* frame,
+``AUTH_REFUSED``, before the connection closes: the sender learns that the
+peer is there but cannot read it (a different keyring or cluster name),
+instead of seeing a silent close. The marker carries nothing secret and
+proves nothing; at worst a forger makes a node log that it was refused.
+
 Every malformed, truncated, oversized, unauthenticated or timed-out frame is
 dropped and counted in :class:`StreamStats` and the connection closed; a
 handler exception is logged and counted. Nothing a peer sends raises into the
@@ -34,6 +40,7 @@ cancels them and waits for them (STYLE item 12).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable
@@ -56,6 +63,8 @@ DEFAULT_READ_TIMEOUT = 10.0
 STREAM_AAD = b"rmap2p/tcp"
 #: Prefix of the associated data of a cluster's frames (see :func:`stream_aad`).
 STREAM_AAD_PREFIX = b"rmap2p/tcp/"
+#: The unsealed reply to a frame that failed authentication (see the module docstring).
+AUTH_REFUSED = b"rmap2p/auth-refused/1"
 HEADER = struct.Struct(">I")
 #: Bytes of framing per frame (the length prefix).
 HEADER_BYTES = HEADER.size
@@ -71,6 +80,10 @@ def stream_aad(cluster: str) -> bytes:
 
 class StreamError(Exception):
     """A client request failed: connection, timeout, oversized or unauthenticated reply."""
+
+
+class AuthRefused(StreamError):
+    """The peer answered that it could not authenticate our frame (a different keyring or cluster?)."""
 
 
 class FrameTooLarge(StreamError):
@@ -146,6 +159,7 @@ class StreamServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         aad: bytes = STREAM_AAD,
+        on_unauthenticated: Callable[[Addr], None] | None = None,
     ) -> None:
         if max_frame < 1 or max_frame > 0xFFFFFFFF:
             raise ValueError("max_frame must be in 1 .. 2**32-1")
@@ -161,6 +175,8 @@ class StreamServer:
         self.max_connections = max_connections
         self.read_timeout = read_timeout
         self.aad = aad
+        self.on_unauthenticated = on_unauthenticated
+        """Told the peer of each frame that failed authentication (the daemon logs it, rate-limited)."""
         self.stats = StreamStats()
         self._server: asyncio.Server | None = None
         # asyncio's per-connection callback task -> our inner task serving it.
@@ -267,6 +283,12 @@ class StreamServer:
         except SealError as exc:
             self.stats.dropped_unauthenticated += 1
             log.debug("tcp from %s: dropped frame: %s", peer, exc)
+            if self.on_unauthenticated is not None:
+                self.on_unauthenticated(peer)
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(self.read_timeout):
+                    writer.write(encode_frame(AUTH_REFUSED))
+                    await writer.drain()
             return
 
         try:
@@ -352,6 +374,8 @@ async def request(
     finally:
         if writer is not None:
             writer.close()
+    if frame == AUTH_REFUSED:
+        raise AuthRefused(f"{format_host_port(host, port)} cannot authenticate our frames: a different keyring or cluster name?")
     try:
         return sealer.open(frame, aad)
     except SealError as exc:

@@ -456,7 +456,16 @@ class SealedTransport:
     ``cluster``.
     """
 
-    def __init__(self, inner: DatagramTransport, sealer: Sealer, *, cluster: str) -> None:
+    def __init__(
+        self,
+        inner: DatagramTransport,
+        sealer: Sealer,
+        *,
+        cluster: str,
+        on_unauthenticated: Callable[[Addr], None] | None = None,
+    ) -> None:
+        self.on_unauthenticated = on_unauthenticated
+        """Told the source of each datagram that failed authentication (the daemon logs it, rate-limited)."""
         self.inner = inner
         self.stats = inner.stats
         self.sealer = sealer
@@ -477,6 +486,8 @@ class SealedTransport:
             except SealError as exc:
                 self.stats.dropped_unauthenticated += 1
                 log.debug("dropped unauthenticated datagram from %s: %s", addr, exc)
+                if self.on_unauthenticated is not None:
+                    self.on_unauthenticated(addr)
 
     def close(self) -> None:
         self.inner.close()

@@ -36,7 +36,7 @@ from p2p import identity as ident
 from p2p.discovery import format_host_port
 from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
 from p2p.mdns import MdnsDiscovery
-from p2p.stream import StreamError, StreamServer, request, stream_aad
+from p2p.stream import AuthRefused, StreamError, StreamServer, request, stream_aad
 from p2p.transport import (
     DatagramTransport,
     SealedTransport,
@@ -56,6 +56,7 @@ from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
 from rmap2p.identity_conflict import DaemonClaim, this_daemon_yields
 from rmap2p.join import JoinLoop, JoinTimings, KnownEdges, Seeds, edges_in
 from services.handle import RequestCounter
+from services.log_limits import LogLimiter, suppressed_note
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class Node:
         self._fallback_type = config.worker_type
         self.dropped_outbound = 0
         self.requests = RequestCounter()
+        self.refused_by: dict[Addr, float] = {}
+        """Peers that answered they cannot authenticate our frames, with when (loop time)."""
+        self._quiet = LogLimiter()
         """Requests this node's gateway is serving: counted by services/, read into our load."""
         self.exit_reason = ""
         self.exit_error = False
@@ -155,6 +159,15 @@ class Node:
     @property
     def active_requests(self) -> int:
         return self.requests.active
+
+    def _unauthenticated(self, peer: Addr) -> None:
+        """A datagram or frame from ``peer`` failed authentication: say so, once per peer and interval."""
+        held = self._quiet.allow(("unauthenticated", peer[0]), self._now())
+        if held is not None:
+            log.warning(
+                "node %s: datagrams from %s fail authentication: different keyring or cluster name?%s",
+                self.machine.id if self.machine else "?", format_host_port(*peer), suppressed_note(held),
+            )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -230,11 +243,12 @@ class Node:
             raw = await self._transport_factory(host, port, cfg.swim.max_datagram + 64)
         except OSError as exc:
             raise StartupError(f"cannot bind UDP {format_host_port(host, port)}: {exc.strerror or exc}") from None
-        self._udp = SealedTransport(raw, self.sealer, cluster=cfg.cluster)
+        self._udp = SealedTransport(raw, self.sealer, cluster=cfg.cluster, on_unauthenticated=self._unauthenticated)
         port = self._udp.local_addr[1]
         self._tcp = StreamServer(
             host, port, self._handle_stream, self.sealer,
             max_frame=cfg.swim.max_stream_frame + 64, aad=stream_aad(cfg.cluster),
+            on_unauthenticated=self._unauthenticated,
         )
         try:
             await self._tcp.start()
@@ -265,7 +279,7 @@ class Node:
         seeds = Seeds(cfg.join, cfg.bootstrap_file, data_dir, self._known_edges, self._mdns, self.gossip_addr, self.machine.id)
         self._joiner = JoinLoop(
             self.machine, seeds, self._flush, self._now, self.settled,
-            JoinTimings(cfg.rejoin_interval, cfg.recontact_interval),
+            JoinTimings(cfg.rejoin_interval, cfg.recontact_interval), refused_by=self.refused_by,
         )
         log.info(
             "node %s (%s, %s) gossiping on %s, incarnation %d",
@@ -474,6 +488,11 @@ class Node:
                     expect_reply=expect_reply, max_frame=self.config.swim.max_stream_frame + 64,
                     aad=stream_aad(self.config.cluster),
                 )
+            except AuthRefused as exc:
+                self.refused_by[addr] = self._now()
+                held = self._quiet.allow(("refused", addr), self._now())
+                if held is not None:
+                    log.warning("node %s: %s with %s refused: %s%s", machine.id, kind, format_host_port(*addr), exc, suppressed_note(held))
             except (StreamError, OSError, ValueError) as exc:
                 log.debug("node %s: %s exchange with %s failed: %s", machine.id, kind, format_host_port(*addr), exc)
         if expect_reply:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,7 +204,10 @@ class JoinLoop:
         now: Callable[[], float],
         settled: asyncio.Event,
         timings: JoinTimings,
+        refused_by: Mapping[Addr, float] | None = None,
     ) -> None:
+        self.refused_by = refused_by if refused_by is not None else {}
+        """Seeds that answered they cannot authenticate us (filled by the daemon's stream exchanges)."""
         self.machine = machine
         self.seeds = seeds
         self.flush = flush
@@ -233,6 +236,7 @@ class JoinLoop:
         timings = self.timings
         delay = timings.rejoin_interval
         announced_alone = False
+        announced_refused: list[Addr] = []
         seeds = await self._first_seeds()
         while True:
             alone = machine.num_active() <= 1
@@ -255,7 +259,16 @@ class JoinLoop:
                 delay = timings.rejoin_interval
                 await asyncio.sleep(timings.recontact_interval)
             else:
-                if not announced_alone:
+                refused = [a for a in seeds if a in self.refused_by]
+                if refused and refused != announced_refused:
+                    announced_refused = refused
+                    log.warning(
+                        "node %s: could not authenticate with seeds %s (they cannot read our packets: a different "
+                        "keyring or cluster name?); running as a pool of one and still trying",
+                        machine.id, ", ".join(format_host_port(h, p) for h, p in refused),
+                    )
+                    announced_alone = True
+                elif not announced_alone:
                     log.warning(
                         "node %s: no peer answered (%s); running as a pool of one and still looking",
                         machine.id, ", ".join(format_host_port(h, p) for h, p in seeds) or "no seeds configured",

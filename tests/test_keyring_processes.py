@@ -62,6 +62,9 @@ def test_wrong_key_cannot_join_and_rotation_loses_no_member(keyed: tuple[list[No
         wait_for(lambda: len(alive_names(stranger)) > 1 or "stranger" in alive_names(nodes[0]), 8, "a wrong-key join")
     assert alive_names(stranger) == {"stranger"}
     assert all("stranger" not in n.view() for n in nodes)
+    # Both sides say why, instead of a silent "no peer answered".
+    wait_for(lambda: "could not authenticate with seeds" in stranger.tail(400), 20, "the stranger to say why it is alone")
+    wait_for(lambda: "fail authentication: different keyring" in nodes[0].tail(400), 20, "the seed to name the stranger")
 
     # Watch the pool while keys rotate: nobody may ever be seen as anything but alive.
     problems: list[str] = []

@@ -8,7 +8,9 @@ import pytest
 
 from p2p.keyring import Keyring
 from p2p.stream import (
+    AUTH_REFUSED,
     STREAM_AAD,
+    AuthRefused,
     FrameTooLarge,
     StreamError,
     StreamServer,
@@ -141,12 +143,14 @@ async def test_garbage_and_truncated_frames_dropped(garbage: bytes) -> None:
 async def test_wrong_key_and_plaintext_dropped_and_counted() -> None:
     ring = Keyring.single(K1)
     async with StreamServer(LOOPBACK, 0, echo, ring) as server:
-        with pytest.raises(StreamError):
+        with pytest.raises(AuthRefused, match="different keyring"):
             await request(server.local_addr, b"intruder", Keyring.single(K2), timeout=5)
-        with pytest.raises(StreamError):
+        with pytest.raises(AuthRefused):
             await request(server.local_addr, b"plaintext", timeout=5)
-        # A sealed UDP datagram replayed as a frame does not open either (different AAD).
-        assert await _raw_exchange(server.local_addr, encode_frame(ring.seal(b"x", b"rmap2p/udp"))) == b""
+        # A sealed UDP datagram replayed as a frame does not open either (different AAD):
+        # the answer is the unsealed refusal marker, nothing of the handler's.
+        refused = await _raw_exchange(server.local_addr, encode_frame(ring.seal(b"x", b"rmap2p/udp")))
+        assert refused == encode_frame(AUTH_REFUSED)
         assert server.stats.dropped_unauthenticated == 3
         assert await request(server.local_addr, b"friend", ring, timeout=5) == b"echo:friend"
 
