@@ -1,0 +1,138 @@
+"""Which engine serves llm-inference and vision-ocr: pure choice from hardware facts and environment, and vLLM's command line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services import engine_choice as ec
+from services.engine_choice import Facts, Gpu, LlamaCppSettings, VllmSettings
+
+H200 = Gpu("NVIDIA H200", 143_771, 140_000)
+SMALL = Gpu("tiny card", 2_000, 1_500)
+ALL = frozenset(m for ms in ec.MODULES.values() for m in ms)
+NO_VLLM = ALL - {"vllm"}
+CPU_ONLY = ALL - {"vllm", "llama_cpp"}
+LLAMA = "meta-llama/Llama-3.2-3B-Instruct"
+GGUF = "/models/tiny.gguf"
+VISION = "Qwen/Qwen2-VL-2B-Instruct"
+
+
+def facts(gpus: tuple[Gpu, ...] = (), modules: frozenset[str] = ALL, present: tuple[str, ...] = (LLAMA, GGUF, VISION)) -> Facts:
+    return Facts(gpus=gpus, modules=modules, present_models=frozenset(present))
+
+
+@pytest.mark.parametrize(
+    ("service", "f", "env", "backend", "why"),
+    [
+        # CUDA GPU, vllm, model present: vLLM for both
+        ("llm-inference", facts((H200,)), {"RMAP2P_GGUF_MODEL": GGUF}, "vllm", "vLLM on NVIDIA H200"),
+        ("vision-ocr", facts((H200,)), {}, "vllm", f"model {VISION}"),
+        # no GPU: llama.cpp with the GGUF file; RapidOCR
+        ("llm-inference", facts(), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "no CUDA GPU"),
+        ("llm-inference", facts(), {"MODEL_NAME": GGUF}, "llama.cpp", "model tiny"),
+        ("vision-ocr", facts(), {}, "rapidocr", "no CUDA GPU"),
+        # GPU but no vllm package: the CPU engines, saying why
+        ("llm-inference", facts((H200,), NO_VLLM), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "vllm not installed"),
+        ("vision-ocr", facts((H200,), NO_VLLM), {}, "rapidocr", "vllm not installed"),
+        # GPU with too little free VRAM
+        ("llm-inference", facts((SMALL,)), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "1500 MB VRAM free"),
+        # GPU, vllm, but the model is not on this machine (nodes do not download)
+        ("llm-inference", facts((H200,), present=(GGUF,)), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "is not on this machine"),
+        ("llm-inference", facts((H200,), present=()), {}, None, "no GGUF model configured"),
+        # GPU, vllm, a bad setting: not vLLM, and the reason names the variable
+        ("llm-inference", facts((H200,)), {"GPU_MEMORY_UTILIZATION": "1.5", "RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "GPU_MEMORY_UTILIZATION='1.5' must be in (0, 1]"),
+        ("llm-inference", facts((H200,)), {"MAX_MODEL_LEN": "lots"}, None, "MAX_MODEL_LEN='lots' is not an integer"),
+        # no GPU and nothing for the CPU either
+        ("llm-inference", facts(modules=CPU_ONLY), {"RMAP2P_GGUF_MODEL": GGUF}, None, "llama.cpp not installed"),
+        ("llm-inference", facts(), {}, None, "set RMAP2P_GGUF_MODEL"),
+        ("llm-inference", facts(present=()), {"RMAP2P_GGUF_MODEL": GGUF}, None, f"GGUF file {GGUF} not found"),
+        ("llm-inference", facts(), {"MODEL_NAME": LLAMA}, None, "no GGUF model configured"),
+        ("vision-ocr", facts(modules=frozenset({"llama_cpp"})), {}, None, "rapidocr not installed"),
+    ],
+)
+def test_choose(service: str, f: Facts, env: dict[str, str], backend: str | None, why: str) -> None:
+    choice = ec.choose(service, f, env)
+    assert choice.backend == backend, choice.reason
+    assert why in choice.reason
+    assert choice.reason.startswith(service)
+    assert (choice.settings is None) == (backend in (None, "rapidocr"))
+
+
+def test_choose_knows_only_its_two_services() -> None:
+    with pytest.raises(KeyError):
+        ec.choose("rag-embeddings", facts(), {})
+
+
+@pytest.mark.parametrize(
+    ("service", "env", "expected"),
+    [
+        ("llm-inference", {}, VllmSettings(LLAMA, 0.5, 4096)),
+        ("llm-inference", {"MODEL_NAME": "/srv/m", "GPU_MEMORY_UTILIZATION": "0.85", "MAX_MODEL_LEN": "8192"}, VllmSettings("/srv/m", 0.85, 8192)),
+        ("llm-inference", {"MODEL_NAME": "  ", "GPU_MEMORY_UTILIZATION": " ", "RMAP2P_VLLM_ARGS": "--dtype half --tensor-parallel-size 2"},
+         VllmSettings(LLAMA, 0.5, 4096, ("--dtype", "half", "--tensor-parallel-size", "2"))),
+        # vision-ocr reads its own variables, never the LLM's
+        ("vision-ocr", {"MODEL_NAME": LLAMA, "GPU_MEMORY_UTILIZATION": "0.9"}, VllmSettings(VISION, 0.4, 4096)),
+        ("vision-ocr", {"RMAP2P_VISION_MODEL": "llava-hf/llava-1.5-7b-hf", "RMAP2P_VISION_GPU_MEMORY_UTILIZATION": "0.3",
+                        "RMAP2P_VISION_MAX_MODEL_LEN": "2048"}, VllmSettings("llava-hf/llava-1.5-7b-hf", 0.3, 2048)),
+    ],
+)
+def test_vllm_settings(service: str, env: dict[str, str], expected: VllmSettings) -> None:
+    assert ec.vllm_settings(service, env) == expected
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GPU_MEMORY_UTILIZATION": "0"}, {"GPU_MEMORY_UTILIZATION": "-0.5"}, {"GPU_MEMORY_UTILIZATION": "half"},
+        {"MAX_MODEL_LEN": "0"}, {"MAX_MODEL_LEN": "4k"}, {"RMAP2P_VLLM_ARGS": "--unterminated 'quote"},
+    ],
+)
+def test_vllm_settings_refuse_bad_values(env: dict[str, str]) -> None:
+    with pytest.raises(ec.SettingsError) as err:
+        ec.vllm_settings("llm-inference", env)
+    assert next(iter(env)) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "host", "port", "tail"),
+    [
+        (VllmSettings(LLAMA, 0.5, 4096), "127.0.0.1", 8105,
+         ["--model", LLAMA, "--gpu-memory-utilization", "0.5", "--max-model-len", "4096", "--host", "127.0.0.1", "--port", "8105"]),
+        (VllmSettings("/srv/models/llama", 0.9, 131072), "0.0.0.0", 40001,
+         ["--model", "/srv/models/llama", "--gpu-memory-utilization", "0.9", "--max-model-len", "131072", "--host", "0.0.0.0", "--port", "40001"]),
+        (VllmSettings(VISION, 0.35, 2048, ("--limit-mm-per-prompt", "image=4")), "::1", 9,
+         ["--model", VISION, "--gpu-memory-utilization", "0.35", "--max-model-len", "2048", "--host", "::1", "--port", "9",
+          "--limit-mm-per-prompt", "image=4"]),
+    ],
+)
+def test_vllm_argv(settings: VllmSettings, host: str, port: int, tail: list[str]) -> None:
+    argv = ec.vllm_argv("/venv/bin/python", settings, host, port)
+    assert argv[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[3:] == tail
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"RMAP2P_GGUF_MODEL": "/m/a.gguf"}, LlamaCppSettings("/m/a.gguf", 2048)),
+        ({"MODEL_NAME": "/m/b.GGUF", "MAX_MODEL_LEN": "512", "RMAP2P_LLM_THREADS": "2"}, LlamaCppSettings("/m/b.GGUF", 512, 2)),
+        ({"RMAP2P_GGUF_MODEL": "/m/a.gguf", "MODEL_NAME": "/m/b.gguf"}, LlamaCppSettings("/m/a.gguf", 2048)),
+    ],
+)
+def test_llama_cpp_settings(env: dict[str, str], expected: LlamaCppSettings) -> None:
+    assert ec.llama_cpp_settings(env) == expected
+    assert expected.alias in ("a", "b")
+
+
+def test_gather_finds_files_and_hub_cache_entries(tmp_path: Any) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    snapshot = tmp_path / "hub" / "models--org--vision" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    env = {"RMAP2P_GGUF_MODEL": str(gguf), "HF_HUB_CACHE": str(tmp_path / "hub"), "RMAP2P_VISION_MODEL": "org/vision", "MODEL_NAME": "org/absent"}
+    f = ec.gather(env, gpus=[H200])
+    assert f.present_models == {str(gguf), "org/vision"}
+    assert f.gpus == (H200,)
+    assert ec.model_present("org/absent", env) is False and ec.model_present("../nowhere", env) is False
