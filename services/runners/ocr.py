@@ -95,6 +95,8 @@ async def ocr(loaded: Loaded, request: web.Request) -> web.Response:
 
 
 async def _upload(request: web.Request) -> bytes | web.Response:
+    if request.content_type == "application/x-www-form-urlencoded":
+        return json_error(400, "a form upload must be multipart/form-data with a 'file' field holding the image or PDF")
     if request.content_type.startswith("multipart/"):
         try:
             form = await request.post()
