@@ -54,6 +54,10 @@ class Prompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user.replace("{case_text}", case_text)}]
 
 
+def prompt_path(env: Mapping[str, str]) -> Path:
+    return Path(env.get("RMAP2P_NOTES_PROMPT", "").strip() or PROMPT_FILE)
+
+
 def load_prompt(path: Path) -> Prompt:
     """The prompt in ``path``; raises ``CannotRun`` naming what is wrong with the file."""
     try:
@@ -94,13 +98,13 @@ class NotesEngine(Engine[Loaded]):
     def preflight(self, env: Mapping[str, str]) -> None:
         if not env.get("RMAP2P_GATEWAY", "").strip():
             raise CannotRun("RMAP2P_GATEWAY (the base URL of a node's gateway) is not set")
+        load_prompt(prompt_path(env))  # a broken prompt file is configuration: fail before binding
 
     def load(self, env: Mapping[str, str]) -> Loaded:
-        path = Path(env.get("RMAP2P_NOTES_PROMPT", "").strip() or PROMPT_FILE)
         gateway = env["RMAP2P_GATEWAY"].strip().rstrip("/")
         if "://" not in gateway:
             gateway = "http://" + gateway
-        return Loaded(load_prompt(path), gateway, env.get("RMAP2P_TOKEN", "").strip() or None)
+        return Loaded(load_prompt(prompt_path(env)), gateway, env.get("RMAP2P_TOKEN", "").strip() or None)
 
     async def started(self, loaded: Loaded) -> None:
         loaded.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LLM_TIMEOUT, sock_connect=5.0))
