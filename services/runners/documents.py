@@ -1,0 +1,208 @@
+"""document-processing: PDF (pypdf) and DOCX (python-docx) to text behind ``POST /extract-text``.
+
+    POST /extract-text   multipart/form-data with a file part (named "file", or any part
+                         with a filename), or the raw document as the body
+                      -> {"text", "pages", "format", "scanned_pages", "ocr"}
+
+The format is read from the bytes (``%PDF-``; a ZIP holding
+``word/document.xml``), not trusted from the content type or file name.
+
+- PDF: the text layer of each page, pages separated by a form feed
+  (``\\f``, as pdftotext does); ``pages`` is the page count.
+  ``scanned_pages`` lists the (1-based) pages that have no text layer but
+  hold an image: what OCR would read.
+- DOCX: paragraphs and tables in body order, one paragraph per line, table
+  cells tab-separated. A DOCX has no fixed layout (Word computes pages when
+  it renders), so ``pages`` is one plus the explicit breaks: hard page
+  breaks, paragraphs that start a page, and sections that start on a new page.
+
+``ocr`` says what happened to scanned pages. Handing them to ``vision-ocr``
+through the overlay is not wired yet: today it is ``"not available"`` when
+there are scanned pages (their text is missing from ``text``), and ``null``
+when there are none.
+
+Input that is not a readable PDF or DOCX gets 415 (another format) or 422
+(damaged, encrypted, too many pages), never a 500.
+
+Run as ``python -m services.runners.documents --service document-processing --port P``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from services.capabilities import module_present
+from services.runners.serve import CannotRun, Engine, Route, json_error, main
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD = 50 * 1024 * 1024
+MAX_PAGES = 2000
+DOCX_MEDIA = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+class Unreadable(Exception):
+    """The upload is a document of a supported format that cannot be read (HTTP 422)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    versions: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    text: str
+    pages: int
+    format: str
+    scanned_pages: tuple[int, ...] = ()
+
+
+class DocumentEngine(Engine[Loaded]):
+    backend = "pypdf+python-docx"
+    max_body = MAX_UPLOAD
+
+    def preflight(self, env: Mapping[str, str]) -> None:
+        for module, package in (("pypdf", "pypdf"), ("docx", "python-docx")):
+            if not module_present(module):
+                raise CannotRun(f"Python package {package} is not installed")
+
+    def load(self, env: Mapping[str, str]) -> Loaded:
+        import docx
+        import pypdf
+
+        return Loaded({"pypdf": pypdf.__version__, "python-docx": getattr(docx, "__version__", "unknown")})
+
+    def describe(self, loaded: Loaded) -> dict[str, Any]:
+        return {"model": None, "formats": ["pdf", "docx"], "versions": loaded.versions, "ocr_handoff": False}
+
+    def routes(self) -> Sequence[Route[Loaded]]:
+        return (Route("POST", "/extract-text", extract_text),)
+
+
+async def extract_text(loaded: Loaded, request: web.Request) -> web.Response:
+    upload = await _read_upload(request)
+    if isinstance(upload, web.Response):
+        return upload
+    data, declared = upload
+    if not data:
+        return json_error(400, "empty upload: send a PDF or DOCX as the body or as a multipart file part")
+    kind = sniff(data)
+    if kind is None:
+        return json_error(415, f"unsupported document (declared {declared or 'no type'}): PDF and DOCX are supported")
+    try:
+        result = await asyncio.to_thread(read_pdf if kind == "pdf" else read_docx, data)
+    except Unreadable as exc:
+        return json_error(422, f"cannot read this {kind.upper()}: {exc}")
+    return web.json_response({
+        "text": result.text,
+        "pages": result.pages,
+        "format": result.format,
+        "scanned_pages": list(result.scanned_pages),
+        "ocr": "not available" if result.scanned_pages else None,
+    })  # fmt: skip
+
+
+async def _read_upload(request: web.Request) -> tuple[bytes, str | None] | web.Response:
+    """The uploaded bytes and their declared type, from a multipart part or the raw body."""
+    if not request.content_type.startswith("multipart/"):
+        return await request.read(), request.content_type  # aiohttp enforces max_body (413)
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
+                data = bytearray()
+                while chunk := await part.read_chunk():
+                    data += chunk
+                    if len(data) > MAX_UPLOAD:
+                        return json_error(413, f"upload larger than {MAX_UPLOAD} bytes")
+                return bytes(data), part.headers.get("Content-Type")
+    except (ValueError, AssertionError, RuntimeError) as exc:
+        # aiohttp's multipart reader raises these on a malformed body.
+        return json_error(400, f"malformed multipart body: {exc}")
+    return json_error(400, "multipart body has no file part (name it 'file')")
+
+
+def sniff(data: bytes) -> str | None:
+    """``pdf``, ``docx`` or None, from the bytes themselves."""
+    # The PDF spec lets a header sit anywhere in the first 1024 bytes.
+    if b"%PDF-" in data[:1024]:
+        return "pdf"
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                if "word/document.xml" in z.namelist():
+                    return "docx"
+        except zipfile.BadZipFile:
+            return None
+    return None
+
+
+def read_pdf(data: bytes) -> Extracted:
+    import pypdf
+
+    # pypdf raises many exception types on hostile or damaged files (its own PdfReadError,
+    # but also KeyError, ValueError, TypeError from deep in its object model): all of them
+    # are the client's file being unreadable, so all become one 422.
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise Unreadable("it is encrypted")
+        count = len(reader.pages)
+        if count > MAX_PAGES:
+            raise Unreadable(f"{count} pages, at most {MAX_PAGES} are read")
+        texts: list[str] = []
+        scanned: list[int] = []
+        for number, page in enumerate(reader.pages, start=1):
+            text = page.extract_text() or ""
+            if not text.strip() and _has_images(page):
+                scanned.append(number)
+            texts.append(text)
+    except Unreadable:
+        raise
+    except Exception as exc:
+        raise Unreadable(f"{type(exc).__name__}: {exc}") from None
+    return Extracted("\f".join(texts), count, "pdf", tuple(scanned))
+
+
+def _has_images(page: Any) -> bool:
+    try:
+        return len(page.images) > 0
+    except Exception:  # an image pypdf cannot enumerate still counts as no text layer we can read
+        return True
+
+
+def read_docx(data: bytes) -> Extracted:
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+        lines: list[str] = []
+        for block in document.iter_inner_content():
+            if isinstance(block, Table):
+                for row in block.rows:
+                    lines.append("\t".join(cell.text for cell in row.cells))
+            else:
+                lines.append(block.text)
+        body = document.element.body
+        breaks = len(body.xpath(".//w:br[@w:type='page']"))
+        breaks += len(body.xpath(".//w:pPr/w:pageBreakBefore[not(@w:val) or @w:val='1' or @w:val='true' or @w:val='on']"))
+        # A section's type says how it starts; absent means a new page. The body's final
+        # sectPr describes the last section, which starts where the one before ends.
+        breaks += sum(1 for s in document.sections[1:] if s.start_type.name in ("NEW_PAGE", "EVEN_PAGE", "ODD_PAGE"))
+    except Exception as exc:  # like pypdf: a damaged package raises KeyError, lxml errors, ...
+        raise Unreadable(f"{type(exc).__name__}: {exc}") from None
+    return Extracted("\n".join(lines), 1 + breaks, "docx")
+
+
+if __name__ == "__main__":
+    main(DocumentEngine(), description=__doc__.splitlines()[0] if __doc__ else "")
