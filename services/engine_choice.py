@@ -70,6 +70,9 @@ INSTALL_HINT = {
 MIN_VRAM_MB = 2048
 """Below this much free VRAM a GPU cannot hold even a small model next to vLLM's CUDA context."""
 
+LLAMA_BASE_RAM_MB = 300
+"""The interpreter, llama-cpp-python's server and a small KV cache, besides the weights (mapped from the file)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Gpu:
@@ -87,6 +90,13 @@ class Facts:
     """Importable modules among ``MODULES``'."""
     present_models: frozenset[str]
     """Model references (as configured) found on disk: directories, files, Hugging Face cache entries."""
+    ram_available_mb: int | None = None
+    """None: not known (no RAM check)."""
+    model_sizes_mb: tuple[tuple[str, int], ...] = ()
+    """Size on disk of the present model files, by reference."""
+
+    def size_mb(self, ref: str) -> int:
+        return next((size for r, size in self.model_sizes_mb if r == ref), 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +248,12 @@ def _vllm_gap(service: str, facts: Facts, env: Mapping[str, str]) -> str | None:
         settings = vllm_settings(service, env)
     except SettingsError as exc:
         return str(exc)
+    # vLLM refuses to start unless its share of the GPU's total memory is free.
+    if not any(g.vram_free_mb >= settings.gpu_memory_utilization * g.vram_total_mb for g in facts.gpus):
+        gpu = max(facts.gpus, key=lambda g: g.vram_free_mb)
+        return (
+            f"vLLM wants {settings.gpu_memory_utilization:g} of {gpu.vram_total_mb} MB VRAM, {gpu.vram_free_mb} MB free"
+        )
     if settings.model not in facts.present_models:
         return f"model {settings.model} is not on this machine (a directory or the Hugging Face cache; nodes do not download)"
     return None
@@ -251,8 +267,12 @@ def _llama_cpp(facts: Facts, env: Mapping[str, str], gpu_reason: str) -> Choice:
         settings = llama_cpp_settings(env)
     except SettingsError as exc:
         return Choice(LLM, None, f"{LLM}: {gpu_reason}; llama.cpp: {exc}")
-    if gguf_ref(env) not in facts.present_models:
+    ref = gguf_ref(env)
+    if ref not in facts.present_models:
         return Choice(LLM, None, f"{LLM}: {gpu_reason}; llama.cpp: GGUF file {settings.model_path} not found")
+    need = LLAMA_BASE_RAM_MB + facts.size_mb(ref or "")
+    if facts.ram_available_mb is not None and facts.ram_available_mb < need:
+        return Choice(LLM, None, f"{LLM}: {gpu_reason}; llama.cpp needs about {need} MB of RAM, {facts.ram_available_mb} MB available")
     return Choice(LLM, LLAMA_CPP, f"{LLM}: llama.cpp on CPU, model {settings.alias} ({gpu_reason})", settings)
 
 
@@ -276,7 +296,11 @@ def gather(env: Mapping[str, str], gpus: Sequence[Gpu] | None = None) -> Facts:
     modules = frozenset(m for ms in MODULES.values() for m in ms if module_present(m))
     refs = {gguf_ref(env)} | {vllm_model for vllm_model in _vllm_refs(env)}
     present = frozenset(r for r in refs if r is not None and model_present(r, env))
-    return Facts(gpus=tuple(gpus), modules=modules, present_models=present)
+    sizes = tuple((r, os.path.getsize(r) // (1024 * 1024)) for r in present if os.path.isfile(r))
+    import psutil
+
+    ram = int(psutil.virtual_memory().available // (1024 * 1024))
+    return Facts(gpus=tuple(gpus), modules=modules, present_models=present, ram_available_mb=ram, model_sizes_mb=sizes)
 
 
 def _vllm_refs(env: Mapping[str, str]) -> list[str]:

@@ -19,8 +19,9 @@ GGUF = "/models/tiny.gguf"
 VISION = "Qwen/Qwen2-VL-2B-Instruct"
 
 
-def facts(gpus: tuple[Gpu, ...] = (), modules: frozenset[str] = ALL, present: tuple[str, ...] = (LLAMA, GGUF, VISION)) -> Facts:
-    return Facts(gpus=gpus, modules=modules, present_models=frozenset(present))
+def facts(gpus: tuple[Gpu, ...] = (), modules: frozenset[str] = ALL, present: tuple[str, ...] = (LLAMA, GGUF, VISION),
+          ram: int | None = 16_000) -> Facts:
+    return Facts(gpus=gpus, modules=modules, present_models=frozenset(present), ram_available_mb=ram, model_sizes_mb=((GGUF, 2000),))
 
 
 @pytest.mark.parametrize(
@@ -36,8 +37,14 @@ def facts(gpus: tuple[Gpu, ...] = (), modules: frozenset[str] = ALL, present: tu
         # GPU but no vllm package: the CPU engines, saying why
         ("llm-inference", facts((H200,), NO_VLLM), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "vllm not installed"),
         ("vision-ocr", facts((H200,), NO_VLLM), {}, "rapidocr", "vllm not installed"),
-        # GPU with too little free VRAM
+        # GPU with too little free VRAM, or less free than vLLM's share
         ("llm-inference", facts((SMALL,)), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "1500 MB VRAM free"),
+        ("llm-inference", facts((Gpu("busy", 24_000, 10_000),)), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp",
+         "vLLM wants 0.5 of 24000 MB VRAM, 10000 MB free"),
+        ("llm-inference", facts((Gpu("busy", 24_000, 10_000),)), {"GPU_MEMORY_UTILIZATION": "0.4"}, "vllm", "vLLM on busy"),
+        # RAM for llama.cpp: the file's size plus its base
+        ("llm-inference", facts(ram=2200), {"RMAP2P_GGUF_MODEL": GGUF}, None, "needs about 2300 MB of RAM, 2200 MB available"),
+        ("llm-inference", facts(ram=None), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "no CUDA GPU"),
         # GPU, vllm, but the model is not on this machine (nodes do not download)
         ("llm-inference", facts((H200,), present=(GGUF,)), {"RMAP2P_GGUF_MODEL": GGUF}, "llama.cpp", "is not on this machine"),
         ("llm-inference", facts((H200,), present=()), {}, None, "no GGUF model configured"),
@@ -134,5 +141,18 @@ def test_gather_finds_files_and_hub_cache_entries(tmp_path: Any) -> None:
     env = {"RMAP2P_GGUF_MODEL": str(gguf), "HF_HUB_CACHE": str(tmp_path / "hub"), "RMAP2P_VISION_MODEL": "org/vision", "MODEL_NAME": "org/absent"}
     f = ec.gather(env, gpus=[H200])
     assert f.present_models == {str(gguf), "org/vision"}
+    assert f.model_sizes_mb == ((str(gguf), 0),) and f.ram_available_mb is not None and f.ram_available_mb > 0
     assert f.gpus == (H200,)
     assert ec.model_present("org/absent", env) is False and ec.model_present("../nowhere", env) is False
+
+
+def test_capabilities_asks_the_engine_choice_for_its_two_services() -> None:
+    from services.capabilities import PROBED, HostFacts, can_run
+
+    host = HostFacts(ram_available_mb=16_000, modules=frozenset(), engines=facts())
+    assert can_run("llm-inference", host, {"RMAP2P_GGUF_MODEL": GGUF}) == (True, "llm-inference: llama.cpp on CPU, model tiny (no CUDA GPU)")
+    assert can_run("llm-inference", host, {})[0] is False
+    assert can_run("vision-ocr", HostFacts(16_000, frozenset(), engines=facts((H200,))), {})[0] is True
+    assert can_run("vision-ocr", HostFacts(16_000, frozenset()), {}) == (False, "vision-ocr: its engines were not probed")
+    assert can_run("notes-coa", HostFacts(0, frozenset()), {})[0] is True
+    assert {"llm-inference", "vision-ocr", "notes-coa"} <= set(PROBED)
