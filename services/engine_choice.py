@@ -52,6 +52,8 @@ DEFAULT_LLM_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 DEFAULT_VISION_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 DEFAULT_GPU_SHARE = {LLM: 0.5, OCR: 0.4}
 DEFAULT_VLLM_MAX_LEN = 4096
+OCR_MIDDLEWARE = "services.runners.vllm_ocr.ocr_middleware"
+"""Adds vision-ocr's ``POST /ocr`` to vLLM's server."""
 DEFAULT_LLAMA_CTX = 2048
 
 MODULES = {
@@ -105,6 +107,8 @@ class VllmSettings:
     gpu_memory_utilization: float
     max_model_len: int
     extra_args: tuple[str, ...] = ()
+    middleware: tuple[str, ...] = ()
+    """Import paths of ASGI middleware vLLM's server loads (``--middleware``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,8 @@ def vllm_settings(service: str, env: Mapping[str, str]) -> VllmSettings:
     else:
         raise KeyError(service)
     assert max_len is not None
-    return VllmSettings(model=model, gpu_memory_utilization=share, max_model_len=max_len, extra_args=extra)
+    middleware = (OCR_MIDDLEWARE,) if service == OCR else ()
+    return VllmSettings(model=model, gpu_memory_utilization=share, max_model_len=max_len, extra_args=extra, middleware=middleware)
 
 
 def gguf_ref(env: Mapping[str, str]) -> str | None:
@@ -211,6 +216,7 @@ def vllm_argv(python: str, settings: VllmSettings, host: str, port: int) -> list
         "--max-model-len", str(settings.max_model_len),
         "--host", host,
         "--port", str(port),
+        *[arg for m in settings.middleware for arg in ("--middleware", m)],
         *settings.extra_args,
     ]  # fmt: skip
 

@@ -80,9 +80,9 @@ def test_choose_knows_only_its_two_services() -> None:
         ("llm-inference", {"MODEL_NAME": "  ", "GPU_MEMORY_UTILIZATION": " ", "RMAP2P_VLLM_ARGS": "--dtype half --tensor-parallel-size 2"},
          VllmSettings(LLAMA, 0.5, 4096, ("--dtype", "half", "--tensor-parallel-size", "2"))),
         # vision-ocr reads its own variables, never the LLM's
-        ("vision-ocr", {"MODEL_NAME": LLAMA, "GPU_MEMORY_UTILIZATION": "0.9"}, VllmSettings(VISION, 0.4, 4096)),
+        ("vision-ocr", {"MODEL_NAME": LLAMA, "GPU_MEMORY_UTILIZATION": "0.9"}, VllmSettings(VISION, 0.4, 4096, middleware=(ec.OCR_MIDDLEWARE,))),
         ("vision-ocr", {"RMAP2P_VISION_MODEL": "llava-hf/llava-1.5-7b-hf", "RMAP2P_VISION_GPU_MEMORY_UTILIZATION": "0.3",
-                        "RMAP2P_VISION_MAX_MODEL_LEN": "2048"}, VllmSettings("llava-hf/llava-1.5-7b-hf", 0.3, 2048)),
+                        "RMAP2P_VISION_MAX_MODEL_LEN": "2048"}, VllmSettings("llava-hf/llava-1.5-7b-hf", 0.3, 2048, middleware=(ec.OCR_MIDDLEWARE,))),
     ],
 )
 def test_vllm_settings(service: str, env: dict[str, str], expected: VllmSettings) -> None:
@@ -109,9 +109,9 @@ def test_vllm_settings_refuse_bad_values(env: dict[str, str]) -> None:
          ["--model", LLAMA, "--gpu-memory-utilization", "0.5", "--max-model-len", "4096", "--host", "127.0.0.1", "--port", "8105"]),
         (VllmSettings("/srv/models/llama", 0.9, 131072), "0.0.0.0", 40001,
          ["--model", "/srv/models/llama", "--gpu-memory-utilization", "0.9", "--max-model-len", "131072", "--host", "0.0.0.0", "--port", "40001"]),
-        (VllmSettings(VISION, 0.35, 2048, ("--limit-mm-per-prompt", "image=4")), "::1", 9,
+        (VllmSettings(VISION, 0.35, 2048, ("--limit-mm-per-prompt", "image=4"), ("services.runners.vllm_ocr.ocr_middleware",)), "::1", 9,
          ["--model", VISION, "--gpu-memory-utilization", "0.35", "--max-model-len", "2048", "--host", "::1", "--port", "9",
-          "--limit-mm-per-prompt", "image=4"]),
+          "--middleware", "services.runners.vllm_ocr.ocr_middleware", "--limit-mm-per-prompt", "image=4"]),
     ],
 )
 def test_vllm_argv(settings: VllmSettings, host: str, port: int, tail: list[str]) -> None:

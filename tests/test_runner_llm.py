@@ -22,20 +22,17 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from gateways import gateways
+from ml import need_modules
 from tiny_gguf import write_tiny_llama
 
-from services.engine_choice import LLAMA_CPP, MODULES, module_present
+from services.engine_choice import LLAMA_CPP, MODULES
 from services.runners import make_runner
 from services.runners.process import ProcessRunner
 from services.supervisor import RestartPolicy
 
-pytestmark = [
-    pytest.mark.skipif(
-        not all(module_present(m) for m in (*MODULES[LLAMA_CPP], "gguf")),
-        reason="needs llama-cpp-python[server] (ml extra) and gguf (test extra)",
-    ),
-    pytest.mark.asyncio(loop_scope="module"),
-]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+NEEDS = (*MODULES[LLAMA_CPP], "gguf")
+"""llama-cpp-python[server] (ml extra) and gguf (test extra)."""
 
 POLICY = RestartPolicy(ready_timeout=120.0, check_interval=0.2, backoff_initial=0.2, backoff_max=1.0, max_failures=2)
 
@@ -50,6 +47,7 @@ async def healthy(runner: ProcessRunner, timeout: float = 120.0) -> None:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def llm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProcessRunner]:
+    need_modules(*NEEDS)
     model = write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama.gguf")
     env = {"RMAP2P_GGUF_MODEL": str(model), "RMAP2P_LLM_THREADS": "1", "MAX_MODEL_LEN": "2048"}
     runner = make_runner(SimpleNamespace(name="llm-inference"), "127.0.0.1", 0, "l", env, policy=POLICY, backend="llama.cpp")
@@ -176,6 +174,7 @@ async def test_notes_come_from_the_llm_through_the_overlay(llm: ProcessRunner) -
 
 
 async def test_a_file_llama_cpp_cannot_load_is_not_retried(tmp_path: Path) -> None:
+    need_modules(*NEEDS)
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + bytes(64))
     failed: list[str] = []

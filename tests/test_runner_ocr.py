@@ -12,18 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from ml import need_modules
 
-from services.engine_choice import module_present
 from services.runners import make_runner
 from services.supervisor import RestartPolicy
 
-pytestmark = [
-    pytest.mark.skipif(
-        not all(module_present(m) for m in ("rapidocr", "onnxruntime", "PIL", "pypdfium2")),
-        reason="needs the ml extra (rapidocr, onnxruntime, Pillow, pypdfium2)",
-    ),
-    pytest.mark.asyncio(loop_scope="module"),
-]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def render(lines: list[str]) -> Any:
@@ -49,6 +43,7 @@ def words(text: str) -> list[str]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def ocr() -> AsyncIterator[str]:
+    need_modules("rapidocr", "onnxruntime", "PIL", "pypdfium2")
     policy = RestartPolicy(ready_timeout=180.0, check_interval=0.3)
     runner = make_runner(SimpleNamespace(name="vision-ocr"), "127.0.0.1", 0, "c1", {"RMAP2P_OCR_THREADS": "2"}, policy=policy, backend="rapidocr")
     await runner.start()

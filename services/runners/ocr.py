@@ -117,9 +117,22 @@ class BadInput(Exception):
 
 def read(loaded: Loaded, data: bytes) -> list[str]:
     """The text of each page of ``data`` (a PDF or one image). Blocking."""
-    images = _pdf_pages(loaded, data) if data.startswith(b"%PDF") else [_image(data)]
+    images = page_images(data, loaded.pdf)
     with loaded.lock:  # one page at a time: ONNX Runtime already uses every core for one
         return [_recognise(loaded.engine, image) for image in images]
+
+
+def page_images(data: bytes, pdf: bool) -> list[Any]:
+    """``data`` (a PDF, or one image) as RGB Pillow images, one per page; raises ``BadInput``.
+
+    ``pdf``: whether pypdfium2 is there to render PDFs. Shared with the GPU
+    engine (``services.runners.vllm_ocr``).
+    """
+    if data.startswith(b"%PDF"):
+        if not pdf:
+            raise BadInput(415, "this node cannot render PDFs (pypdfium2 not installed); send page images")
+        return _pdf_pages(data)
+    return [_image(data)]
 
 
 def _image(data: bytes) -> Any:
@@ -134,9 +147,7 @@ def _image(data: bytes) -> Any:
         raise BadInput(415, f"not an image or PDF Pillow can read: {exc}") from None
 
 
-def _pdf_pages(loaded: Loaded, data: bytes) -> list[Any]:
-    if not loaded.pdf:
-        raise BadInput(415, "this node cannot render PDFs (pypdfium2 not installed); send page images")
+def _pdf_pages(data: bytes) -> list[Any]:
     import pypdfium2 as pdfium
 
     try:

@@ -10,7 +10,9 @@ announces it (``RMAP2P-LISTENING <port>``) and ``exec``s
     python -m vllm.entrypoints.openai.api_server --model M
         --gpu-memory-utilization U --max-model-len L --host H --port P
 
-so the supervisor's process *is* vLLM: its ``/health`` (200, empty body, once
+(plus ``--middleware services.runners.vllm_ocr.ocr_middleware`` for
+vision-ocr, which adds ``POST /ocr`` to vLLM's server), so the supervisor's
+process *is* vLLM: its ``/health`` (200, empty body, once
 the engine runs) is the readiness check, its exit is the liveness fact. vLLM
 does not watch stdin, so before ``exec`` the launcher asks Linux to SIGTERM it
 when the daemon dies (``PR_SET_PDEATHSIG`` survives ``exec``): no orphan keeps
@@ -132,6 +134,10 @@ def launch(argv: Sequence[str] | None, env: Mapping[str, str], execv: Callable[[
         return EXIT_CONFIG
     port = args.port or free_port(args.host)
     command = vllm_argv(sys.executable, settings, args.host, port)
+    # For middleware running inside vLLM (vision-ocr's /ocr calls the server it runs in).
+    os.environ.update(
+        RMAP2P_VLLM_PORT=str(port), RMAP2P_VLLM_MODEL=settings.model, RMAP2P_VLLM_MAX_MODEL_LEN=str(settings.max_model_len)
+    )
     print(f"{LISTENING} {port}", flush=True)
     print(f"node {args.node_id}: {args.service}: exec {' '.join(command)}", file=sys.stderr, flush=True)
     die_with_parent()
