@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from ml import need_modules
+from ocr_images import pdf, png, words
 
 from services.runners import make_runner
 from services.supervisor import RestartPolicy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def render(lines: list[str]) -> Any:
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=36)
-    image = Image.new("RGB", (1000, 80 + 70 * len(lines)), "white")
-    draw = ImageDraw.Draw(image)
-    for i, line in enumerate(lines):
-        draw.text((30, 40 + 70 * i), line, fill="black", font=font)
-    return image
-
-
-def png(lines: list[str]) -> bytes:
-    out = io.BytesIO()
-    render(lines).save(out, format="PNG")
-    return out.getvalue()
-
-
-def words(text: str) -> list[str]:
-    return text.replace(":", " ").split()
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -72,11 +50,8 @@ async def test_a_png_comes_back_as_its_text(ocr: str) -> None:
 
 
 async def test_a_two_page_pdf_upload_comes_back_page_by_page(ocr: str) -> None:
-    pages = [render(["Dear Sir or Madam", "Account 99182"]), render(["Council tax arrears 310"])]
-    out = io.BytesIO()
-    pages[0].save(out, format="PDF", save_all=True, append_images=pages[1:], resolution=100.0)
     form = aiohttp.FormData()
-    form.add_field("file", out.getvalue(), filename="letter.pdf", content_type="application/pdf")
+    form.add_field("file", pdf([["Dear Sir or Madam", "Account 99182"], ["Council tax arrears 310"]]), filename="letter.pdf", content_type="application/pdf")
     async with aiohttp.ClientSession() as client:
         async with client.post(ocr + "/ocr", data=form) as resp:
             assert resp.status == 200, await resp.text()

@@ -23,7 +23,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
+from ml import need_modules
+from ocr_images import pdf, words
 
 from services.engine_choice import module_present, vllm_argv, vllm_settings
 from services.runner import RunnerError
@@ -39,6 +42,7 @@ pytestmark = pytest.mark.skipif(module_present("vllm"), reason="the real vLLM is
 
 
 def standin_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    need_modules("fastapi", "uvicorn")  # the stand-in serves with them, as vLLM does
     return {
         "PYTHONPATH": os.pathsep.join([STANDIN, PROJECT_ROOT]),
         "STANDIN_ARGV_FILE": str(tmp_path / "argv.jsonl"),
@@ -119,8 +123,37 @@ async def test_vision_ocr_on_vllm_uses_its_own_variables(tmp_path: Path) -> None
         assert runner.loaded_models == ("org/vision-test",)
         [run] = recorded(tmp_path)
         assert run["argv"][:6] == ["--model", "org/vision-test", "--gpu-memory-utilization", "0.3", "--max-model-len", "4096"]
+        assert run["argv"][-2:] == ["--middleware", "services.runners.vllm_ocr.ocr_middleware"]
     finally:
         await runner.stop()
+
+
+async def test_vision_ocr_on_vllm_answers_ocr_page_by_page(tmp_path: Path) -> None:
+    """``POST /ocr`` through the middleware inside the (stand-in) vLLM server: pages out, chat requests with images in."""
+    need_modules("rapidocr", "onnxruntime", "PIL", "pypdfium2")
+    env = standin_env(tmp_path, RMAP2P_VISION_MODEL="org/vision-test")
+    runner = make_runner(SimpleNamespace(name="vision-ocr"), "127.0.0.1", 0, "g1", env, policy=FAST, backend="vllm")
+    try:
+        await runner.start()
+
+        async def healthy() -> bool:
+            return await runner.health() == "healthy"
+
+        assert await until(healthy, 30.0)
+        form = aiohttp.FormData()
+        form.add_field("file", pdf([["Final notice 2024"], ["Pay 120 by Friday"]]), filename="notice.pdf", content_type="application/pdf")
+        async with aiohttp.ClientSession() as client:
+            async with client.post(f"http://127.0.0.1:{runner.port}/ocr", data=form) as resp:
+                assert resp.status == 200, await resp.text()
+                doc = await resp.json()
+            async with client.post(f"http://127.0.0.1:{runner.port}/ocr", data=b"", headers={"Content-Type": "image/png"}) as resp:
+                assert resp.status == 400 and "empty upload" in (await resp.json())["error"]
+            async with client.post(f"http://127.0.0.1:{runner.port}/ocr", data=b"junk", headers={"Content-Type": "image/png"}) as resp:
+                assert resp.status == 415
+    finally:
+        await runner.stop()
+    assert doc["pages"] == 2 and doc["backend"] == "vllm" and doc["model"] == "org/vision-test"
+    assert [words(t) for t in doc["page_texts"]] == [["Final", "notice", "2024"], ["Pay", "120", "by", "Friday"]]
 
 
 async def test_a_bad_setting_fails_at_start_without_retrying(tmp_path: Path) -> None:

@@ -3,19 +3,31 @@
 Parses the flags rmap2p passes to vLLM's OpenAI-compatible server, appends its
 command line as one JSON line to ``$STANDIN_ARGV_FILE``, waits
 ``$STANDIN_LOAD_SECONDS`` (vLLM loading weights: nothing listens yet), then
-serves ``GET /health`` (200, empty body, as vLLM) and ``GET /v1/models`` (vLLM's
-shape). ``$STANDIN_EXIT`` makes it exit with that status instead of serving.
+serves, as FastAPI like vLLM:
+
+- ``GET /health``: 200 with an empty body, as vLLM;
+- ``GET /v1/models``: vLLM's shape, the ``--model`` as the id;
+- ``POST /v1/chat/completions`` for messages holding an image (a base64 data
+  URL): the "vision model" here is RapidOCR reading the image, so the text
+  that comes back is real OCR, not a canned answer. Anything else: 400.
+
+``--middleware`` is loaded exactly as vLLM loads it (an import path to a class
+or a coroutine function). ``$STANDIN_EXIT`` makes it exit with that status
+instead of serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import importlib
+import inspect
+import io
 import json
 import os
 import sys
 import time
-
-from aiohttp import web
+from typing import Any
 
 
 def main() -> None:
@@ -25,6 +37,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, required=True)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--middleware", action="append", default=[])
     args, extra = parser.parse_known_args()
     record = os.environ.get("STANDIN_ARGV_FILE")
     if record:
@@ -35,19 +48,62 @@ def main() -> None:
         sys.exit(int(os.environ["STANDIN_EXIT"]))
     time.sleep(float(os.environ.get("STANDIN_LOAD_SECONDS", "0")))
 
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(status=200)
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
 
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({
+    app = FastAPI()
+    reader: list[Any] = []
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({
             "object": "list",
             "data": [{"id": args.model, "object": "model", "owned_by": "vllm", "root": args.model, "max_model_len": args.max_model_len}],
         })
 
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/models", models)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        images = [
+            part["image_url"]["url"]
+            for message in body.get("messages", []) if isinstance(message.get("content"), list)
+            for part in message["content"] if part.get("type") == "image_url"
+        ]
+        if len(images) != 1 or not images[0].startswith("data:image/png;base64,"):
+            return JSONResponse({"error": "the stand-in answers only chat requests with one PNG data URL"}, status_code=400)
+        text = read_image(reader, base64.b64decode(images[0].split(",", 1)[1]))
+        return JSONResponse({
+            "id": "chatcmpl-standin", "object": "chat.completion", "model": args.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        })
+
+    for middleware in args.middleware:  # as vLLM's build_app does
+        module_path, object_name = middleware.rsplit(".", 1)
+        imported = getattr(importlib.import_module(module_path), object_name)
+        if inspect.isclass(imported):
+            app.add_middleware(imported)
+        elif inspect.iscoroutinefunction(imported):
+            app.middleware("http")(imported)
+        else:
+            raise ValueError(f"Invalid middleware {middleware}. Must be a function or a class.")
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def read_image(reader: list[Any], png: bytes) -> str:
+    import numpy as np
+    from PIL import Image
+    from rapidocr import RapidOCR
+
+    if not reader:
+        reader.append(RapidOCR(params={"Global.log_level": "warning"}))
+    result = reader[0](np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+    return "\n".join(result.txts or ())
 
 
 if __name__ == "__main__":
