@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -139,12 +138,7 @@ async def serve(args: ChildArgs, env: Mapping[str, str]) -> int:
 
     front = Front(args, settings)
     config = uvicorn.Config(front, lifespan="off", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    # Signals: ours set should_exit; uvicorn's own handlers would re-raise them after serve().
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    server = uvicorn.Server(config)  # SIGTERM and SIGINT: uvicorn stops serving, as it does by itself
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     watch = asyncio.create_task(_exit_on_eof(server)) if args.exit_on_stdin_eof else None
     load = asyncio.create_task(asyncio.to_thread(build_app, settings))
