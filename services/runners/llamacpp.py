@@ -72,7 +72,49 @@ class Front:
         if self.inner is None:
             await _json(send, 503, {"error": f"{self._base['service']} is loading its model"})
             return
+        if scope["method"] == "POST" and scope["path"] in NAMED_PATHS:
+            scope, receive = await _with_model(scope, receive, self._settings.alias)
         await self.inner(scope, receive, send)
+
+
+NAMED_PATHS = ("/v1/chat/completions", "/v1/completions")
+"""Requests whose ``model`` the front sets to the served model's alias.
+
+llama-cpp-python answers with the request's ``model`` (whatever a client
+wrote), or the file's path when there is none. This server has one model, so
+the answer names it: that is what a node reports and what notes-coa quotes.
+"""
+
+
+async def _with_model(scope: Scope, receive: Receive, alias: str) -> tuple[Scope, Receive]:
+    """The request with ``"model": alias`` in its JSON body (a body that is not a JSON object passes unchanged)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client left; the server will see the disconnect on its next receive
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        body = json.dumps({**doc, "model": alias}).encode()
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for the disconnect, as the server expects
+
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return {**scope, "headers": headers}, replay
 
 
 async def _json(send: Send, status: int, doc: dict[str, Any]) -> None:
