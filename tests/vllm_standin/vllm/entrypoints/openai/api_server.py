@@ -29,6 +29,10 @@ import sys
 import time
 from typing import Any
 
+# At module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="STAND-IN for vLLM's OpenAI-compatible server (tests only)")
@@ -49,8 +53,6 @@ def main() -> None:
     time.sleep(float(os.environ.get("STANDIN_LOAD_SECONDS", "0")))
 
     import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
 
     app = FastAPI()
     reader: list[Any] = []
