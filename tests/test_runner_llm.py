@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +31,7 @@ from tiny_gguf import write_tiny_llama
 
 from services.engine_choice import LLAMA_CPP, MODULES
 from services.runners import make_runner
-from services.runners.process import ProcessRunner
+from services.runners.process import PROJECT_ROOT, ProcessRunner
 from services.supervisor import RestartPolicy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -189,3 +193,87 @@ async def test_a_file_llama_cpp_cannot_load_is_not_retried(tmp_path: Path) -> No
         await runner.stop()
     assert runner.failed is not None and re.search(r"llama\.cpp cannot load .*broken\.gguf", runner.failed)
     assert runner.supervisor.runs == 1 and failed == [runner.failed]
+
+
+async def test_two_streams_at_once_both_run_to_the_end(llm: ProcessRunner) -> None:
+    """llama-cpp-python's default lets a new request cut a stream short; in a pool two clients are two users."""
+    async with aiohttp.ClientSession() as client:
+
+        async def stream(prompt: str) -> list[tuple[float, str]]:
+            async with client.post(url(llm, "/v1/chat/completions"), json=chat(prompt, 400, stream=True)) as resp:
+                assert resp.status == 200
+                return await read_sse(resp, time.perf_counter())
+
+        first = asyncio.create_task(stream("First client"))
+        await asyncio.sleep(0.03)  # the first is streaming when the second arrives
+        second = asyncio.create_task(stream("Second client"))
+        results = await asyncio.gather(first, second)
+    assert results[0][-1][0] > 0.03, "the streams overlapped"
+    for events in results:
+        assert events[-1][1] == "[DONE]"
+        assert json.loads(events[-2][1])["choices"][0]["finish_reason"] == "length", "ran to max_tokens, not interrupted"
+        assert sum(1 for _, d in events[:-1] if json.loads(d)["choices"][0]["delta"].get("content")) >= 395
+
+
+async def test_a_killed_server_comes_back_on_its_port(tmp_path: Path) -> None:
+    need_modules(*NEEDS)
+    model = write_tiny_llama(tmp_path / "tiny-llama.gguf", seed=1)
+    runner = make_runner(SimpleNamespace(name="llm-inference"), "127.0.0.1", 0, "l", {"RMAP2P_GGUF_MODEL": str(model)},
+                         policy=POLICY, backend="llama.cpp")
+    await runner.start()
+    try:
+        await healthy(runner)
+        port, pid = runner.port, runner.supervisor.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60.0
+        while runner.supervisor.pid in (None, pid) or await runner.health() != "healthy":
+            assert time.monotonic() < deadline, runner.supervisor.state
+            await asyncio.sleep(0.2)
+        assert runner.port == port and runner.loaded_models == ("tiny-llama",)
+        async with aiohttp.ClientSession() as client:
+            async with client.post(url(runner, "/v1/chat/completions"), json=chat("again", 4)) as resp:
+                assert resp.status == 200
+    finally:
+        await runner.stop()
+
+
+async def test_the_server_exits_when_its_daemon_dies(tmp_path: Path) -> None:
+    """The daemon holds the child's stdin; SIGKILL it and the child reads EOF and exits (no orphan keeps the port)."""
+    need_modules(*NEEDS)
+    await asyncio.to_thread(_exits_with_its_daemon, tmp_path)
+
+
+def _exits_with_its_daemon(tmp_path: Path) -> None:
+    model = write_tiny_llama(tmp_path / "tiny-llama.gguf")
+    env = {**os.environ, "RMAP2P_GGUF_MODEL": str(model), "PYTHONPATH": PROJECT_ROOT}
+    daemon = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys\n"
+         "child = subprocess.Popen([sys.executable, '-m', 'services.runners.llamacpp', '--service', 'llm-inference',"
+         " '--port', '0', '--exit-on-stdin-eof'], stdin=subprocess.PIPE)\n"
+         "print(child.pid, flush=True)\n"
+         "child.wait()\n"],
+        env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert daemon.stdout is not None
+        child = int(daemon.stdout.readline())
+        time.sleep(3.0)  # announced and loading or serving
+        assert Path(f"/proc/{child}").exists()
+        daemon.kill()
+        daemon.wait()
+        deadline = time.monotonic() + 20.0
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the llama.cpp child outlived its daemon"
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
