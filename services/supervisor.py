@@ -146,6 +146,7 @@ class Supervisor:
         self._first_outcome: asyncio.Future[int | None] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._stderr_done: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
         self._starting = False
         self._session: aiohttp.ClientSession | None = None
 
@@ -194,7 +195,7 @@ class Supervisor:
         self._task = asyncio.create_task(self._supervise(proc), name=f"supervise-{self.name}")
         try:
             code = await asyncio.wait_for(asyncio.shield(self._first_outcome), announce_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return  # slow interpreter start: the ready timeout still bounds it
         if code == EXIT_CONFIG:
             reason = self.gave_up or f"{self.name}: exited with status {code}"
@@ -295,7 +296,7 @@ class Supervisor:
                 if resp.status != 200:
                     return False
                 doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
         self.health_doc = doc if isinstance(doc, dict) else None
         return True
@@ -319,9 +320,12 @@ class Supervisor:
         self._proc = proc
         self.runs += 1
         log.info("service %s: spawned pid %d (run %d)", self.name, proc.pid, self.runs)
-        # Readers end by themselves at EOF, when the process exits.
+        # Readers end by themselves at EOF, when the process exits; held here so they are not collected.
         self._stderr_done = asyncio.create_task(self._read_stderr(proc), name=f"{self.name}-stderr")
-        asyncio.create_task(self._read_stdout(proc), name=f"{self.name}-stdout")
+        stdout = asyncio.create_task(self._read_stdout(proc), name=f"{self.name}-stdout")
+        for task in (self._stderr_done, stdout):
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
         return proc
 
     async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
@@ -363,7 +367,7 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.policy.stop_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()

@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-from services.runners.serve import CannotRun, Engine, Route, main  # noqa: E402
+from services.runners.serve import CannotRun, Engine, Route, main
 
 
 class ChildEngine(Engine[str]):

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-
 from ml import need_modules, started, url
+
 from services.runners.process import ProcessRunner
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

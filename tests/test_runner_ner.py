@@ -17,9 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from ml import TEST_POLICY, need_modules, started, train_tiny_ner, url
 
 from allocator.catalog import by_name
-from ml import TEST_POLICY, need_modules, started, train_tiny_ner, url
 from services.capabilities import can_run, gather_facts
 from services.runner import RunnerError
 from services.runners import make_runner

@@ -87,7 +87,7 @@ class Batcher(Generic[T, R]):
             items = [item for p in batch for item in p.items]
             try:
                 results = await asyncio.to_thread(self._run, items)
-            except Exception as exc:  # the model failed: every waiter gets the error, the worker goes on
+            except Exception as exc:  # noqa: BLE001 -- the model failed: every waiter gets the error, the worker goes on
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)

@@ -168,7 +168,7 @@ def read_pdf(data: bytes) -> Extracted:
             texts.append(text)
     except Unreadable:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- see above
         raise Unreadable(f"{type(exc).__name__}: {exc}") from None
     return Extracted("\f".join(texts), count, "pdf", tuple(scanned))
 
@@ -176,7 +176,7 @@ def read_pdf(data: bytes) -> Extracted:
 def _has_images(page: Any) -> bool:
     try:
         return len(page.images) > 0
-    except Exception:  # an image pypdf cannot enumerate still counts as no text layer we can read
+    except Exception:  # noqa: BLE001 -- an image pypdf cannot enumerate still counts as no text layer we can read
         return True
 
 
@@ -199,7 +199,7 @@ def read_docx(data: bytes) -> Extracted:
         # A section's type says how it starts; absent means a new page. The body's final
         # sectPr describes the last section, which starts where the one before ends.
         breaks += sum(1 for s in document.sections[1:] if s.start_type.name in ("NEW_PAGE", "EVEN_PAGE", "ODD_PAGE"))
-    except Exception as exc:  # like pypdf: a damaged package raises KeyError, lxml errors, ...
+    except Exception as exc:  # noqa: BLE001 -- like pypdf: a damaged package raises KeyError, lxml errors, ...
         raise Unreadable(f"{type(exc).__name__}: {exc}") from None
     return Extracted("\n".join(lines), 1 + breaks, "docx")
 

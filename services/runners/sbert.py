@@ -28,7 +28,14 @@ from aiohttp import web
 
 from services.capabilities import locate_model, model_ref, module_present
 from services.runners.batching import Batcher
-from services.runners.serve import CannotRun, Engine, Route, json_error, main, read_json_object
+from services.runners.serve import (
+    CannotRun,
+    Engine,
+    Route,
+    json_error,
+    main,
+    read_json_object,
+)
 
 SERVICE = "rag-embeddings"
 MAX_TEXTS = 256

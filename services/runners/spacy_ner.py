@@ -27,7 +27,14 @@ from typing import Any
 from aiohttp import web
 
 from services.capabilities import locate_model, model_ref, module_present
-from services.runners.serve import CannotRun, Engine, Route, json_error, main, read_json_object
+from services.runners.serve import (
+    CannotRun,
+    Engine,
+    Route,
+    json_error,
+    main,
+    read_json_object,
+)
 
 SERVICE = "ner-extraction"
 MAX_CHARS = 200_000
