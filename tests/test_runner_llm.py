@@ -166,11 +166,10 @@ async def test_notes_come_from_the_llm_through_the_overlay(llm: ProcessRunner) -
             assert notes.port is not None
             pool.advertise("c", {"notes-coa": notes.port})
             case = "Client is a single parent, owes 1,200 in rent arrears and 300 council tax; income is universal credit."
-            async with aiohttp.ClientSession() as client:
-                async with client.post(pool.urls["r"] + "/api/service/notes-coa/notes", json={"case_text": case}) as resp:
-                    assert resp.status == 200, await resp.text()
-                    assert resp.headers["X-Rmap2p-Node"] == "c"
-                    doc = await resp.json()
+            async with aiohttp.ClientSession() as client, client.post(pool.urls["r"] + "/api/service/notes-coa/notes", json={"case_text": case}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["X-Rmap2p-Node"] == "c"
+                doc = await resp.json()
         finally:
             await notes.stop()
     assert doc["model"] == "tiny-llama" and doc["prompt"] == "notes-coa/v1"
@@ -231,9 +230,8 @@ async def test_a_killed_server_comes_back_on_its_port(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, runner.supervisor.state
             await asyncio.sleep(0.2)
         assert runner.port == port and runner.loaded_models == ("tiny-llama",)
-        async with aiohttp.ClientSession() as client:
-            async with client.post(url(runner, "/v1/chat/completions"), json=chat("again", 4)) as resp:
-                assert resp.status == 200
+        async with aiohttp.ClientSession() as client, client.post(url(runner, "/v1/chat/completions"), json=chat("again", 4)) as resp:
+            assert resp.status == 200
     finally:
         await runner.stop()
 
@@ -248,12 +246,12 @@ def _exits_with_its_daemon(tmp_path: Path) -> None:
     model = write_tiny_llama(tmp_path / "tiny-llama.gguf")
     env = {**os.environ, "RMAP2P_GGUF_MODEL": str(model), "PYTHONPATH": PROJECT_ROOT}
     daemon = subprocess.Popen(
-        [sys.executable, "-c",
+        [sys.executable, "-c", (
          "import subprocess, sys\n"
          "child = subprocess.Popen([sys.executable, '-m', 'services.runners.llamacpp', '--service', 'llm-inference',"
          " '--port', '0', '--exit-on-stdin-eof'], stdin=subprocess.PIPE)\n"
          "print(child.pid, flush=True)\n"
-         "child.wait()\n"],
+         "child.wait()\n")],
         env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -99,10 +99,9 @@ async def test_a_pool_without_llm_inference_is_a_503_naming_the_gap() -> None:
 async def test_bad_requests_get_a_4xx(body: bytes, status: int, says: str) -> None:
     runner = await started({"RMAP2P_GATEWAY": f"http://127.0.0.1:{closed_port()}"})
     try:
-        async with aiohttp.ClientSession() as client:
-            async with client.post(f"http://127.0.0.1:{runner.port}/notes", data=body) as resp:
-                assert resp.status == status
-                assert says in (await resp.json())["error"]
+        async with aiohttp.ClientSession() as client, client.post(f"http://127.0.0.1:{runner.port}/notes", data=body) as resp:
+            assert resp.status == status
+            assert says in (await resp.json())["error"]
     finally:
         await runner.stop()
 

@@ -52,10 +52,9 @@ async def test_a_png_comes_back_as_its_text(ocr: str) -> None:
 async def test_a_two_page_pdf_upload_comes_back_page_by_page(ocr: str) -> None:
     form = aiohttp.FormData()
     form.add_field("file", pdf([["Dear Sir or Madam", "Account 99182"], ["Council tax arrears 310"]]), filename="letter.pdf", content_type="application/pdf")
-    async with aiohttp.ClientSession() as client:
-        async with client.post(ocr + "/ocr", data=form) as resp:
-            assert resp.status == 200, await resp.text()
-            doc = await resp.json()
+    async with aiohttp.ClientSession() as client, client.post(ocr + "/ocr", data=form) as resp:
+        assert resp.status == 200, await resp.text()
+        doc = await resp.json()
     assert doc["pages"] == 2
     assert words(doc["page_texts"][0]) == ["Dear", "Sir", "or", "Madam", "Account", "99182"]
     assert words(doc["page_texts"][1]) == ["Council", "tax", "arrears", "310"]

@@ -196,9 +196,9 @@ def test_the_server_dies_with_the_daemon_that_started_it(tmp_path: Path) -> None
     """SIGKILL the parent (as a daemon killed hard): the exec'd server gets SIGTERM from the kernel."""
     env = {**os.environ, **standin_env(tmp_path)}
     parent = subprocess.Popen(
-        [sys.executable, "-c",
+        [sys.executable, "-c", (
          "import subprocess, sys; subprocess.Popen([sys.executable, '-m', 'services.runners.vllm', '--service', 'llm-inference',"
-         " '--port', '0']).wait()"],
+         " '--port', '0']).wait()")],
         env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:

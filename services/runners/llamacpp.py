@@ -36,7 +36,14 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from services.engine_choice import LLAMA_CPP, MODULES, LlamaCppSettings, SettingsError, llama_cpp_settings, module_present
+from services.engine_choice import (
+    LLAMA_CPP,
+    MODULES,
+    LlamaCppSettings,
+    SettingsError,
+    llama_cpp_settings,
+    module_present,
+)
 from services.runners.serve import CannotRun, ChildArgs, _wait_stdin_eof, parse_args
 from services.supervisor import EXIT_CONFIG, LISTENING
 

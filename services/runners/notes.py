@@ -21,9 +21,7 @@ Run as ``python -m services.runners.notes --service notes-coa --port P``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from services.runners.serve import CannotRun, Engine, Route, json_error, main, read_json_object
+from services.runners.serve import (
+    CannotRun,
+    Engine,
+    Route,
+    json_error,
+    main,
+    read_json_object,
+)
 
 PROMPT_FILE = Path(__file__).resolve().parents[1] / "prompts" / "notes_coa.json"
 LLM_PATH = "/api/service/llm-inference/v1/chat/completions"
@@ -138,10 +143,10 @@ async def notes(loaded: Loaded, request: web.Request) -> web.Response:
         async with loaded.session.post(url, json=payload, headers=headers) as resp:
             raw = await resp.read()
             status = resp.status
+    except TimeoutError:  # before OSError, its base class
+        return json_error(504, f"llm-inference did not answer within {LLM_TIMEOUT:g} s")
     except (aiohttp.ClientError, OSError) as exc:
         return _no_llm(f"the gateway {loaded.gateway} did not answer ({exc.__class__.__name__}: {exc})")
-    except asyncio.TimeoutError:
-        return json_error(504, f"llm-inference did not answer within {LLM_TIMEOUT:g} s")
     upstream = _json_or_text(raw)
     if status == 503:
         why = upstream.get("error") if isinstance(upstream, dict) else upstream

@@ -25,7 +25,6 @@ from ``GET /v1/models`` once per ready run; that is the node's
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -35,7 +34,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 
-from services.engine_choice import MODULES, VLLM, SettingsError, module_present, vllm_argv, vllm_settings
+from services.engine_choice import (
+    MODULES,
+    VLLM,
+    SettingsError,
+    module_present,
+    vllm_argv,
+    vllm_settings,
+)
 from services.runners.process import ProcessRunner
 from services.runners.serve import parse_args
 from services.supervisor import EXIT_CONFIG, LISTENING, RestartPolicy, connect_host
@@ -88,12 +94,11 @@ class VllmRunner(ProcessRunner):
             return None
         url = f"http://{connect_host(self._host)}:{port}/v1/models"
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
-                async with session.get(url) as resp:
-                    if resp.status != 200:
-                        return None
-                    doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session, session.get(url) as resp:
+                if resp.status != 200:
+                    return None
+                doc = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return None
         data = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(data, list):

@@ -107,6 +107,6 @@ async def ocr_middleware(request: Any, call_next: Callable[[Any], Awaitable[Any]
         texts, model = await read_pages(data)
     except BadInput as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return JSONResponse({"error": f"the vision model did not answer: {exc!r}"}, status_code=502)
     return JSONResponse({"text": "\n\n".join(texts), "pages": len(texts), "page_texts": texts, "model": model, "backend": "vllm"})
