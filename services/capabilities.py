@@ -38,7 +38,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,12 +168,16 @@ def _model_hint(service: str) -> str:
 # ------------------------------------------------------------ looking at the machine
 
 
-def gather_facts(env: Mapping[str, str], services: Iterable[str] = PROBED) -> HostFacts:
-    """Free RAM, importable packages and present models, for ``services`` on this machine."""
+def gather_facts(env: Mapping[str, str], services: Iterable[str] = PROBED, gpus: Sequence[engine_choice.Gpu] = ()) -> HostFacts:
+    """Free RAM, importable packages and present models, for ``services`` on this machine.
+
+    ``gpus``: the node's GPUs (``engine_choice.gpus_from(hardware.gpus)``); none means the
+    GPU engines (vLLM) are not considered.
+    """
     import psutil
 
     services = tuple(services)
-    engines = engine_choice.gather(env) if any(s in ENGINE_CHOSEN for s in services) else None
+    engines = engine_choice.gather(env, gpus) if any(s in ENGINE_CHOSEN for s in services) else None
 
     wanted = sorted({m for s in services if s in NEEDS for m in NEEDS[s].modules})
     modules = frozenset(m for m in wanted if module_present(m))
@@ -188,10 +192,12 @@ def gather_facts(env: Mapping[str, str], services: Iterable[str] = PROBED) -> Ho
     return HostFacts(ram_available_mb=ram, modules=modules, models=tuple(models), engines=engines)
 
 
-def probe(env: Mapping[str, str], services: Iterable[str] = PROBED) -> dict[str, tuple[bool, str]]:
-    """``can_run`` for each of ``services`` on this machine."""
+def probe(
+    env: Mapping[str, str], services: Iterable[str] = PROBED, gpus: Sequence[engine_choice.Gpu] = ()
+) -> dict[str, tuple[bool, str]]:
+    """``can_run`` for each of ``services`` on this machine, whose GPUs are ``gpus``."""
     services = tuple(services)
-    facts = gather_facts(env, services)
+    facts = gather_facts(env, services, gpus)
     return {s: can_run(s, facts, env) for s in services}
 
 

@@ -2,7 +2,8 @@
 
 Both services have a GPU engine (vLLM) and a CPU one (llama.cpp; RapidOCR).
 The choice is a pure function of hardware facts and the environment
-(``choose``), table-tested; ``gather`` looks at the machine once.
+(``choose``), table-tested; ``gather`` looks at the machine once, given the
+GPUs the daemon detected (``gpus_from(rmap2p.hardware.detect_gpus())``).
 
 - **vLLM** when the machine has a CUDA GPU (NVML sees one), the ``vllm``
   package is importable and the model is present: a local directory, or a hub
@@ -37,9 +38,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LLM = "llm-inference"
 OCR = "vision-ocr"
@@ -292,13 +294,18 @@ def _missing(engine: str, facts: Facts) -> str | None:
 # ------------------------------------------------------------ looking at the machine
 
 
-def gather(env: Mapping[str, str], gpus: Sequence[Gpu] | None = None) -> Facts:
-    """The facts ``choose`` needs about this machine. ``gpus`` None: ask NVML."""
-    if gpus is None:
-        from rmap2p.hardware import detect_gpus
+def gpus_from(infos: Iterable[Any]) -> tuple[Gpu, ...]:
+    """``Gpu`` facts from the daemon's ``rmap2p.hardware.GpuInfo`` records (name, VRAM in bytes).
 
-        mb = 1024 * 1024
-        gpus = [Gpu(g.name, g.vram_total // mb, g.vram_free // mb) for g in detect_gpus()]
+    The daemon detects its hardware once (NVML) and hands the GPUs down:
+    services/ does not look at the machine's hardware itself.
+    """
+    mb = 1024 * 1024
+    return tuple(Gpu(str(g.name), int(g.vram_total) // mb, int(g.vram_free) // mb) for g in infos)
+
+
+def gather(env: Mapping[str, str], gpus: Sequence[Gpu] = ()) -> Facts:
+    """The facts ``choose`` needs about this machine, whose GPUs are ``gpus`` (none: CPU engines only)."""
     modules = frozenset(m for ms in MODULES.values() for m in ms if module_present(m))
     refs = {gguf_ref(env)} | {vllm_model for vllm_model in _vllm_refs(env)}
     present = frozenset(r for r in refs if r is not None and model_present(r, env))
@@ -319,7 +326,7 @@ def _vllm_refs(env: Mapping[str, str]) -> list[str]:
     return refs
 
 
-def probe(service: str, env: Mapping[str, str], gpus: Sequence[Gpu] | None = None) -> Choice:
+def probe(service: str, env: Mapping[str, str], gpus: Sequence[Gpu] = ()) -> Choice:
     """``choose`` on this machine."""
     return choose(service, gather(env, gpus), env)
 

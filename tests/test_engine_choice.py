@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from rmap2p.hardware import GpuInfo
 from services import engine_choice as ec
 from services.engine_choice import Facts, Gpu, LlamaCppSettings, VllmSettings
 
@@ -139,7 +140,7 @@ def test_gather_finds_files_and_hub_cache_entries(tmp_path: Any) -> None:
     snapshot = tmp_path / "hub" / "models--org--vision" / "snapshots" / "abc"
     snapshot.mkdir(parents=True)
     env = {"RMAP2P_GGUF_MODEL": str(gguf), "HF_HUB_CACHE": str(tmp_path / "hub"), "RMAP2P_VISION_MODEL": "org/vision", "MODEL_NAME": "org/absent"}
-    f = ec.gather(env, gpus=[H200])
+    f = ec.gather(env, gpus=ec.gpus_from([GpuInfo("NVIDIA H200", H200.vram_total_mb * 2**20, H200.vram_free_mb * 2**20)]))
     assert f.present_models == {str(gguf), "org/vision"}
     assert f.model_sizes_mb == ((str(gguf), 0),) and f.ram_available_mb is not None and f.ram_available_mb > 0
     assert f.gpus == (H200,)

@@ -23,9 +23,10 @@ Whether this machine can run one is ``services.capabilities.can_run``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from services.engine_choice import Gpu
 from services.runners.process import ProcessRunner
 from services.supervisor import RestartPolicy
 
@@ -65,20 +66,22 @@ def make_runner(
     policy: RestartPolicy | None = None,
     on_failed: Callable[[str, str], None] | None = None,
     backend: str | None = None,
+    gpus: Sequence[Gpu] = (),
 ) -> ProcessRunner:
     """The runner of ``spec.name`` listening on ``host:port`` (0: any free port).
 
     ``env`` overrides the daemon's environment for the child (model variables).
     ``on_failed(service, reason)`` is called once if supervision gives up after
     ``start()`` returned; a failure at start raises ``RunnerError``.
-    ``backend`` picks the engine of a service in ``BACKENDS`` (None: what
-    ``services.engine_choice.probe`` chooses on this machine).
+    ``backend`` picks the engine of a service in ``BACKENDS``; None: what
+    ``services.engine_choice.probe`` chooses on this machine with ``gpus``
+    (``engine_choice.gpus_from(hardware.gpus)``; none: the CPU engine).
     """
     if spec.name in BACKENDS:
         if backend is None:
             from services import engine_choice
 
-            backend = engine_choice.probe(spec.name, {**os.environ, **env}).backend
+            backend = engine_choice.probe(spec.name, {**os.environ, **env}, gpus).backend
         module = BACKENDS[spec.name].get(backend or "")
         if module is None:
             raise KeyError(f"no engine {backend!r} for {spec.name} here; known: {', '.join(BACKENDS[spec.name])}")
