@@ -11,7 +11,8 @@ recognition models ship inside the ``rapidocr`` wheel, so this runs offline.
 ``RMAP2P_OCR_THREADS`` bounds ONNX Runtime's threads (default: its own choice).
 
 On a CUDA GPU vision-ocr is a vision model on vLLM instead
-(``services.runners.vllm``, ``RMAP2P_VISION_MODEL``).
+(``services.runners.vllm``, ``RMAP2P_VISION_MODEL``), whose ``POST /ocr`` is
+``services.runners.vllm_ocr`` (it shares ``page_images`` with this module).
 
 Run as ``python -m services.runners.ocr --service vision-ocr --port P``.
 """
