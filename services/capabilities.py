@@ -18,6 +18,9 @@ HTTP shell) plus twice the model's size on disk (the weights in memory and
 the working set of a batch). It is checked against memory available now,
 when the node starts.
 
+``llm-inference`` and ``vision-ocr`` have a GPU and a CPU engine: ``services.engine_choice``
+chooses (``HostFacts.engines``). ``notes-coa`` needs nothing beyond the core install.
+
 Model references (``RMAP2P_EMBEDDING_MODEL``, ``RMAP2P_NER_MODEL``) are
 resolved by ``locate_model``, which the service children use too, so the
 probe and the loader cannot disagree about where a model is:
@@ -35,9 +38,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from services import engine_choice
 
 EMBEDDING_ENV = "RMAP2P_EMBEDDING_MODEL"
 NER_ENV = "RMAP2P_NER_MODEL"
@@ -72,6 +77,14 @@ NEEDS: dict[str, Needs] = {
 }
 """Services with a real runner, and what each needs."""
 
+ENGINE_CHOSEN = (engine_choice.LLM, engine_choice.OCR)
+"""Services whose engine depends on the machine (GPU or CPU): ``services.engine_choice`` decides."""
+
+NO_MODEL = {"notes-coa": "notes-coa: prompts llm-inference through the overlay, no model here"}
+"""Services with a real runner that need nothing beyond the core install."""
+
+PROBED = (*NEEDS, *ENGINE_CHOSEN, *NO_MODEL)
+
 
 @dataclass(frozen=True, slots=True)
 class LocatedModel:
@@ -95,6 +108,8 @@ class HostFacts:
     """Importable top-level modules, among those probed."""
     models: tuple[LocatedModel, ...] = ()
     """Model references found, among those probed."""
+    engines: engine_choice.Facts | None = None
+    """GPUs, engine packages and models of the ``ENGINE_CHOSEN`` services; None if not probed."""
 
     def model(self, ref: str) -> LocatedModel | None:
         return next((m for m in self.models if m.ref == ref), None)
@@ -115,6 +130,13 @@ def ram_needed_mb(service: str, model: LocatedModel | None) -> int:
 
 def can_run(service: str, facts: HostFacts, env: Mapping[str, str]) -> tuple[bool, str]:
     """Whether this machine can run ``service``, and a one-line reason. Pure."""
+    if service in ENGINE_CHOSEN:
+        if facts.engines is None:
+            return False, f"{service}: its engines were not probed"
+        choice = engine_choice.choose(service, facts.engines, env)
+        return choice.backend is not None, choice.reason
+    if service in NO_MODEL:
+        return True, NO_MODEL[service]
     needs = NEEDS.get(service)
     if needs is None:
         return True, f"{service}: not probed (no real runner for it yet)"
@@ -146,9 +168,16 @@ def _model_hint(service: str) -> str:
 # ------------------------------------------------------------ looking at the machine
 
 
-def gather_facts(env: Mapping[str, str], services: Iterable[str] = tuple(NEEDS)) -> HostFacts:
-    """Free RAM, importable packages and present models, for ``services`` on this machine."""
+def gather_facts(env: Mapping[str, str], services: Iterable[str] = PROBED, gpus: Sequence[engine_choice.Gpu] = ()) -> HostFacts:
+    """Free RAM, importable packages and present models, for ``services`` on this machine.
+
+    ``gpus``: the node's GPUs (``engine_choice.gpus_from(hardware.gpus)``); none means the
+    GPU engines (vLLM) are not considered.
+    """
     import psutil
+
+    services = tuple(services)
+    engines = engine_choice.gather(env, gpus) if any(s in ENGINE_CHOSEN for s in services) else None
 
     wanted = sorted({m for s in services if s in NEEDS for m in NEEDS[s].modules})
     modules = frozenset(m for m in wanted if module_present(m))
@@ -160,13 +189,15 @@ def gather_facts(env: Mapping[str, str], services: Iterable[str] = tuple(NEEDS))
             if located is not None:
                 models.append(located)
     ram = int(psutil.virtual_memory().available // (1024 * 1024))
-    return HostFacts(ram_available_mb=ram, modules=modules, models=tuple(models))
+    return HostFacts(ram_available_mb=ram, modules=modules, models=tuple(models), engines=engines)
 
 
-def probe(env: Mapping[str, str], services: Iterable[str] = tuple(NEEDS)) -> dict[str, tuple[bool, str]]:
-    """``can_run`` for each of ``services`` on this machine."""
+def probe(
+    env: Mapping[str, str], services: Iterable[str] = PROBED, gpus: Sequence[engine_choice.Gpu] = ()
+) -> dict[str, tuple[bool, str]]:
+    """``can_run`` for each of ``services`` on this machine, whose GPUs are ``gpus``."""
     services = tuple(services)
-    facts = gather_facts(env, services)
+    facts = gather_facts(env, services, gpus)
     return {s: can_run(s, facts, env) for s in services}
 
 

@@ -11,6 +11,7 @@ import pytest
 from services.capabilities import (
     DEFAULT_EMBEDDING_MODEL,
     NEEDS,
+    PROBED,
     HostFacts,
     LocatedModel,
     can_run,
@@ -58,7 +59,8 @@ def facts(ram: int = PLENTY, modules: frozenset[str] = ALL_MODULES, models: tupl
         ("ner-extraction", facts(ram=300 + 2 * 40 - 1, models=(OWN_NER,)), {"RMAP2P_NER_MODEL": "/models/ner"}, False, "needs about 380 MB"),
         ("document-processing", facts(ram=149), {}, False, "needs about 150 MB of RAM"),
         # Services without a real runner are not this probe's to refuse.
-        ("llm-inference", facts(modules=frozenset(), models=()), {}, True, "not probed (no real runner for it yet)"),
+        ("llm-inference", facts(modules=frozenset(), models=()), {}, False, "its engines were not probed"),
+        ("vision-ocr", facts(), {}, False, "its engines were not probed"),
         ("redis", facts(), {}, True, "not probed"),
     ],
 )
@@ -129,7 +131,7 @@ def test_gather_facts_on_this_machine(tmp_path: Path) -> None:
     assert host.modules <= ALL_MODULES
     assert host.model(str(tmp_path / "absent")) is None
     results = probe(env)
-    assert set(results) == set(NEEDS)
+    assert set(results) == set(PROBED)
     assert results["ner-extraction"][0] is False
     assert all(reason.startswith(service) for service, (_, reason) in results.items())
 

@@ -1,0 +1,1 @@
+"""STAND-IN for vLLM in tests; not vLLM."""
