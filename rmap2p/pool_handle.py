@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from membership import Load, Membership, MemberView, NodeMeta
 from rmap2p.daemon import Node
+from services.engine_choice import Gpu, gpus_from
 from services.handle import RequestCounter, ViewListener
 
 
@@ -42,6 +43,11 @@ class NodeHandle:
     def service_host(self) -> str:
         host, _ = self._node.http_addr or self._node.config.http
         return host
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        hardware = self._node.hardware
+        return gpus_from(hardware.gpus) if hardware is not None else ()
 
     @property
     def requests(self) -> RequestCounter:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from membership import Load, MemberEvent, MemberView, NodeMeta
+from services.engine_choice import Gpu
 
 
 @dataclass(slots=True)
@@ -66,6 +67,11 @@ class PoolHandle(Protocol):
 
     @property
     def requests(self) -> RequestCounter: ...
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        """The GPUs the node detected at start (none: services run their CPU engines)."""
+        ...
 
     def members(self) -> list[MemberView]:
         """Every member this node knows, itself included."""

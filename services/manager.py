@@ -22,9 +22,11 @@ from allocator.actions import NodeActions, node_actions
 from allocator.catalog import ServiceSpec, by_name
 from allocator.members import capabilities, to_node_views
 from membership import MemberEvent, NodeMeta
-from services.handle import PoolHandle
-from services.routing import split_host_port
+from p2p.discovery import format_host_port
 from services.capabilities import probe as probe_machine
+from services.engine_choice import Gpu
+from services.handle import PoolHandle
+from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
 
@@ -66,8 +68,8 @@ class InDaemonRunner:
 
 
 RunnerFactory = Callable[[ServiceSpec], Runner]
-Probe = Callable[[], Mapping[str, tuple[bool, str]]]
-"""What this machine can run: service -> (able, one-line reason)."""
+Probe = Callable[[Sequence[Gpu]], Mapping[str, tuple[bool, str]]]
+"""What this machine, with these GPUs, can run: service -> (able, one-line reason)."""
 
 
 class ServiceManager:
@@ -95,7 +97,7 @@ class ServiceManager:
         self._echo = echo
         self._env = env if env is not None else os.environ
         self._factory = factory or self._default_factory
-        self._probe = probe if probe is not None else (lambda: probe_machine(self._env))
+        self._probe = probe if probe is not None else (lambda gpus: probe_machine(self._env, gpus=gpus))
         self._runners: dict[str, Runner] = {}
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()
@@ -119,7 +121,7 @@ class ServiceManager:
         if self._echo:
             log.info("node %s: echo services: every assigned service is an echo server (overlay testing)", self.node.node_id)
             return
-        results = await asyncio.to_thread(self._probe)
+        results = await asyncio.to_thread(self._probe, self.node.gpus)
         self._unavailable = {s: why for s, (able, why) in results.items() if not able}
         for service, why in sorted(self._unavailable.items()):
             log.info("node %s: not offering %s: %s", self.node.node_id, service, why)
@@ -134,7 +136,12 @@ class ServiceManager:
             return InDaemonRunner(spec.name, http[1] if http else None)
         port = 0 if self._ephemeral else spec.port
         if has_runner(spec.name) and not self._echo:
-            return make_runner(spec, node.service_host, port, node.node_id, {}, on_failed=self._gave_up)
+            env: dict[str, str] = {}
+            http = split_host_port(node.meta.http)
+            if http is not None:
+                # Services that call others (notes-coa asks llm-inference) go through this node's gateway.
+                env["RMAP2P_GATEWAY"] = f"http://{format_host_port(connect_host(http[0]), http[1])}"
+            return make_runner(spec, node.service_host, port, node.node_id, env, on_failed=self._gave_up, gpus=node.gpus)
         return PlaceholderRunner(spec.name, node.service_host, port, node.node_id)
 
     def _gave_up(self, service: str, reason: str) -> None:
@@ -146,8 +153,8 @@ class ServiceManager:
     # ------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        await self.check_machine()
         await self.node.wait_settled()
+        await self.check_machine()
         self.node.on_view_change(self.on_events)
         self._publish()
         try:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from cluster import Cluster
 
 from membership import Load, Membership, MemberView, NodeMeta
+from services.engine_choice import Gpu
 from services.handle import RequestCounter, ViewListener
 
 
@@ -31,6 +32,7 @@ class MachineHandle:
         self._service_host = service_host
         self._listeners: list[ViewListener] = []
         self.requests = RequestCounter()
+        self.gpus: tuple[Gpu, ...] = ()
 
     @classmethod
     def of_cluster(cls, cluster: Cluster, index: int) -> MachineHandle:

@@ -26,10 +26,12 @@ import pytest
 from ml import need_modules, train_tiny_ner
 from procs import NodeProc, wait_for
 from sample_docs import make_docx, make_pdf
+from tiny_gguf import write_tiny_llama
 
 pytestmark = pytest.mark.slow
 
 TYPES = [("e0", "edge"), ("g0", "gpu"), ("g1", "gpu"), ("c0", "cpu")]
+SERVED = ("rag-embeddings", "ner-extraction", "document-processing", "llm-inference", "notes-coa")
 
 
 def post(node: NodeProc, path: str, body: bytes, content_type: str = "application/json", timeout: float = 60.0
@@ -63,10 +65,11 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
-    need_modules("sentence_transformers", "spacy", "pypdf", "docx")
+    need_modules("sentence_transformers", "spacy", "pypdf", "docx", "llama_cpp", "gguf")
     tmp = tmp_path_factory.mktemp("ai-pool")
     model = train_tiny_ner(str(tmp / "tiny-ner"))
-    env = {"RMAP2P_NER_MODEL": model}
+    gguf = write_tiny_llama(tmp / "tiny-llama.gguf")
+    env = {"RMAP2P_NER_MODEL": model, "RMAP2P_GGUF_MODEL": str(gguf), "RMAP2P_LLM_THREADS": "1", "MAX_MODEL_LEN": "2048"}
     nodes = [NodeProc(name, tmp, extra=["--type", kind], env=env, services=True, echo=False) for name, kind in TYPES]
     try:
         nodes[0].start().wait_healthy()
@@ -75,9 +78,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
 
         def served() -> bool:
             view = nodes[0].view()
-            return all(healthy_runners(view, s) for s in ("rag-embeddings", "ner-extraction", "document-processing"))
+            return all(healthy_runners(view, s) for s in SERVED)
 
-        took = wait_for(served, 180, "embeddings, NER and documents to run healthy somewhere")
+        took = wait_for(served, 240, "embeddings, NER, documents, the LLM and notes to run healthy somewhere")
         print(f"AI services healthy {took:.1f} s after the last node started")
         yield nodes
     except BaseException:
@@ -124,6 +127,34 @@ def test_a_pdf_and_a_docx_come_back_as_their_text(pool: list[NodeProc]) -> None:
     status, _, doc = post(edge, "/api/service/documents/extract-text", body, ctype)
     assert status == 200, doc
     assert "Income is paid monthly." in doc["text"] and "Second page: the creditors." in doc["text"]
+
+
+def test_a_chat_completion_streams_token_by_token_from_the_llm_node(pool: list[NodeProc]) -> None:
+    edge = pool[0]
+    body = json.dumps({
+        "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 48, "stream": True, "temperature": 0,
+    }).encode()
+    req = urllib.request.Request(f"http://{edge.http}/api/service/llm/v1/chat/completions", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    events: list[dict[str, Any]] = []
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers["X-Rmap2p-Node"] in healthy_runners(edge.view(), "llm-inference")
+        for raw in resp:
+            line = raw.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    deltas = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
+    assert sum(1 for d in deltas if d) >= 2, f"several content chunks, one per token: {events[:3]}"
+
+
+def test_notes_come_back_from_notes_coa_through_the_llm(pool: list[NodeProc]) -> None:
+    edge = pool[0]
+    case = {"case_text": "Client owes 1,200 pounds to Acme Bank and cannot pay the rent this month."}
+    status, headers, doc = post(edge, "/api/service/notes-coa/notes", json.dumps(case).encode(), timeout=120)
+    assert status == 200, doc
+    assert isinstance(doc["notes"], str) and doc["notes"].strip() and doc["model"], doc
+    assert headers["X-Rmap2p-Node"] in healthy_runners(edge.view(), "notes-coa")
 
 
 def test_killing_the_ner_node_under_load_moves_ner_to_a_gpu_node(pool: list[NodeProc]) -> None:
