@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from membership import Load, MemberEvent, Membership, MemberView, NodeMeta, SwimConfig
+from membership import EventKind, Load, MemberEvent, Membership, MemberView, NodeMeta, SwimConfig
 from membership.messages import Addr
 from p2p import identity as ident
 from p2p.discovery import format_host_port
@@ -425,7 +425,7 @@ class Node:
 
     def _log_event(self, ev: MemberEvent) -> None:
         machine = self._require_machine()
-        if ev.kind == "conflict":
+        if ev.kind is EventKind.CONFLICT:
             other = DaemonClaim(ev.record.meta.started_at if ev.record is not None else 0, ev.detail)
             # Written as the core writes ``detail`` (host:port, no brackets), so both sides compare alike.
             mine = DaemonClaim(machine.meta.started_at, f"{machine.addr[0]}:{machine.addr[1]}")
@@ -442,8 +442,8 @@ class Node:
                     machine.id, ev.detail,
                 )
             return
-        level = logging.INFO if ev.kind in ("joined", "dead", "left", "alive") else logging.DEBUG
-        if ev.kind == "suspect":
+        level = logging.INFO if ev.kind in (EventKind.JOINED, EventKind.DEAD, EventKind.LEFT, EventKind.ALIVE) else logging.DEBUG
+        if ev.kind is EventKind.SUSPECT:
             level = logging.INFO
         log.log(level, "node %s: member %s %s (incarnation %d) %s", machine.id, ev.node, ev.kind, ev.incarnation, ev.detail)
 

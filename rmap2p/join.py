@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from membership import MemberEvent, Membership
+from membership import EventKind, MemberEvent, Membership
 from p2p import identity as ident
 from p2p.discovery import (
     BootstrapError,
@@ -123,7 +123,7 @@ def edges_in(events: list[MemberEvent], machine: Membership) -> list[Addr]:
     """Gossip addresses of other members that these events show alive as edge nodes."""
     found: list[Addr] = []
     for ev in events:
-        if ev.kind not in ("joined", "updated", "alive") or ev.node == machine.id:
+        if ev.kind not in (EventKind.JOINED, EventKind.UPDATED, EventKind.ALIVE) or ev.node == machine.id:
             continue
         rec = machine.alive_record(ev.node)
         if rec is not None and rec.meta.worker_type == "edge" and rec.addr not in found:

@@ -57,6 +57,7 @@ from allocator.members import capabilities, to_node_views, worker_type_of
 from allocator.view import NodeView
 from membership import (
     ConvergedView,
+    EventKind,
     Load,
     MemberEvent,
     Membership,
@@ -768,7 +769,7 @@ class Simulation:
 
     def _alloc_note(self, i: int, events: list[MemberEvent]) -> None:
         # Suspect members count as alive for allocation, so a suspicion alone changes nothing.
-        if any(ev.kind != "suspect" for ev in events):
+        if any(ev.kind is not EventKind.SUSPECT for ev in events):
             self._alloc_mark_dirty(i)
 
     def _alloc_mark_dirty(self, i: int) -> None:
