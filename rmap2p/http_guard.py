@@ -419,6 +419,10 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
             status, text = parser_error(exc, message)
             self._guard_stats.bad_requests += 1
             log.info("HTTP %d to %s: %s", status, request.remote, text[:300])
+        elif isinstance(exc, ConnectionError):
+            # The client went away mid-request (e.g. while we read its body): nothing to answer.
+            log.debug("client %s went away: %s", request.remote, exc)
+            status, text = 400, "connection lost"
         else:
             log.error("internal error handling a request from %s", request.remote, exc_info=exc)
             text = "internal error (logged on the node)"
