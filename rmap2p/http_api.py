@@ -206,6 +206,7 @@ def make_app(node: Node, policy: HttpPolicy | None = None, operator_token: str |
     app = web.Application(client_max_size=policy.max_body, middlewares=guard.middlewares)
     app[NODE_KEY] = node
     app[GUARD_KEY] = guard
+    app.on_response_prepare.append(guard.on_response_prepare)
     app.router.add_get("/health", health)
     app.router.add_get("/api/admin/workers", workers)
     app.router.add_get("/api/admin/gaps", admin_gaps)

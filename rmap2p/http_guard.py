@@ -262,6 +262,19 @@ class Guard:
         except TokenError as exc:
             return str(exc)
 
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``app.on_response_prepare``: a plain-text error aiohttp raised outside the middlewares
+        (an ``Expect`` header it does not know, before any handler) goes out as JSON too."""
+        if not isinstance(response, web.HTTPException) or response.status < 400:
+            return
+        if (response.content_type or "").startswith("application/json"):
+            return
+        body = json.dumps({"error": response.text or response.reason}).encode()
+        response.body = body
+        response.headers["Content-Type"] = "application/json; charset=utf-8"
+        if "Content-Length" in response.headers:
+            response.headers["Content-Length"] = str(len(body))
+
     # ------------------------------------------------------------ middlewares
 
     @web.middleware
