@@ -316,8 +316,10 @@ class Guard:
 
     @web.middleware
     async def coordinator(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        suffix = coordinator_suffix(request.raw_path)
-        if suffix is not None and not coordinator_allows(request.method, suffix):
+        # Both forms: the raw path is what the gateway forwards, the normalised one what the router
+        # matched (``/api/service/x/../coordinator/…`` is the coordinator's to the router).
+        suffixes = [s for s in (coordinator_suffix(request.raw_path), coordinator_suffix(request.path)) if s is not None]
+        if any(not coordinator_allows(request.method, s) for s in suffixes):
             self.stats.coordinator_refused += 1
             self._log_limited(
                 "coordinator", logging.WARNING, "node %s: refused %s %s from %s: not a read-only coordinator view",

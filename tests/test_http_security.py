@@ -119,6 +119,7 @@ def test_no_key_material_over_http(keyed: dict[str, Any]) -> None:
         ("POST", "/api/admin/leave"), ("GET", "/api/admin/keys"), ("POST", "/api/admin/keys"),
         ("POST", "/api/admin/%6Ceave"), ("POST", "/api/admin/../admin/leave"), ("POST", "//api/admin/leave"),
         ("GET", "/api/admin/workers/../keys"), ("DELETE", "/api/admin/workers"), ("POST", "/api/worker/job"),
+        ("POST", "/../coordinator/api/admin/leave"),
     ],
 )
 def test_the_coordinator_service_forwards_no_operator_action(keyed: dict[str, Any], method: str, suffix: str) -> None:
@@ -128,6 +129,16 @@ def test_the_coordinator_service_forwards_no_operator_action(keyed: dict[str, An
             assert status == 403 and "read-only" in doc["error"], (entry.name, name, suffix, doc)
     assert keyed["edge"].alive() and call(keyed["edge"], "GET", "/health")[0] == 200
     assert call(keyed["edge"], "GET", "/api/admin/stats")[2]["http"]["coordinator_refused"] > 0
+
+
+def test_a_dot_segment_cannot_smuggle_a_request_to_the_coordinator(keyed: dict[str, Any]) -> None:
+    # aiohttp routes the raw path: this is a request for ner (path "../coordinator/..."), which goes
+    # to a ner runner, never to a node's HTTP port; in no case does anyone leave.
+    for entry in (keyed["edge"], keyed["cpu"]):
+        status, _, doc = call(entry, "POST", "/api/service/ner/../coordinator/api/admin/leave", b"")
+        assert (doc or {}).get("status") != "leaving", doc
+    time.sleep(0.5)
+    assert all(call(n, "GET", "/health")[0] == 200 for n in (keyed["edge"], keyed["cpu"]))
 
 
 def test_the_coordinator_service_serves_the_read_only_views(keyed: dict[str, Any]) -> None:
