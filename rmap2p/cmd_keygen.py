@@ -33,7 +33,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rmap2p.cmd_admin import operator_headers
 from p2p.keyring import (
     Keyring,
     KeyringError,
@@ -44,6 +43,7 @@ from p2p.keyring import (
     load_keyring,
     save_keyring,
 )
+from rmap2p.cmd_admin import operator_headers
 
 KEYS_PATH = "/api/admin/keys"
 HTTP_TIMEOUT = 10.0

@@ -55,7 +55,7 @@ def paths(draw: st.DrawFn) -> str:
     suffix = draw(st.one_of(st.just(""), _path_chars.map(lambda s: "/" + s)))
     text = base + suffix
     # http.client refuses control characters and spaces in the URL; percent-escape what it would refuse.
-    text = "".join(c if 0x21 <= ord(c) <= 0x7E else "%%%02X" % ord(c) for c in text)
+    text = "".join(c if 0x21 <= ord(c) <= 0x7E else f"%{ord(c):02X}" for c in text)
     return text.replace("#", "%23")
 
 

@@ -21,7 +21,12 @@ import pytest
 from netns import Host, NetnsLab
 
 from p2p.identity import NodeIdentity
-from services.route_auth import HOPS_HEADER, ROUTE_HEADER, SIGNATURE_HEADER, sign_route_headers
+from services.route_auth import (
+    HOPS_HEADER,
+    ROUTE_HEADER,
+    SIGNATURE_HEADER,
+    sign_route_headers,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
