@@ -42,12 +42,13 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from allocator.scoring import canonical_service
+from p2p.keyring import Keyring
 from p2p.tokens import Token, TokenError, derive_token_key, verify_token
 from rmap2p import operator
 from rmap2p.ratelimit import RateLimit, RateLimiter
@@ -118,11 +119,14 @@ class GuardStats:
         }
 
 
-class NodeLike:
-    """What the guard reads from the daemon's Node (duck-typed; see rmap2p/daemon.py)."""
+class NodeLike(Protocol):
+    """What the guard reads from the daemon's Node (rmap2p/daemon.py)."""
 
-    machine: Any
-    keyring: Any
+    @property
+    def machine(self) -> Any: ...
+
+    @property
+    def keyring(self) -> Keyring | None: ...
 
 
 def is_loopback(remote: str | None) -> bool:
@@ -366,16 +370,16 @@ class Guard:
         if self.operator_token is not None and operator.matches(presented, self.operator_token):
             return await handler(request)
         forwarded = HOPS_HEADER in request.headers or ROUTE_HEADER in request.headers
-        if is_loopback(request.remote) and not forwarded and presented is None:
+        if is_loopback(request.remote) and not forwarded:
             return await handler(request)
         self.stats.operator_refused += 1
         self._log_limited(
             "operator", logging.WARNING, "node %s: refused operator action %s %s from %s%s", self._me(),
             request.method, request.path, request.remote, " (forwarded by a gateway)" if forwarded else "",
         )
-        why = "a wrong operator token" if presented is not None else (
-            "it was forwarded by a gateway" if forwarded else "it did not come from this node's host"
-        )
+        why = "it was forwarded by a gateway" if forwarded else "it did not come from this node's host"
+        if presented is not None:
+            why += " and its operator token is wrong"
         return error(
             403, f"operator action refused: {why}. Run it on the node's host, or send the node's operator "
             f"token ({operator.TOKEN_FILE} in its data dir) in {operator.HEADER}",

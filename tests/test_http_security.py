@@ -157,7 +157,7 @@ def test_the_coordinator_service_serves_the_read_only_views(keyed: dict[str, Any
 def test_operator_endpoints_refuse_gateway_forwarding_headers_without_the_token(keyed: dict[str, Any]) -> None:
     cpu: NodeProc = keyed["cpu"]
     token = (cpu.data_dir / "operator.token").read_text().strip()
-    for headers in ({HOPS_HEADER: "0"}, {HOPS_HEADER: "1"}, {"X-Rmap2p-Operator": "wrong" * 10}):
+    for headers in ({HOPS_HEADER: "0"}, {HOPS_HEADER: "1"}, {HOPS_HEADER: "1", "X-Rmap2p-Operator": "wrong" * 10}):
         status, _, doc = call(cpu, "GET", "/api/admin/keys", headers=headers)
         assert status == 403 and "operator" in doc["error"], headers
     status, _, doc = call(cpu, "GET", "/api/admin/keys", headers={HOPS_HEADER: "1", "X-Rmap2p-Operator": token})
