@@ -38,6 +38,7 @@ import ipaddress
 import json
 import logging
 import math
+import socket
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -128,6 +129,12 @@ class NodeLike(Protocol):
     @property
     def keyring(self) -> Keyring | None: ...
 
+    @property
+    def http_addr(self) -> tuple[str, int] | None: ...
+
+    @property
+    def gossip_addr(self) -> tuple[str, int] | None: ...
+
 
 def is_loopback(remote: str | None) -> bool:
     if not remote:
@@ -138,6 +145,16 @@ def is_loopback(remote: str | None) -> bool:
         return False
     mapped = getattr(addr, "ipv4_mapped", None)
     return bool((mapped or addr).is_loopback)
+
+
+def _can_bind(host: str) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+    except OSError:
+        return False
+    return True
 
 
 def is_operator_action(method: str, path: str) -> bool:
@@ -217,6 +234,7 @@ class Guard:
         self._verifier: RouteVerifier | None = None
         self._token_keys: dict[bytes, bytes] = {}
         self._last_log: dict[str, float] = {}
+        self._own_addresses: dict[str, bool] = {}
 
     @property
     def middlewares(self) -> list[Any]:
@@ -255,6 +273,26 @@ class Guard:
         if now - self._last_log.get(kind, -math.inf) >= LOG_EVERY:
             self._last_log[kind] = now
             log.log(level, msg, *args)
+
+    def from_this_host(self, remote: str | None) -> bool:
+        """Loopback, or one of this node's own addresses (a service on this host calling the gateway
+        at the address the node binds). Linux drops packets from outside that claim a local source
+        address, and a TCP handshake cannot be completed with a forged one."""
+        if is_loopback(remote):
+            return True
+        if remote is None or remote in ("0.0.0.0", "::", ""):
+            return False
+        own = {a[0] for a in (self.node.http_addr, self.node.gossip_addr) if a is not None}
+        # An --advertise address may be a NAT's, not ours: only an address this host can bind counts.
+        return remote in own and self._bindable(remote)
+
+    def _bindable(self, host: str) -> bool:
+        known = self._own_addresses.get(host)
+        if known is None:
+            known = _can_bind(host)
+            if len(self._own_addresses) < 16:
+                self._own_addresses[host] = known
+        return known
 
     def client_token(self, request: web.Request) -> Token | str | None:
         """The verified token, the reason a presented one is refused, or None when none came."""
@@ -341,7 +379,7 @@ class Guard:
         if "rmap2p_peer" in request:
             return await handler(request)
         token = self.client_token(request) if self.node.keyring is not None else None
-        local = is_loopback(request.remote)
+        local = self.from_this_host(request.remote)
         if isinstance(token, Token):
             client: str | None = f"token:{token.token_id}"
         else:

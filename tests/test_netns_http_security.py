@@ -199,6 +199,10 @@ def test_an_outsider_cannot_steer_the_pool_or_read_its_key(pool: dict[str, Any])
     a = out.send(req("GET", h1.ip, "/api/admin/keys", **{"X-Rmap2p-Operator": op}))[0]
     assert a["status"] == 200 and a["doc"]["encrypted"] is True and key not in a["raw"]
 
+    # On h1's own host, calling the gateway at the address the node binds (as its services do) needs no token.
+    a = Outsider(h1).send(req("POST", h1.ip, path, '{"text": "Jane"}'))[0]
+    assert a["status"] == 200 and a["headers"]["x-rmap2p-node"] == ids["h1"], a
+
     # Both nodes alive, the pool intact, and the refusals counted.
     v = pool["view"](h1)
     assert {k: w["status"] for k, w in v.items()} == {"h0": "alive", "h1": "alive"}
