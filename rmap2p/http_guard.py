@@ -347,9 +347,10 @@ class Guard:
         check = self._route_verifier().check(request.method, request.raw_path, request.headers, self._clock())
         if not check.ok:
             self.stats.route_refused[check.reason] = self.stats.route_refused.get(check.reason, 0) + 1
+            hint = " (do the hosts' clocks differ? keep them on NTP)" if check.reason == "stale" else ""
             self._log_limited(
-                "route", logging.WARNING, "node %s: refused a routed %s %s from %s: %s (counted in /api/admin/stats)",
-                self._me(), request.method, request.path[:200], request.remote, check.reason,
+                "route", logging.WARNING, "node %s: refused a routed %s %s from %s: %s%s (counted in /api/admin/stats)",
+                self._me(), request.method, request.path[:200], request.remote, check.reason, hint,
             )
             return error(403, f"routed request refused: {check.reason}", reason=check.reason)
         self.stats.routes_accepted += 1
