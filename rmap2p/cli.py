@@ -27,6 +27,7 @@ HANDLERS = {
     "leave": "rmap2p.cmd_admin:leave",
     "keygen": "rmap2p.cmd_keygen:run",
     "keys": "rmap2p.cmd_keygen:keys",
+    "tokens": "rmap2p.cmd_tokens:run",
     "simulate": "simulations.cli:run",
     "allocate": "rmap2p.cmd_allocate:run",
 }
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"HTTP address of the node to ask (default {DEFAULT_HTTP})",
         )
         p.add_argument("--json", action="store_true", help="print the raw JSON document")
+        p.add_argument(
+            "--data-dir",
+            default=_env("RMAP2P_DATA_DIR", os.path.expanduser("~/.rmap2p")),
+            help="the node's data dir, whose operator.token is sent with operator actions "
+            "(env RMAP2P_DATA_DIR; default ~/.rmap2p, as for join)",
+        )
 
     status = sub.add_parser("status", help="print the members a node knows, as a table")
     _http_client_opts(status)
@@ -183,11 +190,31 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser(
         "keys",
         help="rotate the keyring of a running node: list, install, use, remove",
-        description="Key rotation without downtime: install the new key on every node, then use it everywhere, then remove the old one.",
+        description="Key rotation without downtime: install the new key on every node, then use it everywhere, "
+        "then remove the old one. Operator actions: run on the node's host (or with its operator token, read "
+        "from --data-dir). Nodes list keys by fingerprint only; use and remove take a key or a fingerprint.",
     )
     keys.add_argument("action", choices=("list", "install", "use", "remove"))
-    keys.add_argument("key", nargs="?", help="base64 key (for install, use, remove)")
+    keys.add_argument("key", nargs="?", help="base64 key (install needs it); for use and remove a fingerprint also works")
     _http_client_opts(keys)
+
+    tokens = sub.add_parser(
+        "tokens",
+        help="make client tokens for a pool with a keyring",
+        description="Print a bearer token that every node of the pool accepts (Authorization: Bearer TOKEN) for "
+        "/api/service/... and /api/coordinator/broadcast-job. Made offline from the keyring file; rotating the "
+        "keyring's keys (install, use, remove) revokes the tokens made with the removed key.",
+    )
+    tokens.add_argument("action", choices=("create",))
+    tokens.add_argument(
+        "--expires", default="30d", metavar="DURATION",
+        help="lifetime: a number with s, m, h, d or w (e.g. 12h, 90d), or 'never' (default 30d)",
+    )
+    tokens.add_argument(
+        "--key-file", default=_env("RMAP2P_KEY_FILE"),
+        help="the pool's keyring file, as given to join (env RMAP2P_KEY_FILE); its primary key signs the token",
+    )
+    tokens.add_argument("--json", action="store_true", help="print the token with its id and expiry as JSON")
 
     simulate = sub.add_parser(
         "simulate",

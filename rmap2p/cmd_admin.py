@@ -1,14 +1,25 @@
-"""``rmap2p status | gaps | leave``: small HTTP clients of a running node."""
+"""``rmap2p status | gaps | leave``: small HTTP clients of a running node.
+
+``leave`` is an operator action, allowed from the node's host or with its
+operator token (rmap2p/operator.py). The CLI sends the token of
+``--data-dir`` when the node it asks is on this host (its address is one
+this machine can bind), so on the node's host it just works whatever the
+node binds; the token never goes to another host.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+from rmap2p import operator
 
 TIMEOUT = 5.0
 
@@ -17,9 +28,11 @@ class AdminError(Exception):
     pass
 
 
-def _call(args: argparse.Namespace, path: str, method: str = "GET") -> Any:
+def _call(args: argparse.Namespace, path: str, method: str = "GET", as_operator: bool = False) -> Any:
     url = f"http://{args.http}{path}"
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    for name, value in (operator_headers(args) if as_operator else {}).items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             return json.load(resp)
@@ -28,6 +41,35 @@ def _call(args: argparse.Namespace, path: str, method: str = "GET") -> Any:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise AdminError(f"no node answers at {url} ({reason}); is `rmap2p join` running with --http {args.http}?") from None
+
+
+def is_this_host(http: str) -> bool:
+    """Whether ``HOST:PORT`` (or a URL) names an address of this machine: only this machine can bind it."""
+    text = http.strip().split("://", 1)[-1].split("/", 1)[0]
+    host = text.rpartition(":")[0].strip("[]") if ":" in text else text
+    if host in ("", "localhost", "0.0.0.0", "::"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.bind((sockaddr[0], 0))
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def operator_headers(args: argparse.Namespace) -> dict[str, str]:
+    """``X-Rmap2p-Operator`` with the token of ``args.data_dir`` when the node asked is on this host."""
+    data_dir = getattr(args, "data_dir", None)
+    if not data_dir or not is_this_host(args.http):
+        return {}
+    token = operator.read_token(Path(data_dir))
+    return {operator.HEADER: token} if token else {}
 
 
 def _run(args: argparse.Namespace, fn: Any) -> int:
@@ -87,7 +129,7 @@ def _gaps(args: argparse.Namespace) -> int:
 
 
 def _leave(args: argparse.Namespace) -> int:
-    doc = _call(args, "/api/admin/leave", method="POST")
+    doc = _call(args, "/api/admin/leave", method="POST", as_operator=True)
     if args.json:
         print(json.dumps(doc))
     else:

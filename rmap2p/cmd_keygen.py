@@ -6,12 +6,16 @@ key is primary), ``--primary`` making it the primary; the key is still
 printed on stdout, so it can be handed to ``rmap2p keys install`` on the
 other nodes, and the human-readable note goes to stderr.
 
-``keys list|install|use|remove [KEY] --http HOST:PORT [--json]`` talks to a
-running node's admin API: ``GET /api/admin/keys`` returns
-``{"keys": [b64, ...], "primary": b64}``; ``POST`` with
-``{"action": ..., "key": b64}`` returns the same document, or
-``{"error": msg}`` with status 400. Rotation without downtime is: install the
-new key on every node, then use it on every node, then remove the old one.
+``keys list|install|use|remove [KEY] --http HOST:PORT [--data-dir D] [--json]``
+talks to a running node's admin API, an operator action (sent with the
+node's operator token when the node is on this host, see
+rmap2p/cmd_admin.py): ``GET /api/admin/keys`` returns
+``{"keys": [{"fingerprint", "primary"}, ...], "primary": fingerprint}`` (key
+material never leaves a node); ``POST`` with ``{"action": ..., "key": b64}``
+(or, for use and remove, ``{"fingerprint": hex}``) returns the same
+document, or ``{"error": msg}`` with status 400. Rotation without downtime
+is: install the new key on every node, then use it on every node, then
+remove the old one.
 
 Exit codes: 0 success, 1 the node or file refused or could not be reached,
 2 a usage error (missing or malformed KEY). The HTTP client is urllib:
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -38,6 +43,7 @@ from p2p.keyring import (
     load_keyring,
     save_keyring,
 )
+from rmap2p.cmd_admin import operator_headers
 
 KEYS_PATH = "/api/admin/keys"
 HTTP_TIMEOUT = 10.0
@@ -90,17 +96,24 @@ def keys(args: argparse.Namespace) -> int:
     action: str = args.action
     base = _base_url(args.http)
     if action == "list":
-        status, doc = _call("GET", base + KEYS_PATH, None)
+        status, doc = _call("GET", base + KEYS_PATH, None, operator_headers(args))
     else:
         if not args.key:
             _err(f"`keys {action}` needs a KEY (base64, as printed by `rmap2p keygen`)")
             return 2
-        try:
-            decode_key(args.key)
-        except KeyringError as exc:
-            _err(f"bad KEY: {exc}")
-            return 2
-        status, doc = _call("POST", base + KEYS_PATH, {"action": action, "key": args.key.strip()})
+        body: dict[str, str] = {"action": action}
+        text = args.key.strip()
+        if action != "install" and _FINGERPRINT.match(text):
+            body["fingerprint"] = text.lower()
+        else:
+            try:
+                decode_key(text)
+            except KeyringError as exc:
+                what = "a base64 key" if action == "install" else "a base64 key or a fingerprint (hex)"
+                _err(f"bad KEY (expected {what}): {exc}")
+                return 2
+            body["key"] = text
+        status, doc = _call("POST", base + KEYS_PATH, body, operator_headers(args))
     if status is None:
         _err(f"cannot reach the node at {args.http}: {doc}")
         return 1
@@ -119,10 +132,11 @@ def keys(args: argparse.Namespace) -> int:
     if action != "list":
         done = {"install": "installed", "use": "now using", "remove": "removed"}[action]
         print(f"{done} key {_label(args.key.strip())}")
-    print(f"{len(keys_list)} key(s) on the node at {args.http}:")
-    for text in keys_list:
-        mark = "  (primary)" if text == primary else ""
-        print(f"  {text}{mark}")
+    print(f"{len(keys_list)} key(s) on the node at {args.http} (fingerprints):")
+    for entry in keys_list:
+        fp = entry.get("fingerprint") if isinstance(entry, dict) else str(entry)
+        mark = "  (primary)" if fp == primary else ""
+        print(f"  {fp}{mark}")
     return 0
 
 
@@ -133,6 +147,9 @@ def _label(text: str) -> str:
         return text
 
 
+_FINGERPRINT = re.compile(r"^[0-9a-fA-F]{4,16}$")
+
+
 def _base_url(http: str) -> str:
     http = http.strip()
     if http.startswith(("http://", "https://")):
@@ -140,10 +157,12 @@ def _base_url(http: str) -> str:
     return "http://" + http
 
 
-def _call(method: str, url: str, body: dict[str, Any] | None) -> tuple[int | None, Any]:
+def _call(
+    method: str, url: str, body: dict[str, Any] | None, headers: dict[str, str] | None = None
+) -> tuple[int | None, Any]:
     """(status, parsed JSON) or (None, reason) when the node cannot be reached."""
     data = json.dumps(body).encode("utf-8") if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     req.add_header("Accept", "application/json")
     if data is not None:
         req.add_header("Content-Type", "application/json")

@@ -8,6 +8,7 @@ from membership import Load, Membership, MemberView, NodeMeta
 from rmap2p.daemon import Node
 from services.engine_choice import Gpu, gpus_from
 from services.handle import RequestCounter, ViewListener
+from services.route_auth import Signer
 
 
 class NodeHandle:
@@ -48,6 +49,13 @@ class NodeHandle:
     def gpus(self) -> tuple[Gpu, ...]:
         hardware = self._node.hardware
         return gpus_from(hardware.gpus) if hardware is not None else ()
+
+    @property
+    def identity(self) -> Signer:
+        identity = self._node.identity
+        if identity is None:
+            raise RuntimeError("node not started: services/ used it too early")
+        return identity
 
     @property
     def requests(self) -> RequestCounter:

@@ -54,12 +54,14 @@ from services.jobs import WORKER_JOB_PATH, JobDesk
 from services.log_limits import LogLimiter, suppressed_note
 from services.request_metrics import RequestMetrics, outcome_of, request_metrics
 from services.responses import json_error
+from services.route_auth import SIGNATURE_HEADER, sign_route_headers
 from services.routing import (
     ATTEMPTS_HEADER,
     HOP_LIMIT,
     HOPS_HEADER,
     LOAD_HEADER,
     NODE_HEADER,
+    OPERATOR_HEADER,
     ROUTE_HEADER,
     UNSERVED_HEADER,
     WILDCARD_HOSTS,
@@ -87,7 +89,9 @@ CONNECTION_LIMIT = 512
 
 # Set by the forwarder itself, never copied from the client: Host and our own routing headers;
 # Expect, because this gateway already answered the client's 100-continue.
-_REQUEST_DROP = ("host", "expect", HOPS_HEADER.lower(), ROUTE_HEADER.lower())
+_REQUEST_DROP = (
+    "host", "expect", HOPS_HEADER.lower(), ROUTE_HEADER.lower(), SIGNATURE_HEADER.lower(), OPERATOR_HEADER.lower(),
+)
 
 
 class ReplayableBody:
@@ -321,8 +325,8 @@ class Gateway:
                 path=f"/api/service/{service}{suffix}", query_string=query, encoded=True,
             )
             headers = forward_headers(request.headers, drop=_REQUEST_DROP)
-            headers[HOPS_HEADER] = str(hops + 1)
-            headers[ROUTE_HEADER] = target.node
+            # The target serves a routed request only if a current member signed it (services/route_auth.py).
+            headers.update(sign_route_headers(self.node.identity, request.method, url.raw_path_qs, target.node, hops + 1, time.time()))
         self.book.sent(target.node)
         try:
             return await self._exchange(request, service, target, url, headers, body, serve_here=target.is_self, attempt=number)

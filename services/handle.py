@@ -19,6 +19,7 @@ from typing import Protocol
 
 from membership import Load, MemberEvent, MemberView, NodeMeta
 from services.engine_choice import Gpu
+from services.route_auth import Signer
 
 
 @dataclass(slots=True)
@@ -67,6 +68,11 @@ class PoolHandle(Protocol):
 
     @property
     def requests(self) -> RequestCounter: ...
+
+    @property
+    def identity(self) -> Signer:
+        """This node's identity: the gateway signs the requests it forwards to peers with it."""
+        ...
 
     @property
     def gpus(self) -> tuple[Gpu, ...]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from allocator.view import NodeView
 from membership import MemberView
 from services.handle import PoolHandle
 from services.responses import json_error
+from services.route_auth import sign_route_headers
 from services.routing import WILDCARD_HOSTS, connect_host, split_host_port
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,9 @@ class JobDesk:
                     return None
                 host = member.addr[0] if http[0] in WILDCARD_HOSTS else http[0]
                 url = URL.build(scheme="http", host=host, port=http[1], path=WORKER_JOB_PATH)
-                async with self._client().post(url, json=job.to_json(), headers=_JSON) as resp:
+                # Signed like a routed request: a peer's job post needs no client token.
+                signed = sign_route_headers(self.node.identity, "POST", url.raw_path_qs, member.node, 1, time.time())
+                async with self._client().post(url, json=job.to_json(), headers={**_JSON, **signed}) as resp:
                     await resp.read()
                 log.debug(
                     "node %s: job %s (%s) -> node %s at %s: %d", me, job.job_type, job.capability or "tier<=2",

@@ -61,6 +61,8 @@ LOAD_HEADER = "X-Rmap2p-Load"
 NODE_HEADER = "X-Rmap2p-Node"
 UNSERVED_HEADER = "X-Rmap2p-Unserved"
 ATTEMPTS_HEADER = "X-Rmap2p-Attempts"
+OPERATOR_HEADER = "X-Rmap2p-Operator"
+"""Carries a node's operator token (rmap2p/operator.py); a gateway never forwards it."""
 
 HOP_LIMIT = 4
 """A request arriving with this many gateway-to-gateway forwards or more gets 508. One is the

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from cluster import Cluster
 
 from membership import Load, Membership, MemberView, NodeMeta
+from membership.signing import UnsignedIdentity
 from services.engine_choice import Gpu
 from services.handle import RequestCounter, ViewListener
 
@@ -41,6 +42,10 @@ class MachineHandle:
     @property
     def machine(self) -> Membership:
         return self._machine()
+
+    @property
+    def identity(self) -> UnsignedIdentity:
+        return UnsignedIdentity(self.machine.id)
 
     @property
     def node_id(self) -> str:

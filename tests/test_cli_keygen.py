@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from p2p.keyring import Keyring, KeyringError, decode_key, encode_key, load_keyring
+from rmap2p.cmd_admin import is_this_host
+from rmap2p.http_api import key_fingerprint
+from rmap2p.operator import ensure_token
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,10 +74,15 @@ def test_keygen_refuses_a_corrupt_key_file(tmp_path) -> None:
 
 
 class _FakeNode:
-    """A tiny stand-in for a node's /api/admin/keys endpoint, backed by a real Keyring."""
+    """A tiny stand-in for a node's /api/admin/keys endpoint, backed by a real Keyring.
+
+    It answers with the node's document shape (rmap2p/http_api.py: fingerprints only) and
+    records the headers of each request, so the tests see what the CLI sends.
+    """
 
     def __init__(self, ring: Keyring) -> None:
         self.ring = ring
+        self.headers: list[dict[str, str]] = []
         node = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,20 +98,25 @@ class _FakeNode:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
+                node.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if self.path != "/api/admin/keys":
                     self._reply(404, {"error": "not found"})
                     return
-                self._reply(200, node.ring.to_document())
+                self._reply(200, _doc(node.ring))
 
             def do_POST(self) -> None:
+                node.headers.append({k.lower(): v for k, v in self.headers.items()})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 try:
-                    key = decode_key(body["key"])
+                    if "fingerprint" in body:
+                        key = next(k for k in node.ring.list() if key_fingerprint(k).startswith(body["fingerprint"]))
+                    else:
+                        key = decode_key(body["key"])
                     getattr(node.ring, body["action"])(key)
                 except KeyringError as exc:
                     self._reply(400, {"error": str(exc)})
                     return
-                self._reply(200, node.ring.to_document())
+                self._reply(200, _doc(node.ring))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.addr = f"127.0.0.1:{self.server.server_address[1]}"
@@ -119,18 +132,36 @@ class _FakeNode:
         self.thread.join(5)
 
 
+def _doc(ring: Keyring) -> dict[str, object]:
+    primary = key_fingerprint(ring.primary)
+    return {"keys": [{"fingerprint": key_fingerprint(k), "primary": key_fingerprint(k) == primary} for k in ring.list()],
+            "primary": primary, "encrypted": True}
+
+
 @pytest.fixture
 def node() -> Iterator[_FakeNode]:
     with _FakeNode(Keyring.single(bytes(32))) as fake:
         yield fake
 
 
-def test_keys_list(node: _FakeNode) -> None:
-    result = rmap2p("keys", "list", "--http", node.addr)
+def test_keys_list(node: _FakeNode, tmp_path: Path) -> None:
+    result = rmap2p("keys", "list", "--http", node.addr, "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert f"{encode_key(bytes(32))}  (primary)" in result.stdout
+    assert f"{key_fingerprint(bytes(32))}  (primary)" in result.stdout
+    assert encode_key(bytes(32)) not in result.stdout
     as_json = rmap2p("keys", "list", "--http", node.addr, "--json")
-    assert json.loads(as_json.stdout) == node.ring.to_document()
+    assert json.loads(as_json.stdout) == _doc(node.ring)
+
+
+def test_keys_sends_the_operator_token_only_to_a_node_on_this_host(node: _FakeNode, tmp_path: Path) -> None:
+    token = ensure_token(tmp_path)
+    assert (tmp_path / "operator.token").stat().st_mode & 0o777 == 0o600
+    assert rmap2p("keys", "list", "--http", node.addr, "--data-dir", str(tmp_path)).returncode == 0
+    assert node.headers[-1].get("x-rmap2p-operator") == token
+    assert rmap2p("keys", "list", "--http", node.addr, "--data-dir", str(tmp_path / "none")).returncode == 0
+    assert "x-rmap2p-operator" not in node.headers[-1], "no token file: nothing sent"
+    assert is_this_host(node.addr) and is_this_host("localhost:1") and is_this_host("[::1]:8080")
+    assert not is_this_host("192.0.2.1:8080"), "TEST-NET address: not ours, the token must not go there"
 
 
 def test_keys_rotation_through_the_cli(node: _FakeNode) -> None:
@@ -139,9 +170,13 @@ def test_keys_rotation_through_the_cli(node: _FakeNode) -> None:
     assert rmap2p("keys", "install", new, "--http", node.addr).returncode == 0
     assert node.ring.list() == [bytes(32), bytes(range(32))]
     used = rmap2p("keys", "use", new, "--http", node.addr)
-    assert used.returncode == 0 and f"{new}  (primary)" in used.stdout
+    assert used.returncode == 0 and f"{key_fingerprint(bytes(range(32)))}  (primary)" in used.stdout
     assert rmap2p("keys", "remove", old, "--http", node.addr).returncode == 0
     assert node.ring.list() == [bytes(range(32))]
+    # use and remove also take a fingerprint (what `keys list` shows).
+    assert rmap2p("keys", "install", old, "--http", node.addr).returncode == 0
+    assert rmap2p("keys", "use", key_fingerprint(bytes(32))[:8], "--http", node.addr).returncode == 0
+    assert node.ring.primary == bytes(32)
 
 
 def test_keys_node_refusal_is_reported(node: _FakeNode) -> None:
