@@ -44,8 +44,8 @@ class LabPool:
         ]
         if not mdns:
             argv.append("--no-mdns")
-        if not services:
-            argv.append("--no-services")
+        # Services as echo servers: these tests are about the overlay between hosts, not the models.
+        argv.append("--echo-services" if services else "--no-services")
         if join is not None:
             argv += ["--join", join if isinstance(join, str) else hostport(join.ip)]
         self.procs[host.name] = host.popen(argv, log_name=f"daemon{len(self.procs)}", cwd=data)

@@ -53,7 +53,7 @@ def start(lab: NetnsLab, workdir: Path, host: Host, *extra: str, join: Host | No
     data.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "rmap2p", "-v", "join", "--bind", hostport(host.ip), "--data-dir", str(data),
-        "--name", host.name, "--no-mdns", *extra,
+        "--name", host.name, "--no-mdns", "--echo-services", *extra,
     ]
     if join is not None:
         argv += ["--join", hostport(join.ip, GOSSIP_PORT)]

@@ -101,7 +101,7 @@ def pool(netns_lab: Callable[..., NetnsLab], tmp_path: Path) -> Iterator[dict[st
         argv = [
             sys.executable, "-m", "rmap2p", "-v", "join", "--bind", f"{host.ip}:{GOSSIP}", "--http", f"{host.ip}:{HTTP}",
             "--data-dir", str(data), "--name", host.name, "--type", kind, "--key-file", str(ring), "--no-mdns",
-            "--profile", "local",
+            "--profile", "local", "--echo-services",
         ]
         if i:
             argv += ["--join", f"{h0.ip}:{GOSSIP}"]
