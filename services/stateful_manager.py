@@ -102,6 +102,7 @@ class StatefulServices:
         self._drivers: dict[str, ReplicaDriver] = {}
         self._roles: dict[str, Roles] = {}
         self._engine_role: dict[str, str] = {}
+        self._waiting: dict[str, str] = {}
         self._warned = False
 
     @staticmethod
@@ -139,9 +140,12 @@ class StatefulServices:
         me = self.node.node_id
         if roles.primary == me or (roles.primary is not None and driver.following is not None):
             self._drivers[service] = driver
+            self._waiting.pop(service, None)
             return True
         why = "no copy with data is alive" if roles.primary is None else f"the address of its primary {roles.primary} is not known yet"
-        log.info("node %s: %s waits to start: %s", me, service, why)
+        if self._waiting.get(service) != why:  # once per reason, not every reconcile
+            self._waiting[service] = why
+            log.info("node %s: %s waits to start: %s", me, service, why)
         return False
 
     def forget(self, service: str) -> None:

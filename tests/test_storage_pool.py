@@ -176,6 +176,8 @@ def test_failover_through_the_service_proxy_keeps_every_acknowledged_write(pool:
         return ok
 
     wait_for(lambda: all(writable(s) for s in SERVICES), 60, "a writable primary through c0's proxy after the kill", interval=0.1)
+    for service in SERVICES:
+        assert outage[service] <= outage.get("detected", 0.0) + 5.0, f"{service}: no writable primary for {outage[service]:.1f} s, detection {outage.get('detected')}"
     assert asyncio.run(redis(ports["redis"], redis_pw, ("DBSIZE",)))[0] >= N
     count, _ = redis_count(ports["redis"], redis_pw)
     assert count == N, f"{N - count} acknowledged Redis writes lost"
