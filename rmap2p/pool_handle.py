@@ -11,7 +11,6 @@ from membership import Load, Membership, MemberView, NodeMeta
 from rmap2p.daemon import Node
 from services.handle import RequestCounter, ViewListener
 
-
 POOL_SECRET_CONTEXT = b"rmap2p pool secret v1"
 
 

@@ -23,9 +23,9 @@ from allocator.catalog import ServiceSpec, by_name
 from allocator.members import capabilities, to_node_views
 from allocator.replicas import REPLICATED
 from membership import MemberEvent, NodeMeta
+from services.capabilities import probe as probe_machine
 from services.handle import PoolHandle
 from services.routing import split_host_port
-from services.capabilities import probe as probe_machine
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
 from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices

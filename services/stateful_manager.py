@@ -37,7 +37,14 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from allocator.actions import NodeActions
 from allocator.members import to_node_views
-from allocator.replicas import REPLICATED, Claims, Roles, copies, primary_of, replicated_actions
+from allocator.replicas import (
+    REPLICATED,
+    Claims,
+    Roles,
+    copies,
+    primary_of,
+    replicated_actions,
+)
 from membership import MemberEvent, MemberView, ReplicationClaim
 from services.handle import PoolHandle
 from services.replication import ReplicaDriver, converge, endpoints

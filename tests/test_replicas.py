@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from allocator.replicas import Copy, Roles, allocation_view, copies, primary_of, rank, replica_rows, replicated_actions
+from allocator.replicas import (
+    Copy,
+    Roles,
+    allocation_view,
+    copies,
+    primary_of,
+    rank,
+    replica_rows,
+    replicated_actions,
+)
 from allocator.view import NodeView
 
 S = "redis"

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from membership import wire
+from membership.config import LOAD_SUMMARY_BYTES
 from membership.errors import RemoteProtocolError
 from membership.messages import (
     Ack,
@@ -27,7 +28,6 @@ from membership.messages import (
     PushPullStates,
     Suspect,
 )
-from membership.config import LOAD_SUMMARY_BYTES
 from membership.meta import Load, NodeMeta, ReplicationClaim
 from membership.state import Status
 
