@@ -204,6 +204,9 @@ def test_failover_through_the_service_proxy_keeps_every_acknowledged_write(pool:
     s0_redis = next(e for e in endpoints(s0, "redis") if e["node_id"] == s0.view()["s0"]["worker_id"])
     count, accepts = redis_count(int(s0_redis["address"].rsplit(":", 1)[1]), redis_pw)
     assert (count, accepts) == (N, False), "the returned copy must hold every write and refuse new ones"
+    s0_pg = next(e for e in endpoints(s0, "postgres") if e["node_id"] == s0.view()["s0"]["worker_id"])
+    out = psql(bin_dir, int(s0_pg["address"].rsplit(":", 1)[1]), pg_pw, "SELECT pg_is_in_recovery(), count(*) FROM items;\n", tmp)
+    assert out.stdout.strip() == f"t|{N + 1}", "the returned PostgreSQL is a standby with every row: " + out.stdout + out.stderr
 
     # 4. The new primary's node restarted alone keeps its data.
     for n in (c0, s0, s1):
