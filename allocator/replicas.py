@@ -33,6 +33,15 @@ Rank: blake2b-64 of ``service + "/" + node_id`` (different services put
 their primaries on different nodes). Everything is order-independent:
 inputs are collapsed by node id and sorted first.
 
+Where copies run (``replicated_actions``): the allocation places each
+replicated service once, on a view where it shows only on its primary
+(``allocation_view``); ``replica_rows`` then adds a replica on another
+capable node of its type, so with two storage nodes both hold a copy. This
+is a separate notion rather than a catalog ``target`` of 2: a target of 2
+would make a lone storage node take postgres as well as chromadb and redis,
+against seed scenario 5, and would let the allocator trade replicas for
+other gaps.
+
 Caveat (stated, not solved here): two sides of a network partition each see
 the other dead and can each promote; when the partition heals the higher
 epoch wins and the other side's writes since the split are discarded.
@@ -43,9 +52,12 @@ synchronous mode makes a commit wait for the standby.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
+from allocator.actions import NodeActions, node_actions
+from allocator.allocate import allocate
+from allocator.catalog import CATALOG, ServiceSpec, by_name
 from allocator.view import NodeView
 
 
@@ -145,3 +157,99 @@ def _collapse(copies: Iterable[Copy]) -> list[Copy]:
 
 def _precedence(c: Copy) -> tuple[int, bool, bool, bool]:
     return (c.epoch, c.primary, c.alive, c.runs)
+
+
+# ---------------------------------------------------------------- where copies run
+
+REPLICATED: tuple[str, ...] = ("redis", "postgres")
+"""Stateful services that run as a primary and replicas (their engines replicate)."""
+COPIES = 2
+"""How many nodes hold a copy of a replicated service when that many can."""
+
+Claims = Mapping[str, Mapping[str, tuple[int, bool]]]
+"""service -> node id -> (epoch, primary), as each node gossips it."""
+
+
+def primaries(view: Iterable[NodeView], claims: Claims, services: Iterable[str] = REPLICATED) -> dict[str, str | None]:
+    """The primary of each of ``services`` in ``view`` (``primary_of``), None where there is none."""
+    nodes = list(view)
+    return {s: primary_of(s, copies(s, nodes, claims.get(s, {}))).primary for s in services}
+
+
+def allocation_view(view: Iterable[NodeView], claims: Claims, services: Iterable[str] = REPLICATED) -> list[NodeView]:
+    """``view`` as ``allocate`` should see it: each replicated service only on its primary.
+
+    Replicas are extra copies outside the allocation (``replica_rows``
+    places them). Were they visible, ``allocate`` would count a surplus and
+    switch it away to close another gap, and the replica would come back on
+    the next round: a flap. Where a service has no primary the view is left
+    as it is for that service.
+    """
+    nodes = list(view)
+    chosen = {s: p for s, p in primaries(nodes, claims, services).items() if p is not None}
+    out = []
+    for node in nodes:
+        hidden = {s for s, p in chosen.items() if p != node.node_id}
+        if hidden & set(node.services):
+            node = replace(
+                node,
+                services=tuple(s for s in node.services if s not in hidden),
+                healthy_services=tuple(s for s in node.healthy_services if s not in hidden),
+            )
+        out.append(node)
+    return out
+
+
+def replica_rows(
+    view: Iterable[NodeView],
+    allocation: Mapping[str, Sequence[str]],
+    claims: Claims,
+    catalog: Sequence[ServiceSpec] = CATALOG,
+    services: Iterable[str] = REPLICATED,
+) -> dict[str, tuple[str, ...]]:
+    """Where the replicas of each replicated service go, beyond ``allocation``: node id -> services.
+
+    A service the allocation gives to at least one and fewer than ``COPIES`` nodes gets
+    replicas on other alive nodes of its worker type that are able to run
+    it: first those that run it already (a replica stays where it is), then
+    those with the most recent data (claim epoch), then by ``rank``. Replicas
+    do not count against a node's cap: they back up a copy, they serve no
+    extra load. Pure and order-independent.
+    """
+    nodes = sorted({n.node_id: n for n in view}.values(), key=lambda n: n.node_id)
+    rows: dict[str, list[str]] = {}
+    for service in services:
+        spec = by_name(service, tuple(catalog))
+        if spec is None:
+            continue
+        holders = {n for n, row in allocation.items() if service in row}
+        missing = COPIES - len(holders)
+        if not holders or missing <= 0:
+            continue  # a replica backs up a copy the allocation placed; none placed, none to back up
+        known = claims.get(service, {})
+        candidates = [
+            n for n in nodes
+            if n.is_alive and n.node_id not in holders and n.worker_type == spec.requires and n.able_to_run(service)
+        ]  # fmt: skip
+        candidates.sort(key=lambda n: (service not in n.services, -known.get(n.node_id, (0, False))[0], rank(service, n.node_id)))
+        for n in candidates[:missing]:
+            rows.setdefault(n.node_id, []).append(service)
+    return {n: tuple(sorted(r)) for n, r in rows.items()}
+
+
+def replicated_actions(me: str, view: Sequence[NodeView], running: Iterable[str], claims: Claims) -> NodeActions:
+    """``node_actions`` with replicas: the allocation of ``allocation_view``, plus this node's replica row.
+
+    What a replica row adds is started and never stopped by the hand-over
+    plan; the allocation of every other service is unchanged by replicas.
+    """
+    hidden = allocation_view(view, claims)
+    whole = allocate(hidden)
+    base = node_actions(me, hidden, running, allocation=whole)
+    extra = replica_rows(view, whole, claims).get(me, ())
+    running_set = set(running)
+    desired = tuple(sorted(set(base.desired) | set(extra)))
+    start = tuple(sorted(set(base.start) | {s for s in extra if s not in running_set}))
+    stop = tuple(s for s in base.stop if s not in extra)
+    keep = tuple(s for s in base.keep_for_handover if s not in extra)
+    return NodeActions(desired, start, stop, keep)

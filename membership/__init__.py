@@ -7,7 +7,7 @@ from membership.config import SwimConfig
 from membership.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from membership.events import EventKind, MemberEvent, StreamKind, StreamRequest
 from membership.machine import Membership, MembershipStats, MemberView
-from membership.meta import Load, NodeMeta
+from membership.meta import Load, NodeMeta, ReplicationClaim
 from membership.sharing import ConvergedView, SharedCaches
 from membership.state import Status
 
@@ -23,6 +23,7 @@ __all__ = [
     "MembershipStats",
     "NodeMeta",
     "RemoteProtocolError",
+    "ReplicationClaim",
     "SharedCaches",
     "Status",
     "StreamKind",

@@ -20,6 +20,43 @@ import msgpack
 from membership.errors import RemoteProtocolError
 
 HEALTH_STATES = ("starting", "healthy", "unhealthy", "stopping")
+REPLICATION_ROLES = ("", "primary", "replica")
+"""A copy's role as its engine reports it; "" while unknown (not started, not answering)."""
+MAX_REPLICATION_ENTRIES = 16
+MAX_EPOCH = 2**40
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationClaim:
+    """What a node says about its copy of a stateful service (``services.replication``).
+
+    ``epoch`` is the history its data belongs to (0: no data), ``primary``
+    that it is the primary of that epoch; ``role`` is what the engine reports
+    now, for the admin view (it may lag the claim briefly).
+    """
+
+    service: str
+    epoch: int = 0
+    primary: bool = False
+    role: str = ""
+
+    def to_wire(self) -> list[object]:
+        return [self.service, self.epoch, self.primary, self.role]
+
+    @classmethod
+    def from_wire(cls, raw: object) -> ReplicationClaim:
+        if not isinstance(raw, list) or len(raw) < 4:
+            raise RemoteProtocolError("replication claim: expected [service, epoch, primary, role]")
+        service, epoch, primary, role = raw[:4]
+        if not isinstance(service, str) or not 0 < len(service) <= 64:
+            raise RemoteProtocolError("replication claim: service must be a name of 1 to 64 characters")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < MAX_EPOCH:
+            raise RemoteProtocolError("replication claim: epoch out of range")
+        if not isinstance(primary, bool):
+            raise RemoteProtocolError("replication claim: primary must be a boolean")
+        if role not in REPLICATION_ROLES:
+            raise RemoteProtocolError("replication claim: unknown role")
+        return cls(service, epoch, primary, role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +109,8 @@ class NodeMeta:
     """(service, port) where each running service listens, on the host of ``http``."""
     started_at: int = 0
     """Unix time the daemon started: when two daemons share an identity, the younger one yields."""
+    replication: tuple[ReplicationClaim, ...] = ()
+    """One claim per stateful service this node holds a copy of (``services.replication``)."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -87,6 +126,7 @@ class NodeMeta:
                 self.edge_public,
                 [list(p) for p in self.service_ports],
                 self.started_at,
+                [c.to_wire() for c in self.replication],
             ],
             use_bin_type=True,
         )
@@ -124,6 +164,13 @@ class NodeMeta:
         started = raw[10] if len(raw) > 10 else 0
         if not isinstance(started, int) or isinstance(started, bool) or not 0 <= started < 2**40:
             raise RemoteProtocolError("metadata: start time must be a non-negative integer")
+        # Field 12 arrived with stateful services: absent means no copy of any.
+        claims = raw[11] if len(raw) > 11 else []
+        if not isinstance(claims, list) or len(claims) > MAX_REPLICATION_ENTRIES:
+            raise RemoteProtocolError(f"metadata: replication claims must be a list of at most {MAX_REPLICATION_ENTRIES}")
+        replication = tuple(ReplicationClaim.from_wire(c) for c in claims)
+        if len({c.service for c in replication}) != len(replication):
+            raise RemoteProtocolError("metadata: two replication claims for one service")
         return cls(
             name=name,
             worker_type=wtype,
@@ -136,6 +183,7 @@ class NodeMeta:
             edge_public=edge,
             service_ports=tuple((p[0], p[1]) for p in ports),
             started_at=started,
+            replication=replication,
         )
 
     @property
@@ -144,6 +192,9 @@ class NodeMeta:
 
     def port_of(self, service: str) -> int | None:
         return next((port for name, port in self.service_ports if name == service), None)
+
+    def claim_of(self, service: str) -> ReplicationClaim | None:
+        return next((c for c in self.replication if c.service == service), None)
 
     @property
     def healthy_services(self) -> tuple[str, ...]:

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the OS pick each service's port instead of the catalog port (for several nodes on one host); ports are gossiped",
     )
     join.add_argument(
+        "--service-proxy", nargs="*", metavar="SERVICE=PORT", default=None,
+        help="forward a local port per stateful service (redis 6379, postgres 5432; SERVICE=PORT to change) to its current "
+        "primary, switching on failover; this node's own copies then listen on free ports",
+    )
+    join.add_argument(
         "--edge-window",
         type=float,
         default=_env("RMAP2P_EDGE_WINDOW", "60"),

@@ -11,6 +11,8 @@ import socket
 import sys
 from pathlib import Path
 
+from allocator.catalog import by_name
+from allocator.replicas import REPLICATED
 from membership import SwimConfig
 from p2p.discovery import format_host_port, parse_host_port
 from rmap2p.daemon import Node, NodeConfig, StartupError
@@ -18,6 +20,7 @@ from rmap2p.edge import EdgeTimings
 from rmap2p.http_api import serve
 from rmap2p.pool_handle import NodeHandle
 from services.manager import ServiceManager
+from services.stateful_manager import ServiceProxies
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,25 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         services=not args.no_services,
         ephemeral_service_ports=args.ephemeral_service_ports,
         echo_services=args.echo_services,
+        service_proxy=proxy_ports(args.service_proxy),
         swim=swim,
         edge=EdgeTimings(window=args.edge_window, hold=args.edge_window),
     )
+
+
+def proxy_ports(specs: list[str] | None) -> tuple[tuple[str, int], ...]:
+    """``--service-proxy [SERVICE=PORT ...]`` as (service, port) pairs; every stateful service at its standard port by default."""
+    if specs is None:
+        return ()
+    ports = {s: by_name(s).port for s in REPLICATED}  # type: ignore[union-attr]
+    for spec in specs:
+        name, sep, port = spec.partition("=")
+        if name not in ports or not sep:
+            raise ValueError(f"--service-proxy {spec!r}: expected SERVICE=PORT with SERVICE one of {', '.join(REPLICATED)}")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--service-proxy {spec!r}: port must be 1 to 65535")
+        ports[name] = int(port)
+    return tuple(sorted(ports.items()))
 
 
 def http_port_problem(addr: tuple[str, int]) -> OSError | None:
@@ -110,9 +129,12 @@ async def _main(config: NodeConfig) -> int:
     node.add_task(lambda: _serve_http(node))
     if config.services:
         manager = ServiceManager(
-            NodeHandle(node), ephemeral_ports=config.ephemeral_service_ports, echo=config.echo_services
+            NodeHandle(node), ephemeral_ports=config.ephemeral_service_ports, echo=config.echo_services,
+            stateful_ephemeral=bool(config.service_proxy),
         )
         node.add_task(manager.run)
+    if config.service_proxy:
+        node.add_task(ServiceProxies(NodeHandle(node), dict(config.service_proxy)).run)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.stop, f"signal {signal.Signals(sig).name}")

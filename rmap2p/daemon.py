@@ -95,6 +95,8 @@ class NodeConfig:
     """Let the OS pick each service's port (many nodes on one host); the port is gossiped."""
     echo_services: bool = False
     """Every assigned service an echo server (overlay tests without models)."""
+    service_proxy: tuple[tuple[str, int], ...] = ()
+    """``--service-proxy``: (service, local port) forwarded to each stateful service's primary."""
     swim: SwimConfig = field(default_factory=SwimConfig.lan)
     rejoin_interval: float = 5.0
     """While alone, retry every seed this often (with back-off up to 8×)."""

@@ -37,6 +37,7 @@ from rmap2p.daemon import Node
 from rmap2p.http_guard import Guard, GuardedRunner, HttpPolicy
 from rmap2p.pool_handle import NodeHandle
 from services import gateway  # gateway hook: /api/service, broadcast-job, worker jobs
+from services.stateful_manager import add_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,10 @@ async def admin_gaps(request: web.Request) -> web.Response:
 
 
 async def admin_services(request: web.Request) -> web.Response:
-    return web.json_response(services_doc(pool_view(request.app[NODE_KEY])))
+    node = request.app[NODE_KEY]
+    doc = services_doc(pool_view(node))
+    add_endpoints(doc, node.members(), node.machine.id if node.machine else "")  # stateful services: where, role, health
+    return web.json_response(doc)
 
 
 async def admin_leaders(request: web.Request) -> web.Response:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
+from pathlib import Path
 
 from membership import Load, Membership, MemberView, NodeMeta
 from rmap2p.daemon import Node
 from services.engine_choice import Gpu, gpus_from
 from services.handle import RequestCounter, ViewListener
 from services.route_auth import Signer
+
+POOL_SECRET_CONTEXT = b"rmap2p pool secret v1"
 
 
 class NodeHandle:
@@ -60,6 +65,22 @@ class NodeHandle:
     @property
     def requests(self) -> RequestCounter:
         return self._node.requests
+
+    @property
+    def data_dir(self) -> Path:
+        return self._node.config.data_dir.expanduser()
+
+    @property
+    def pool_secret(self) -> bytes | None:
+        """Derived from the keyring's primary key (never the key itself); None without a keyring.
+
+        Storage passwords are derived from it once and then kept in their
+        files, so a key rotation does not change a running database's password.
+        """
+        keyring = self._node.keyring
+        if keyring is None:
+            return None
+        return hmac.new(keyring.primary, POOL_SECRET_CONTEXT, hashlib.sha256).digest()
 
     def members(self) -> list[MemberView]:
         return self._node.members()

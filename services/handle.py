@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from membership import Load, MemberEvent, MemberView, NodeMeta
@@ -77,6 +78,16 @@ class PoolHandle(Protocol):
     @property
     def gpus(self) -> tuple[Gpu, ...]:
         """The GPUs the node detected at start (none: services run their CPU engines)."""
+        ...
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Where this node keeps its data (stateful services under ``services/``); None: nowhere."""
+        ...
+
+    @property
+    def pool_secret(self) -> bytes | None:
+        """A secret every member of the pool holds (storage passwords derive from it); None in an open pool."""
         ...
 
     def members(self) -> list[MemberView]:

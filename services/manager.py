@@ -21,6 +21,7 @@ from dataclasses import replace
 from allocator.actions import NodeActions, node_actions
 from allocator.catalog import ServiceSpec, by_name
 from allocator.members import capabilities, to_node_views
+from allocator.replicas import REPLICATED
 from membership import MemberEvent, NodeMeta
 from p2p.discovery import format_host_port
 from services.capabilities import probe as probe_machine
@@ -29,6 +30,8 @@ from services.handle import PoolHandle
 from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
+from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices
+from services.storage_probe import probe_storage
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,12 @@ class ServiceManager:
     exists, else the echo ``PlaceholderRunner``); ``echo`` makes every service
     an echo server, for testing the overlay without models. ``probe`` says
     what this machine can start (default: ``services.capabilities.probe`` on
-    ``env``); what it cannot is never advertised, so never assigned here.
+    ``env``, merged with ``services.storage_probe``); what it cannot is never
+    advertised, so never assigned here. Replicated storage services (redis,
+    postgres) go through ``services.stateful_manager`` (not in echo mode,
+    and only with a data dir). ``stateful_ephemeral``: their servers listen
+    on a free port even without ``ephemeral_ports`` (``--service-proxy``
+    owns the standard ports).
     """
 
     def __init__(
@@ -91,13 +99,18 @@ class ServiceManager:
         echo: bool = False,
         probe: Probe | None = None,
         env: Mapping[str, str] | None = None,
+        stateful_ephemeral: bool = False,
     ) -> None:
         self.node = node
         self._ephemeral = ephemeral_ports
         self._echo = echo
         self._env = env if env is not None else os.environ
         self._factory = factory or self._default_factory
-        self._probe = probe if probe is not None else (lambda gpus: probe_machine(self._env, gpus=gpus))
+        self._probe = probe if probe is not None else (lambda gpus: {**probe_machine(self._env, gpus=gpus), **probe_storage(self._env)})
+        self._stateful: StatefulServices | None = None
+        if not echo and node.data_dir is not None:
+            synchronous = self._env.get(SYNCHRONOUS_ENV, "") == "1"
+            self._stateful = StatefulServices(node, ephemeral_ports=ephemeral_ports or stateful_ephemeral, synchronous=synchronous)
         self._runners: dict[str, Runner] = {}
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()
@@ -121,7 +134,10 @@ class ServiceManager:
         if self._echo:
             log.info("node %s: echo services: every assigned service is an echo server (overlay testing)", self.node.node_id)
             return
-        results = await asyncio.to_thread(self._probe, self.node.gpus)
+        results = dict(await asyncio.to_thread(self._probe, self.node.gpus))
+        if self._stateful is None:
+            for service in REPLICATED:
+                results[service] = (False, f"{service}: this node has no data dir to keep it in")
         self._unavailable = {s: why for s, (able, why) in results.items() if not able}
         for service, why in sorted(self._unavailable.items()):
             log.info("node %s: not offering %s: %s", self.node.node_id, service, why)
@@ -135,6 +151,8 @@ class ServiceManager:
             http = split_host_port(node.meta.http)
             return InDaemonRunner(spec.name, http[1] if http else None)
         port = 0 if self._ephemeral else spec.port
+        if self._stateful is not None and self._stateful.handles(spec.name):
+            return self._stateful.make_runner(spec.name, spec.port, self._gave_up)
         if has_runner(spec.name) and not self._echo:
             env: dict[str, str] = {}
             http = split_host_port(node.meta.http)
@@ -170,6 +188,8 @@ class ServiceManager:
 
     def decide(self) -> NodeActions:
         """What the allocation asks of this node now (``allocator.actions``, as the simulator asks it)."""
+        if self._stateful is not None:
+            return self._stateful.decide(self._runners)
         return node_actions(self.node.node_id, to_node_views(self.node.members()), self._runners)
 
     async def reconcile(self) -> None:
@@ -183,8 +203,11 @@ class ServiceManager:
             await self._start(service)
         for service in actions.stop:
             await self._stop(service, "handed over: another node serves it healthy")
+        if self._stateful is not None:
+            await self._stateful.step()
         for service, runner in list(self._runners.items()):
-            self._health[service] = await runner.health()
+            health = await runner.health()
+            self._health[service] = self._stateful.health(service, health) if self._stateful is not None else health
         self._publish()
 
     async def _start(self, service: str) -> None:
@@ -192,6 +215,9 @@ class ServiceManager:
         if spec is None:
             return
         runner = self._factory(spec)
+        stateful = self._stateful is not None and self._stateful.handles(service)
+        if stateful and not await self._stateful.before_start(service, runner):  # type: ignore[union-attr, arg-type]
+            return  # no role for it yet (see services.stateful_manager); the next reconcile retries
         self._health[service] = "starting"
         try:
             await runner.start()
@@ -200,6 +226,8 @@ class ServiceManager:
             log.error("node %s: %s; no longer offering %s", self.node.node_id, exc, service)
             self._failed.add(service)
             self._health.pop(service, None)
+            if stateful:
+                self._stateful.forget(service)  # type: ignore[union-attr]
             return
         self._runners[service] = runner
         log.info("node %s: started %s (assigned by the allocation)", self.node.node_id, service)
@@ -207,6 +235,8 @@ class ServiceManager:
     async def _stop(self, service: str, why: str) -> None:
         runner = self._runners.pop(service, None)
         self._health.pop(service, None)
+        if self._stateful is not None:
+            self._stateful.forget(service)
         if runner is not None:
             await runner.stop()
             log.info("node %s: stopped %s (%s)", self.node.node_id, service, why)
@@ -224,9 +254,10 @@ class ServiceManager:
         ports = tuple((s, r.port) for s, r in sorted(self._runners.items()) if r.port)
         models = tuple(sorted({m for r in self._runners.values() for m in r.loaded_models}))
         caps = self.capabilities()
+        claims = self._stateful.gossip() if self._stateful is not None else node.meta.replication
 
         def change(meta: NodeMeta) -> NodeMeta:
-            return replace(meta, services=services, service_ports=ports, loaded_models=models, capabilities=caps)
+            return replace(meta, services=services, service_ports=ports, loaded_models=models, capabilities=caps, replication=claims)
 
         if change(node.meta) != node.meta:
             node.update_meta(change)

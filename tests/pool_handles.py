@@ -8,6 +8,7 @@ metadata changes and view events are the membership machine's own, moved by
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from cluster import Cluster
 
@@ -26,11 +27,15 @@ class MachineHandle:
         now: Callable[[], float],
         after_change: Callable[[], None] = lambda: None,
         service_host: str = "127.0.0.1",
+        data_dir: Path | None = None,
+        pool_secret: bytes | None = None,
     ) -> None:
         self._machine = machine
         self._now = now
         self._after_change = after_change
         self._service_host = service_host
+        self.data_dir = data_dir
+        self.pool_secret = pool_secret
         self._listeners: list[ViewListener] = []
         self.requests = RequestCounter()
         self.gpus: tuple[Gpu, ...] = ()

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from allocator.replicas import Copy, Roles, copies, primary_of, rank
+from allocator.replicas import (
+    Copy,
+    Roles,
+    allocation_view,
+    copies,
+    primary_of,
+    rank,
+    replica_rows,
+    replicated_actions,
+)
 from allocator.view import NodeView
 
 S = "redis"
@@ -140,3 +150,57 @@ def test_copies_from_a_view() -> None:
         Copy("d", alive=False, runs=False, epoch=1, primary=False),
     ]
     assert primary_of(S, got) == Roles("b", 4, (), True)
+
+
+# ---------------------------------------------------------------- where copies run
+
+def _settle(view: list[NodeView], claims: dict[str, dict[str, tuple[int, bool]]], rounds: int = 6) -> list[dict[str, tuple[str, ...]]]:
+    """Every node acts on the shared view, then runs what it was given; the rows of each round."""
+    history = []
+    for _ in range(rounds):
+        rows = {n.node_id: replicated_actions(n.node_id, view, n.services, claims).desired for n in view if n.is_alive}
+        history.append(rows)
+        view = [dataclasses.replace(n, services=rows.get(n.node_id, ()), healthy_services=rows.get(n.node_id, ())) for n in view]
+    return history
+
+
+def test_a_lone_storage_node_gets_the_seed_row_and_no_replica() -> None:
+    # Scenario 5 of seed 000 with replicas on: one storage node runs exactly chromadb and redis.
+    assert replicated_actions("storage-1", [NodeView("storage-1", "storage")], (), {}).desired == ("chromadb", "redis")
+
+
+def test_two_storage_nodes_both_hold_each_replicated_service_and_nothing_flaps() -> None:
+    able = ("redis", "postgres")
+    view = [NodeView("s1", "storage", services=("redis",), can_run=able), NodeView("s2", "storage", can_run=able)]
+    claims = {"redis": {"s1": (1, True)}}
+    history = _settle(view, claims)
+    assert history[-1] == {"s1": ("postgres", "redis"), "s2": ("postgres", "redis")}
+    assert history[-1] == history[-2] == history[-3]
+    # The allocation sees redis only on its primary: s2's copy is a replica row, not a surplus.
+    hidden = allocation_view([dataclasses.replace(n, services=history[-1][n.node_id]) for n in view], claims)
+    pg = primary_of("postgres", [Copy("s1", True, True), Copy("s2", True, True)]).primary
+    assert {n.node_id: n.services for n in hidden} == {
+        "s1": ("postgres", "redis") if pg == "s1" else ("redis",),
+        "s2": ("postgres",) if pg == "s2" else (),
+    }
+
+
+def test_a_replica_stays_put_and_the_one_with_data_is_preferred() -> None:
+    able = ("redis",)
+    view = [
+        NodeView("s1", "storage", services=("redis",), can_run=able),
+        NodeView("s2", "storage", can_run=able),
+        NodeView("s3", "storage", can_run=able),
+    ]
+    alloc = {"s1": ("redis",), "s2": (), "s3": ()}
+    by_rank = sorted(["s2", "s3"], key=lambda n: rank("redis", n))
+    assert replica_rows(view, alloc, {}, services=("redis",)) == {by_rank[0]: ("redis",)}
+    # The other one has data from the current history: it is the replica.
+    claims = {"redis": {by_rank[1]: (4, False)}}
+    assert replica_rows(view, alloc, claims, services=("redis",)) == {by_rank[1]: ("redis",)}
+    # One already runs it: it keeps it, whatever the rank.
+    running = [dataclasses.replace(n, services=("redis",)) if n.node_id == by_rank[1] else n for n in view]
+    assert replica_rows(running, alloc, {}, services=("redis",)) == {by_rank[1]: ("redis",)}
+    # A dead node, a node of another type and a node unable to run it get none.
+    others = [NodeView("s1", "storage", services=("redis",)), NodeView("d", "storage", status="dead"), NodeView("c", "cpu"), NodeView("x", "storage", can_run=())]
+    assert replica_rows(others, {"s1": ("redis",)}, {}, services=("redis",)) == {}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from membership import wire
+from membership.config import LOAD_SUMMARY_BYTES
 from membership.errors import RemoteProtocolError
 from membership.messages import (
     Ack,
@@ -25,8 +28,7 @@ from membership.messages import (
     PushPullStates,
     Suspect,
 )
-from membership.config import LOAD_SUMMARY_BYTES
-from membership.meta import Load, NodeMeta
+from membership.meta import Load, NodeMeta, ReplicationClaim
 from membership.state import Status
 
 META = NodeMeta(
@@ -80,6 +82,48 @@ def test_meta_round_trip_and_forward_compatibility() -> None:
     assert NodeMeta.decode(META.encode()) == META
     newer = msgpack.packb(msgpack.unpackb(META.encode()) + ["a field from the future"])
     assert NodeMeta.decode(newer) == META
+
+
+def test_replication_claims_round_trip_and_old_encodings_decode_without_them() -> None:
+    meta = dataclasses.replace(
+        META,
+        service_ports=(("redis", 40001),),
+        replication=(ReplicationClaim("redis", 3, True, "primary"), ReplicationClaim("postgres", 2, False, "replica")),
+    )
+    assert NodeMeta.decode(meta.encode()) == meta
+    assert meta.claim_of("postgres") == ReplicationClaim("postgres", 2, False, "replica")
+    assert meta.claim_of("chromadb") is None
+    # What a node of the previous release sends (11 fields): no claims, not an error.
+    old = msgpack.packb(msgpack.unpackb(meta.encode())[:11])
+    assert NodeMeta.decode(old).replication == ()
+    # A newer claim with a trailing field still decodes; what an old decoder does with ours is
+    # the forward-compatibility test above (it reads the first 11 fields only).
+    raw = msgpack.unpackb(meta.encode())
+    raw[11][0].append("future")
+    assert NodeMeta.decode(msgpack.packb(raw)) == meta
+
+
+@pytest.mark.parametrize(
+    "claims, why",
+    [
+        ("redis", "list"),
+        ([["redis", 1, True]], "expected"),
+        ([["", 1, True, ""]], "service"),
+        ([["x" * 65, 1, True, ""]], "service"),
+        ([["redis", -1, True, ""]], "epoch"),
+        ([["redis", 2**40, True, ""]], "epoch"),
+        ([["redis", True, True, ""]], "epoch"),
+        ([["redis", 1, 1, ""]], "boolean"),
+        ([["redis", 1, True, "leader"]], "role"),
+        ([["redis", 1, True, ""], ["redis", 2, False, ""]], "two"),
+        ([[f"s{i}", 1, False, ""] for i in range(17)], "at most"),
+    ],
+)
+def test_bad_replication_claims_are_rejected(claims: object, why: str) -> None:
+    raw = msgpack.unpackb(META.encode())
+    raw[11] = claims
+    with pytest.raises(RemoteProtocolError, match=why):
+        NodeMeta.decode(msgpack.packb(raw))
 
 
 def test_unknown_version_and_type_are_rejected() -> None:

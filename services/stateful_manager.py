@@ -1,0 +1,247 @@
+"""The service manager's stateful part: copies with data, their roles, their claims, the local proxies.
+
+``ServiceManager`` delegates every replicated service (``allocator.replicas.REPLICATED``:
+redis, postgres) to ``StatefulServices``:
+
+- where copies run: ``allocator.replicas.replicated_actions`` (the
+  allocation places a service once, on its primary; a replica goes to a
+  second capable node of its type);
+- a copy's runner (``services.runners.stateful``) gets a ``ReplicaDriver``
+  and is started only in a role the view gives it: as the primary, or as the
+  replica of a primary whose address is known. A copy with no data is never
+  started writable while a copy with data exists (``primary_of`` then
+  names no primary and the start waits);
+- every reconcile runs ``services.replication.converge`` per service and
+  gossips the claims (``NodeMeta.replication``) with the engine's role;
+- a copy is reported ``healthy`` (which the hand-over plan reads as "another
+  node serves it") only while its claim holds the primary's epoch, that is a
+  replica that streams from the current primary, or the primary itself.
+
+``ServiceProxies`` is apart: ``join --service-proxy`` forwards a local port
+per replicated service to its current primary on any node, storage or not,
+with or without services of its own.
+
+Pool secret: the storage passwords derive from ``PoolHandle.pool_secret``
+(the keyring's, see ``rmap2p.pool_handle``). Without one (an open pool) each
+node draws its own password, so a replica cannot authenticate to a primary on
+another node until the operator copies ``<data dir>/services/<name>/password``
+from one node to the others; the node logs this once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from allocator.actions import NodeActions
+from allocator.members import to_node_views
+from allocator.replicas import (
+    REPLICATED,
+    Claims,
+    Roles,
+    copies,
+    primary_of,
+    replicated_actions,
+)
+from membership import MemberEvent, MemberView, ReplicationClaim
+from services.handle import PoolHandle
+from services.replication import ReplicaDriver, converge, endpoints
+from services.runners.stateful import is_stateful, make_stateful_runner, service_dir
+from services.service_proxy import ServiceProxy
+from services.stateful import StatefulRunner
+
+log = logging.getLogger(__name__)
+
+SYNCHRONOUS_ENV = "RMAP2P_POSTGRES_SYNCHRONOUS"
+"""``1``: PostgreSQL's primary commits only once its standby has the WAL (while it has one)."""
+PROXY_RECHECK = 1.0
+"""Seconds between proxy retargets when no membership event comes (claims change by gossip too)."""
+
+
+def view_claims(members: Iterable[MemberView], services: Iterable[str] = REPLICATED) -> dict[str, dict[str, tuple[int, bool]]]:
+    """service -> node id -> (epoch, primary) from every member's gossiped metadata (dead ones included)."""
+    wanted = set(services)
+    out: dict[str, dict[str, tuple[int, bool]]] = {s: {} for s in wanted}
+    for m in members:
+        for c in m.meta.replication:
+            if c.service in wanted:
+                out[c.service][m.node] = (c.epoch, c.primary)
+    return out
+
+
+def stateful_endpoints(members: Sequence[MemberView], me: str, services: Iterable[str] = REPLICATED) -> dict[str, list[dict[str, str]]]:
+    """Each replicated service's copies for ``/api/admin/services``: node, address, role, health.
+
+    ``address`` is host:port as this node reaches the copy; ``role`` is what
+    the copy's engine reports (gossiped), ``unknown`` before it has said.
+    """
+    out = {}
+    for service in services:
+        rows = []
+        for node, endpoint in sorted(endpoints(service, members, me).items()):
+            meta = next(m.meta for m in members if m.node == node)
+            claim = meta.claim_of(service)
+            health = dict(meta.services).get(service)
+            if health is None:
+                continue  # a port without the service running: it stopped since
+            rows.append({"node_id": node, "address": str(endpoint), "role": (claim.role if claim else "") or "unknown", "health": health})
+        out[service] = rows
+    return out
+
+
+def add_endpoints(doc: dict[str, object], members: Sequence[MemberView], me: str) -> None:
+    """Put ``endpoints`` (``stateful_endpoints``) on each replicated service of a ``services_doc`` document."""
+    found = stateful_endpoints(members, me)
+    for entry in doc.get("services", []):  # type: ignore[union-attr]
+        if isinstance(entry, dict) and entry.get("name") in found:
+            entry["endpoints"] = found[entry["name"]]
+
+
+class StatefulServices:
+    """Runners, drivers and claims of this node's copies of replicated services."""
+
+    def __init__(self, node: PoolHandle, *, ephemeral_ports: bool, synchronous: bool = False) -> None:
+        self.node = node
+        self._ephemeral = ephemeral_ports
+        self._synchronous = synchronous
+        self._drivers: dict[str, ReplicaDriver] = {}
+        self._roles: dict[str, Roles] = {}
+        self._engine_role: dict[str, str] = {}
+        self._waiting: dict[str, str] = {}
+        self._warned = False
+
+    @staticmethod
+    def handles(service: str) -> bool:
+        return service in REPLICATED and is_stateful(service)
+
+    def claims(self) -> Claims:
+        return view_claims(self.node.members())
+
+    def decide(self, running: Iterable[str]) -> NodeActions:
+        return replicated_actions(self.node.node_id, to_node_views(self.node.members()), running, self.claims())
+
+    def make_runner(self, service: str, port: int, on_failed: object) -> StatefulRunner:
+        data_dir = self.node.data_dir
+        assert data_dir is not None, "stateful services need a data dir (the manager checks)"
+        if self.node.pool_secret is None and not self._warned:
+            self._warned = True
+            log.warning(
+                "node %s: no pool secret (no keyring): storage passwords are drawn per node; "
+                "replicas on other nodes authenticate only once the password files match", self.node.node_id,
+            )  # fmt: skip
+        return make_stateful_runner(
+            service, data_dir, self.node.service_host, 0 if self._ephemeral else port, self.node.node_id,
+            self.node.pool_secret, on_failed=on_failed, synchronous=self._synchronous,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    async def before_start(self, service: str, runner: StatefulRunner) -> bool:
+        """Give the copy its role before it starts; False when it must not start yet."""
+        data_dir = self.node.data_dir
+        assert data_dir is not None
+        driver = self._drivers.get(service)
+        if driver is None or driver.runner is not runner:
+            driver = ReplicaDriver(service, self.node.node_id, runner, service_dir(data_dir, service), synchronous=self._synchronous)
+        roles = await self._converge(service, driver)
+        me = self.node.node_id
+        if roles.primary == me or (roles.primary is not None and driver.following is not None):
+            self._drivers[service] = driver
+            self._waiting.pop(service, None)
+            return True
+        why = "no copy with data is alive" if roles.primary is None else f"the address of its primary {roles.primary} is not known yet"
+        if self._waiting.get(service) != why:  # once per reason, not every reconcile
+            self._waiting[service] = why
+            log.info("node %s: %s waits to start: %s", me, service, why)
+        return False
+
+    def forget(self, service: str) -> None:
+        self._drivers.pop(service, None)
+        self._roles.pop(service, None)
+        self._engine_role.pop(service, None)
+
+    async def step(self) -> bool:
+        """One converge per running copy (roles, claims); True when a claim changed."""
+        changed = False
+        for service, driver in list(self._drivers.items()):
+            before = driver.claim
+            try:
+                await self._converge(service, driver)
+                if driver.runner.port is not None:
+                    self._engine_role[service] = (await driver.runner.replication()).role
+            except Exception as exc:  # noqa: BLE001 - one engine's trouble must not stop the manager's loop
+                log.warning("node %s: %s: replication step failed: %s", self.node.node_id, service, exc)
+                self._engine_role[service] = ""
+            changed |= driver.claim != before
+        return changed
+
+    async def _converge(self, service: str, driver: ReplicaDriver) -> Roles:
+        members = self.node.members()
+        views = to_node_views(members)
+        where = endpoints(service, members, self.node.node_id)
+        runner_ep = driver.runner.endpoint
+        if runner_ep is not None:
+            where[self.node.node_id] = runner_ep
+        claims = view_claims(members, (service,))[service]
+        roles = await converge(driver, service, views, claims, where)
+        self._roles[service] = roles
+        return roles
+
+    def health(self, service: str, engine_health: str) -> str:
+        """``engine_health``, held at ``starting`` while the copy does not hold the primary's history."""
+        driver, roles = self._drivers.get(service), self._roles.get(service)
+        if driver is None or roles is None or engine_health != "healthy":
+            return engine_health
+        return engine_health if roles.primary is not None and driver.claim.epoch == roles.epoch else "starting"
+
+    def gossip(self) -> tuple[ReplicationClaim, ...]:
+        """The claims to put in this node's metadata: one per copy with data or running here."""
+        out = []
+        for service, driver in sorted(self._drivers.items()):
+            out.append(ReplicationClaim(service, driver.claim.epoch, driver.claim.primary, self._engine_role.get(service, "")))
+        return tuple(out)
+
+
+class ServiceProxies:
+    """``join --service-proxy``: one ``ServiceProxy`` per replicated service, retargeted from the view."""
+
+    def __init__(self, node: PoolHandle, ports: Mapping[str, int], host: str = "127.0.0.1") -> None:
+        self.node = node
+        self._ports = dict(sorted(ports.items()))
+        self._host = host
+        self.proxies: dict[str, ServiceProxy] = {}
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.node.wait_settled()  # the node has its id and a first view
+        for service, port in self._ports.items():
+            proxy = ServiceProxy(service, self._host, port, node_id=self.node.node_id)
+            try:
+                await proxy.start()
+            except OSError as exc:
+                log.error("node %s: no %s proxy: cannot listen on %s:%d: %s", self.node.node_id, service, self._host, port, exc.strerror or exc)
+                continue
+            self.proxies[service] = proxy
+        try:
+            self.node.on_view_change(self._on_events)
+            while True:
+                self.retarget()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), PROXY_RECHECK)
+                self._wake.clear()
+        finally:
+            for proxy in self.proxies.values():
+                await proxy.stop()
+
+    def _on_events(self, events: Sequence[MemberEvent]) -> None:
+        self._wake.set()
+
+    def retarget(self) -> None:
+        """Point each proxy at its service's primary as the view names it (None: hold new connections)."""
+        members = self.node.members()
+        views = to_node_views(members)
+        claims = view_claims(members, self.proxies)
+        for service, proxy in self.proxies.items():
+            roles = primary_of(service, copies(service, views, claims[service]))
+            where = endpoints(service, members, self.node.node_id)
+            proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
