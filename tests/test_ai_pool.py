@@ -161,9 +161,9 @@ def test_killing_the_ner_node_under_load_moves_ner_to_a_gpu_node(pool: list[Node
     """Last in the module: it kills a node of the pool."""
     edge = pool[0]
     view = edge.view()
-    (victim_id,) = healthy_runners(view, "ner-extraction")
-    victim = next(n for n in pool if view[n.name]["worker_id"] == victim_id)
-    assert victim.name == "c0"
+    victim = next(n for n in pool if n.name == "c0")
+    victim_id = view["c0"]["worker_id"]
+    assert healthy_runners(view, "ner-extraction") == {victim_id}, f"the CPU node alone runs NER: {view}"
     results: list[tuple[float, int, str]] = []
     stop = threading.Event()
 
@@ -203,6 +203,8 @@ def test_killing_the_ner_node_under_load_moves_ner_to_a_gpu_node(pool: list[Node
         f"{len(failed)} failed (statuses {sorted({s for _, s in failed})}) over {window:.1f} s; "
         f"served again by {sorted(new_home)} {first_ok - killed_at:.1f} s after the kill"
     )
-    assert all(s == 200 for t, s, _ in results if t < killed_at), "nothing failed before the kill"
-    assert all(s in (200, 502, 503) for _, s, _ in after), "failures are clear 5xx answers, never hangs or resets"
+    before = sorted({s for t, s, _ in results if t < killed_at})
+    assert before == [200], f"nothing failed before the kill: {before}"
+    statuses = sorted({s for _, s, _ in after})
+    assert set(statuses) <= {200, 502, 503}, f"failures are clear 5xx answers, never hangs or resets: {statuses}"
     assert new_home <= {edge.view()[n]["worker_id"] for n in ("g0", "g1")}, "a GPU node stands in"

@@ -28,7 +28,7 @@ from services.runners.resp import RespClient
 from services.stateful_manager import add_endpoints, stateful_endpoints
 
 
-def _probe() -> dict[str, tuple[bool, str]]:
+def _probe(gpus: object = ()) -> dict[str, tuple[bool, str]]:
     return {"redis": (True, "redis-server"), **{s: (False, "not in this test") for s in ("chromadb", "postgres", "minio", "neo4j")}}
 
 
