@@ -444,10 +444,12 @@ class Node:
                     machine.id, ev.detail,
                 )
             return
-        level = logging.INFO if ev.kind in (EventKind.JOINED, EventKind.DEAD, EventKind.LEFT, EventKind.ALIVE) else logging.DEBUG
-        if ev.kind is EventKind.SUSPECT:
-            level = logging.INFO
-        log.log(level, "node %s: member %s %s (incarnation %d) %s", machine.id, ev.node, ev.kind, ev.incarnation, ev.detail)
+        level = logging.DEBUG if ev.kind in (EventKind.UPDATED, EventKind.REAPED) else logging.INFO
+        # Labelled fields, one event per line: greppable by member, event or address.
+        rec = machine.alive_record(ev.node) if ev.kind is not EventKind.REAPED else None
+        addr = f" addr={format_host_port(*rec.addr)}" if rec is not None else ""
+        detail = f" detail={ev.detail!r}" if ev.detail else ""
+        log.log(level, "node %s: member=%s event=%s incarnation=%d%s%s", machine.id, ev.node, ev.kind, ev.incarnation, addr, detail)
 
     # ------------------------------------------------------------ I/O loops
 
