@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import zlib
+from typing import Any
 
 
-def make_pdf(pages: list[str | None]) -> bytes:
-    """A PDF with one page per item: a line of Helvetica text, or (None) a gray image and no text.
+def make_pdf(pages: list[Any]) -> bytes:
+    """A PDF with one page per item: a line of Helvetica text (a str), or an image and no text.
 
+    The image is a gray ramp (None) or a Pillow image (a scan: e.g.
+    ``ocr_images.render`` of some lines), placed across the page's width.
     Written by hand (objects, offsets, xref) so the test needs no PDF writer
     and the scanned page is exactly "an image, no text layer".
     """
@@ -28,6 +31,14 @@ def make_pdf(pages: list[str | None]) -> bytes:
         if text is None:
             content = b"q 400 0 0 400 100 200 cm /Im1 Do Q"
             resources = b"<< /XObject << /Im1 %d 0 R >> >>" % image
+        elif not isinstance(text, str):
+            gray = text.convert("L")
+            data = zlib.compress(gray.tobytes())
+            scan = add(b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray /BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n"
+                       % (gray.width, gray.height, len(data)) + data + b"\nendstream")
+            width, height = 540, 540 * gray.height // gray.width
+            content = b"q %d 0 0 %d 36 %d cm /Im1 Do Q" % (width, height, 756 - height)
+            resources = b"<< /XObject << /Im1 %d 0 R >> >>" % scan
         else:
             escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
             content = b"BT /F1 14 Tf 72 720 Td (" + escaped + b") Tj ET"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -40,7 +41,7 @@ async def test_a_pdf_upload_comes_back_as_its_text_and_page_count(runner: Proces
     assert resp.status == 200, doc
     assert doc["pages"] == 2 and doc["format"] == "pdf"
     assert doc["text"].split("\f") == PAGE_TEXTS
-    assert doc["scanned_pages"] == [] and doc["ocr"] is None
+    assert doc["scanned_pages"] == [] and doc["ocr"] is None and doc["ocr_pages"] == []
 
 
 async def test_a_page_without_a_text_layer_is_reported_as_scanned(runner: ProcessRunner, http: aiohttp.ClientSession) -> None:
@@ -48,8 +49,26 @@ async def test_a_page_without_a_text_layer_is_reported_as_scanned(runner: Proces
     async with http.post(url(runner, "/extract-text"), data=pdf, headers={"Content-Type": "application/pdf"}) as resp:
         doc = await resp.json()
     assert resp.status == 200, doc
-    assert doc["pages"] == 3 and doc["scanned_pages"] == [2] and doc["ocr"] == "not available"
+    assert doc["pages"] == 3 and doc["scanned_pages"] == [2] and doc["ocr_pages"] == []
+    assert doc["ocr"] == "not available: RMAP2P_GATEWAY (the gateway to reach vision-ocr through) is not set"
     assert doc["text"].split("\f") == [PAGE_TEXTS[0], "", PAGE_TEXTS[1]]
+
+
+async def test_a_gateway_that_does_not_answer_leaves_scanned_pages_empty_with_a_200(http: aiohttp.ClientSession) -> None:
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        gateway = f"http://127.0.0.1:{s.getsockname()[1]}"
+    r = await started("document-processing", {"RMAP2P_GATEWAY": gateway})
+    try:
+        async with http.get(url(r, "/health")) as resp:
+            assert (await resp.json())["ocr_handoff"] == {"gateway": gateway, "max_pages": 20, "timeout_s": 120.0}
+        async with http.post(url(r, "/extract-text"), data=make_pdf([None, PAGE_TEXTS[0]])) as resp:
+            doc = await resp.json()
+    finally:
+        await r.stop()
+    assert resp.status == 200, doc
+    assert doc["ocr"].startswith(f"not available: the gateway {gateway} did not answer (")
+    assert doc["text"].split("\f") == ["", PAGE_TEXTS[0]] and doc["ocr_node"] is None
 
 
 async def test_a_docx_comes_back_as_its_text_in_order(runner: ProcessRunner, http: aiohttp.ClientSession) -> None:
@@ -67,6 +86,7 @@ async def test_health_names_the_backend(runner: ProcessRunner, http: aiohttp.Cli
         doc = await resp.json()
     assert resp.status == 200 and doc["backend"] == "pypdf+python-docx" and doc["model"] is None
     assert set(doc["versions"]) == {"pypdf", "python-docx"}
+    assert doc["ocr_handoff"] is None, "no RMAP2P_GATEWAY: no hand-off"
     assert runner.loaded_models == ()
 
 

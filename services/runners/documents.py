@@ -2,7 +2,8 @@
 
     POST /extract-text   multipart/form-data with a file part (named "file", or any part
                          with a filename), or the raw document as the body
-                      -> {"text", "pages", "format", "scanned_pages", "ocr"}
+                      -> {"text", "pages", "format", "scanned_pages",
+                          "ocr", "ocr_pages", "ocr_node", "ocr_model"}
 
 The format is read from the bytes (``%PDF-``; a ZIP holding
 ``word/document.xml``), not trusted from the content type or file name.
@@ -16,10 +17,29 @@ The format is read from the bytes (``%PDF-``; a ZIP holding
   it renders), so ``pages`` is one plus the explicit breaks: hard page
   breaks, paragraphs that start a page, and sections that start on a new page.
 
-``ocr`` says what happened to scanned pages. Handing them to ``vision-ocr``
-through the overlay is not wired yet: today it is ``"not available"`` when
-there are scanned pages (their text is missing from ``text``), and ``null``
-when there are none.
+Scanned pages go to ``vision-ocr`` through the overlay: the runner copies
+them (pypdf) into one PDF, at most ``RMAP2P_OCR_MAX_PAGES`` of them (default
+20, at most 50: vision-ocr's own limit per request), and posts it to
+``$RMAP2P_GATEWAY/api/service/vision-ocr/ocr``. ``RMAP2P_GATEWAY`` is the
+base URL of the gateway of the node this child runs on (the service manager
+sets it); the gateway forwards to whichever node serves vision-ocr.
+``RMAP2P_TOKEN``, if set, goes along as a bearer token. Each page's OCR text
+takes that page's place in ``text``, so pages stay in order. Then
+
+- ``ocr`` is ``"vision-ocr"`` (or ``"vision-ocr: N of M scanned pages
+  read ..."`` when there were more than the limit), ``ocr_node`` the node
+  that served it (the gateway's ``X-Rmap2p-Node``), ``ocr_model`` its model,
+  and ``ocr_pages`` the pages whose text came from OCR;
+- ``ocr`` is ``"not available: <why>"`` when no gateway is configured, the
+  gateway does not answer, or it answers 503 (no node serves vision-ocr);
+- ``ocr`` is ``"failed: <why>"`` when vision-ocr answered but not with text
+  (its 4xx/5xx, a malformed answer, or no answer within
+  ``RMAP2P_OCR_TIMEOUT`` seconds, default 120).
+
+In the last two cases the scanned pages' text stays empty and the answer is
+still a 200 with everything the text layer gave: OCR is a best effort, never
+a reason to fail the extraction. ``ocr`` is ``null`` when there are no
+scanned pages (and for DOCX), and ``ocr_pages`` is then empty.
 
 Input that is not a readable PDF or DOCX gets 415 (another format) or 422
 (damaged, encrypted, too many pages), never a 500.
@@ -37,9 +57,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import BodyPartReader, web
 
 from services.capabilities import module_present
+from services.runners.ocr_handoff import OcrConfig, OcrOutcome, read_scanned
 from services.runners.serve import CannotRun, Engine, Route, json_error, main
 
 log = logging.getLogger(__name__)
@@ -53,9 +75,11 @@ class Unreadable(Exception):
     """The upload is a document of a supported format that cannot be read (HTTP 422)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Loaded:
     versions: dict[str, str]
+    ocr: OcrConfig
+    session: aiohttp.ClientSession | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +88,8 @@ class Extracted:
     pages: int
     format: str
     scanned_pages: tuple[int, ...] = ()
+    page_texts: tuple[str, ...] = ()
+    """PDF only: each page's text layer (``text`` is them joined by form feeds)."""
 
 
 class DocumentEngine(Engine[Loaded]):
@@ -79,10 +105,20 @@ class DocumentEngine(Engine[Loaded]):
         import docx
         import pypdf
 
-        return Loaded({"pypdf": pypdf.__version__, "python-docx": getattr(docx, "__version__", "unknown")})
+        versions = {"pypdf": pypdf.__version__, "python-docx": getattr(docx, "__version__", "unknown")}
+        return Loaded(versions, OcrConfig.from_env(env))
+
+    async def started(self, loaded: Loaded) -> None:
+        loaded.session = aiohttp.ClientSession()  # each OCR request carries its own timeout
+
+    async def closing(self, loaded: Loaded) -> None:
+        if loaded.session is not None:
+            await loaded.session.close()
 
     def describe(self, loaded: Loaded) -> dict[str, Any]:
-        return {"model": None, "formats": ["pdf", "docx"], "versions": loaded.versions, "ocr_handoff": False}
+        ocr = loaded.ocr
+        handoff = {"gateway": ocr.gateway, "max_pages": ocr.max_pages, "timeout_s": ocr.timeout} if ocr.gateway else None
+        return {"model": None, "formats": ["pdf", "docx"], "versions": loaded.versions, "ocr_handoff": handoff}
 
     def routes(self) -> Sequence[Route[Loaded]]:
         return (Route("POST", "/extract-text", extract_text),)
@@ -102,12 +138,24 @@ async def extract_text(loaded: Loaded, request: web.Request) -> web.Response:
         result = await asyncio.to_thread(read_pdf if kind == "pdf" else read_docx, data)
     except Unreadable as exc:
         return json_error(422, f"cannot read this {kind.upper()}: {exc}")
+    ocr: OcrOutcome | None = None
+    text = result.text
+    if result.scanned_pages:
+        assert loaded.session is not None
+        ocr = await read_scanned(loaded.session, loaded.ocr, data, result.scanned_pages)
+        if ocr.texts:
+            text = "\f".join(ocr.texts.get(number, page) for number, page in enumerate(result.page_texts, start=1))
+        else:
+            log.info("document-processing: %d scanned page(s) not read: %s", len(result.scanned_pages), ocr.status)
     return web.json_response({
-        "text": result.text,
+        "text": text,
         "pages": result.pages,
         "format": result.format,
         "scanned_pages": list(result.scanned_pages),
-        "ocr": "not available" if result.scanned_pages else None,
+        "ocr": ocr.status if ocr else None,
+        "ocr_pages": sorted(ocr.texts) if ocr else [],
+        "ocr_node": ocr.node if ocr else None,
+        "ocr_model": ocr.model if ocr else None,
     })  # fmt: skip
 
 
@@ -170,7 +218,7 @@ def read_pdf(data: bytes) -> Extracted:
         raise
     except Exception as exc:  # noqa: BLE001 -- see above
         raise Unreadable(f"{type(exc).__name__}: {exc}") from None
-    return Extracted("\f".join(texts), count, "pdf", tuple(scanned))
+    return Extracted("\f".join(texts), count, "pdf", tuple(scanned), tuple(texts))
 
 
 def _has_images(page: Any) -> bool:
