@@ -49,17 +49,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from allocator.actions import NodeActions, node_actions
-from allocator.allocate import allocate
-from allocator.members import capabilities, to_node_views, worker_type_of
-from allocator.view import NodeView
+from allocator.actions import NodeActions
+from allocator.members import capabilities
 from membership import (
     ConvergedView,
-    EventKind,
     Load,
-    MemberEvent,
     Membership,
     NodeMeta,
     SharedCaches,
@@ -67,6 +63,7 @@ from membership import (
     StreamRequest,
 )
 from membership.signing import UnsignedIdentity, accept_unsigned
+from simulations.services import NodeServices, ServiceEmulation
 from simulations.metrics import Figures, Recorder, UpdateCause, percentile
 from simulations.network import (
     ActivePartition,
@@ -112,15 +109,6 @@ _TICK = 1  # (t, seq, _TICK, node, gen)
 _SREQ = 2  # (t, seq, _SREQ, dst, src, src_gen, request, sealed_len)
 _SREPLY = 3  # (t, seq, _SREPLY, node, gen, token, frame_or_None)
 _ACTION = 4  # (t, seq, _ACTION, callable)
-
-
-@dataclass(slots=True)
-class _AllocState:
-    """With the allocator on: what one node runs, each service with the time it turns healthy."""
-
-    running: dict[str, float] = field(default_factory=dict)
-    dirty: bool = False
-    scheduled: bool = False
 
 
 class Simulation:
@@ -186,14 +174,9 @@ class Simulation:
         self.rec.unhealthy.update(self.starved_nodes)
         self._timers_late = starved.timers_late
 
-        self.alloc: list[_AllocState] | None = None
-        self._alloc_cache: dict[tuple, dict[str, tuple[str, ...]]] = {}
-        self._alloc_first_crash: float | None = None
-        self.services_moved = 0
-        self.coverage_gaps: list[float] = []
-        self._uncovered_since: float | None = None
+        self.services: ServiceEmulation | None = None
         if options.allocator:
-            self._init_allocator()
+            self.services = ServiceEmulation(self)
 
         self._sample_every = options.sample_every_s or max(0.5, options.seconds / 200)
         self._updates_scheduled = False
@@ -320,10 +303,10 @@ class Simulation:
         if self.options.meta_interval_s > 0:
             for i in range(self.n):
                 self._schedule_heartbeat(i)
-        if self.alloc is not None:
+        if self.services is not None:
             # No membership event will come to prompt the first allocation: every node runs it now.
             for i in range(self.n):
-                self._alloc_mark_dirty(i)
+                self.services.mark_dirty(i)
 
     def _join_wave(self, members: list[int]) -> None:
         earlier = list(self._started)
@@ -376,10 +359,8 @@ class Simulation:
         self._retire(i, m)
         if was_live:
             self.rec.node_down(i, self.now, "crash", m.incarnation)
-            if self.alloc is not None:
-                if self._alloc_first_crash is None:
-                    self._alloc_first_crash = self.now
-                self._check_coverage()
+            if self.services is not None:
+                self.services.on_crash()
         self.rec.log(f"{self.now!r}|crash|{i}")
 
     def crash_runners(self, service: str) -> list[int]:
@@ -407,9 +388,9 @@ class Simulation:
         must refute its own death (it restarts at incarnation 0, so it learns a higher one)."""
         if self.machines[i] is not None:
             return
-        if self.alloc is not None:
+        if self.services is not None:
             # A restarted node runs nothing until the allocator gives it a row again.
-            self.alloc[i] = _AllocState()
+            self.services.forget(i)
             self.metas[i] = replace(self.metas[i], services=())
         m = self._make_machine(i)
         self.rec.restarted(i, self.now)
@@ -505,6 +486,10 @@ class Simulation:
 
     # ------------------------------------------------------------ the pump
 
+    def drain(self, i: int, m: Membership) -> None:
+        """Move what machine ``i`` produced onto the network: for the node's other layers (services)."""
+        self._drain(i, m)
+
     def _drain(self, i: int, m: Membership, after_tick: bool = False) -> None:
         """Move everything the machine produced onto the network and re-arm its deadline."""
         now = self.now
@@ -551,8 +536,8 @@ class Simulation:
         events = m.take_events()
         if events:
             self.rec.on_events(i, events, now, after_tick)
-            if self.alloc is not None:
-                self._alloc_note(i, events)
+            if self.services is not None:
+                self.services.on_events(i, events)
         d = m.next_deadline()
         if after_tick and d is not None and d <= now:
             # tick(now) fired everything due, so a deadline still <= now is a protocol bug that
@@ -764,118 +749,15 @@ class Simulation:
 
     # ------------------------------------------------------------ allocator
 
-    def _init_allocator(self) -> None:
-        self.alloc = [_AllocState() for _ in range(self.n)]
-
-    def _alloc_note(self, i: int, events: list[MemberEvent]) -> None:
-        # Suspect members count as alive for allocation, so a suspicion alone changes nothing.
-        if any(ev.kind is not EventKind.SUSPECT for ev in events):
-            self._alloc_mark_dirty(i)
-
-    def _alloc_mark_dirty(self, i: int) -> None:
-        st = self.alloc[i]  # type: ignore[index]
-        st.dirty = True
-        if not st.scheduled:
-            st.scheduled = True
-            gen = self.gen[i]
-            # Debounce: a burst of membership news costs one allocation, half a second later.
-            self.at(self.now + 0.5, lambda: self._reallocate(i, gen))
+    @property
+    def alloc(self) -> list[NodeServices] | None:
+        """With the allocator on: what each node runs (``simulations.services``)."""
+        return self.services.nodes if self.services is not None else None
 
     def decide(self, i: int) -> NodeActions:
-        """What node ``i`` should do now: ``allocator.actions.node_actions`` on its own view, as
-        the daemon's service manager asks it (the allocation itself cached across nodes that
-        share a view)."""
-        m = self.machines[i]
-        st = self.alloc[i]  # type: ignore[index]
-        assert m is not None
-        views = to_node_views(m.members())
-        key = tuple(
-            (v.node_id, v.worker_type, v.status, v.incarnation, v.services, v.can_run, v.specialization) for v in views
-        )
-        allocation = self._alloc_cache.get(key)
-        if allocation is None:
-            allocation = allocate(views)
-            if len(self._alloc_cache) > 4096:
-                self._alloc_cache.clear()
-            self._alloc_cache[key] = allocation
-        return node_actions(self.ids[i], views, st.running, allocation=allocation)
-
-    def _reallocate(self, i: int, gen: int) -> None:
-        m = self.machines[i]
-        st = self.alloc[i]  # type: ignore[index]
-        st.scheduled = False
-        if m is None or self.gen[i] != gen or self.leaving[i] or not st.dirty:
-            return
-        st.dirty = False
-        actions = self.decide(i)
-        if not actions.start and not actions.stop:
-            return
-        for s in actions.start:
-            st.running[s] = self.now + self.options.service_start_s
-            if self._alloc_first_crash is not None:
-                self.services_moved += 1
-        for s in actions.stop:
-            del st.running[s]
-        self._publish_services(i)
-        if actions.start:
-            self.at(self.now + self.options.service_start_s + 1e-6, lambda: self._services_settle(i, gen))
-
-    def _publish_services(self, i: int) -> None:
-        m = self.machines[i]
-        st = self.alloc[i]  # type: ignore[index]
-        if m is None:
-            return
-        now = self.now
-        pairs = tuple((s, "healthy" if t <= now else "starting") for s, t in sorted(st.running.items()))
-        meta = replace(m.meta, services=pairs)
-        if meta != m.meta:
-            m.update_meta(meta, now)
-            self.metas[i] = m.meta
-            self._drain(i, m)
-        self._check_coverage()
-
-    def _services_settle(self, i: int, gen: int) -> None:
-        if self.machines[i] is None or self.gen[i] != gen:
-            return
-        self._publish_services(i)
-        # A service turning healthy may let this node hand over others (and the pool's plan change).
-        self._alloc_mark_dirty(i)
-
-    def _check_coverage(self) -> None:
-        """Time each stretch during which a crash left some service without a healthy live runner."""
-        if self._alloc_first_crash is None:
-            return
-        if self.uncovered_services():
-            if self._uncovered_since is None:
-                self._uncovered_since = self.now
-        elif self._uncovered_since is not None:
-            self.coverage_gaps.append(self.now - self._uncovered_since)
-            self._uncovered_since = None
-
-    def uncovered_services(self) -> list[str]:
-        """Services the allocator assigns on the true view of the live nodes that no live node
-        reports healthy. (A service the allocator leaves as a gap by its own rule, e.g. for want
-        of capacity, is not counted: no amount of waiting covers it.)"""
-        truth = []
-        healthy: set[str] = set()
-        for i in range(self.n):
-            if not self._is_live(i):
-                continue
-            meta = self.machines[i].meta  # type: ignore[union-attr]
-            truth.append(
-                NodeView(
-                    node_id=self.ids[i],
-                    worker_type=worker_type_of(meta.worker_type),
-                    services=meta.service_names,
-                    can_run=meta.capabilities,
-                    specialization=meta.specialization,
-                )
-            )
-            healthy.update(meta.healthy_services)
-        wanted: set[str] = set()
-        for row in allocate(truth).values():
-            wanted.update(row)
-        return sorted(wanted - healthy)
+        """What node ``i`` should do now: the daemon's ``allocator.actions.node_actions`` on its view."""
+        assert self.services is not None
+        return self.services.decide(i)
 
     # ------------------------------------------------------------ the run
 
@@ -923,12 +805,9 @@ class Simulation:
             bw = udp_bw + tcp_bw
             msgs = (sum(self.msgs) - m0) / self.node_seconds * self.config.probe_interval
         rounds = rec.update_rounds
-        uncovered = covered_s = None
-        if self.alloc is not None:
-            uncovered = len(self.uncovered_services())
-            if self._alloc_first_crash is not None and not uncovered:
-                # The longest stretch a crash left a service uncovered (0: redundancy absorbed it).
-                covered_s = max(self.coverage_gaps, default=0.0)
+        uncovered = covered_s = moved = None
+        if self.services is not None:
+            uncovered, covered_s, moved = self.services.figures()
         return Figures(
             nodes=self.n,
             seed=o.seed,
@@ -970,7 +849,7 @@ class Simulation:
             events_hash=rec.events_hash(),
             sim_speed=now / wall_s if wall_s > 0 else None,
             services_covered_s=covered_s,
-            services_moved=self.services_moved if self.alloc is not None else None,
+            services_moved=moved,
             uncovered_at_end=uncovered,
             stuck_deadlines=self.stuck_deadlines,
         )
