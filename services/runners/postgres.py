@@ -52,16 +52,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.runner import RunnerError
-from services.runners.native import (
-    NativeServerRunner,
-    NativeSupervisor,
-    checked_primary,
-    chown_tree,
-    guarded_argv,
-    pick_port,
-    run_as,
-    unreachable_ancestor,
-)
+from services.runners.native import NativeServerRunner, NativeSupervisor, checked_primary, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
 
