@@ -78,7 +78,7 @@ class RestartPolicy:
     unresponsive_after: float = 15.0
     """A ready child failing every health check this long is killed as hung."""
     stop_timeout: float = 10.0
-    """Between SIGTERM and SIGKILL when stopping a child."""
+    """Between the stop signal (SIGTERM unless told otherwise) and SIGKILL when stopping a child."""
 
     def __post_init__(self) -> None:
         if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
@@ -123,9 +123,11 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         on_give_up: Callable[[str, str], None] | None = None,
         on_port: Callable[[int], Sequence[str]] | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         """``on_port(port)``, if given, returns the argv to use for restarts once the first
-        run announced its port (so a child started on port 0 comes back on the same port)."""
+        run announced its port (so a child started on port 0 comes back on the same port).
+        ``stop_signal`` asks the child to stop; SIGKILL follows after ``policy.stop_timeout``."""
         self.name = name
         self._argv = list(argv)
         self._env = dict(env)
@@ -133,6 +135,7 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self._on_give_up = on_give_up
         self._on_port = on_port
+        self._stop_signal = stop_signal
         self.state = "stopped"
         self.port: int | None = None
         self.health_doc: dict[str, Any] | None = None
@@ -205,7 +208,7 @@ class Supervisor:
             raise SupervisorError(reason)
 
     async def stop(self) -> None:
-        """Stop the child (SIGTERM, then SIGKILL) and the supervision; idempotent."""
+        """Stop the child (``stop_signal``, then SIGKILL) and the supervision; idempotent."""
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
@@ -364,7 +367,7 @@ class Supervisor:
         if proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(self._stop_signal)
         try:
             await asyncio.wait_for(proc.wait(), self.policy.stop_timeout)
         except TimeoutError:

@@ -168,3 +168,21 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: floa
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def pid_gone(pid: int, timeout: float = 10) -> bool:
+    """Whether ``pid`` exits within ``timeout`` seconds (a zombie, dead but not reaped, counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (dead, not yet reaped by init) counts as gone.
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.05)
+    return False

@@ -154,23 +154,6 @@ class StorageNode:
             self.proc.wait(10)
 
 
-def pid_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie (dead, not yet reaped by init) counts as gone.
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-                return True
-        except (OSError, IndexError):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 class ProxyThread:
     """A ``ServiceProxy`` on its own event loop in a thread, for tests written without asyncio."""
 

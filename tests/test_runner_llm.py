@@ -27,6 +27,7 @@ import pytest
 import pytest_asyncio
 from gateways import gateways
 from ml import need_modules
+from procs import pid_gone
 from tiny_gguf import write_tiny_llama
 
 from services.engine_choice import LLAMA_CPP, MODULES
@@ -261,17 +262,7 @@ def _exits_with_its_daemon(tmp_path: Path) -> None:
         assert Path(f"/proc/{child}").exists()
         daemon.kill()
         daemon.wait()
-        deadline = time.monotonic() + 20.0
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child), "the llama.cpp child outlived its daemon"
+        assert pid_gone(child, timeout=20.0), "the llama.cpp child outlived its daemon"
     finally:
         daemon.kill()
         daemon.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False

@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 from ml import need_modules
 from ocr_images import pdf, words
+from procs import pid_gone
 
 from services.engine_choice import module_present, vllm_argv, vllm_settings
 from services.runner import RunnerError
@@ -210,18 +211,7 @@ def test_the_server_dies_with_the_daemon_that_started_it(tmp_path: Path) -> None
         assert Path(f"/proc/{server}").exists()
         parent.kill()
         parent.wait()
-        deadline = time.monotonic() + 10.0
-        while _alive(server) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(server), "the server outlived its parent"
+        assert pid_gone(server, timeout=10.0), "the server outlived its parent"
     finally:
         parent.kill()
         parent.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; reaping it is init's business

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procs import pid_gone
+from storage import ProxyThread, StorageNode, require_binary, server_dir
 
 from services.runners.resp import RespClient, RespError
 from services.runners.stateful import make_stateful_runner
 from services.supervisor import RestartPolicy
-from storage import ProxyThread, StorageNode, pid_gone, require_binary, server_dir
 
 POLICY = RestartPolicy(check_interval=0.2, backoff_initial=0.5, backoff_max=2.0)
 WRITES = 1000

@@ -10,11 +10,11 @@ loop and changes three things:
 - readiness is ``probe()``, an engine-specific check (a Redis ``PING``,
   ``pg_isready``), not an HTTP request;
 - stopping sends ``stop_signal`` first (PostgreSQL's fast shutdown is
-  SIGINT; its SIGTERM waits for every client to disconnect).
+  SIGINT; its SIGTERM waits for every client to disconnect), passed on to
+  the supervisor.
 
-These override the supervisor's ``_check`` and ``_terminate``; if the
-supervisor grows ``probe=`` and ``stop_signal=`` parameters this subclass
-becomes three arguments.
+These override the supervisor's ``_check``; if the supervisor grows a
+``probe=`` parameter this subclass becomes two arguments.
 
 The binary does not read stdin, so the supervisor's "EOF on stdin ends the
 child" guard does not apply; ``guarded_argv`` runs it under ``setpriv
@@ -23,12 +23,17 @@ dies, even by SIGKILL, so an orphaned primary cannot keep accepting writes
 after its node is gone (that would be a split brain). ``setpriv`` also drops
 privileges (``--reuid``) for servers that refuse root, and applies the death
 signal after the user change, which would otherwise clear it.
+
+``NativeServerRunner`` is what the runners of such servers (``redis_server``,
+``postgres``) share: the password check, the ``Runner`` side over the
+supervisor, the role bookkeeping and the give-up report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pwd
 import shutil
@@ -37,9 +42,13 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.runner import RunnerError
-from services.supervisor import RestartPolicy, Supervisor, SupervisorError
+from services.stateful import Endpoint, Role
+from services.supervisor import RestartPolicy, Supervisor, SupervisorError, connect_host
+
+log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
 
@@ -144,10 +153,9 @@ class NativeSupervisor(Supervisor):
         on_give_up: Callable[[str, str], None] | None = None,
         stop_signal: int = signal.SIGTERM,
     ) -> None:
-        super().__init__(name, argv, env, host, policy=policy, on_give_up=on_give_up)
+        super().__init__(name, argv, env, host, policy=policy, on_give_up=on_give_up, stop_signal=stop_signal)
         self.port = port
         self._probe = probe
-        self._stop_signal = stop_signal
 
     async def start_ready(self, timeout: float) -> None:
         """Spawn the server and wait until it is ready; ``RunnerError`` (and stopped) if it is not.
@@ -178,14 +186,93 @@ class NativeSupervisor(Supervisor):
         except (OSError, TimeoutError, ValueError):
             return False
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(self._stop_signal)
-        try:
-            await asyncio.wait_for(proc.wait(), self.policy.stop_timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+
+class NativeServerRunner:
+    """The part every runner of a server under ``NativeSupervisor`` shares; subclasses start it.
+
+    A subclass's ``start()`` makes ``self.supervisor``; it also gives
+    ``set_role`` and ``replication`` (``services.stateful.StatefulRunner``).
+    """
+
+    def __init__(
+        self,
+        service_dir: Path,
+        host: str,
+        port: int,
+        node_id: str,
+        password: str,
+        *,
+        service: str,
+        policy: RestartPolicy | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
+    ) -> None:
+        if not password:
+            raise RunnerError(f"{service}: refusing to run without a password")
+        self.service = service
+        self._dir = Path(service_dir)
+        self._host = host
+        self._want_port = port
+        self._node_id = node_id
+        self._password = password
+        self._policy = policy
+        self._on_failed = on_failed
+        self._role: Role = "primary"
+        self._primary: Endpoint | None = None
+        self._as: RunAs | None = None
+        self.supervisor: NativeSupervisor | None = None
+
+    @property
+    def port(self) -> int | None:
+        s = self.supervisor
+        return s.port if s is not None and s.state not in ("stopped", "failed") else None
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def failed(self) -> str | None:
+        return self.supervisor.gave_up if self.supervisor is not None else None
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        port = self.port
+        return Endpoint(connect_host(self._host), port) if port else None
+
+    @property
+    def password(self) -> str:
+        return self._password
+
+    async def health(self) -> str:
+        s = self.supervisor
+        if s is None or s.state == "starting":
+            return "starting"
+        return "healthy" if s.state == "ready" and s.ready else "unhealthy"
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            log.info("node %s: service %s stopped", self._node_id, self.service)
+
+    def _running_endpoint(self) -> Endpoint:
+        """``endpoint``, or ``RunnerError`` when the server is not running."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            raise RunnerError(f"{self.service}: not running")
+        return endpoint
+
+    def _gave_up(self, service: str, reason: str) -> None:
+        log.error("node %s: service %s failed for good: %s", self._node_id, service, reason)
+        if self._on_failed is not None:
+            self._on_failed(service, reason)
+
+
+def checked_primary(role: Role, primary: Endpoint | None) -> Endpoint | None:
+    """The primary a copy told to be ``role`` follows: None for a primary; a replica must name one."""
+    if role == "replica" and primary is None:
+        raise ValueError("a replica needs a primary")
+    return None if role == "primary" else primary

@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.runner import RunnerError
-from services.runners.native import NativeSupervisor, RunAs, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
+from services.runners.native import NativeServerRunner, NativeSupervisor, checked_primary, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
 
@@ -144,7 +144,7 @@ host    replication  all      ::/0        scram-sha-256
 """
 
 
-class PostgresRunner:
+class PostgresRunner(NativeServerRunner):
     """One copy of ``postgres``; see the module docstring."""
 
     def __init__(
@@ -162,52 +162,13 @@ class PostgresRunner:
         user: str | None = None,
         service: str = SERVICE,
     ) -> None:
-        if not password:
-            raise RunnerError(f"{service}: refusing to run without a password")
-        self.service = service
-        self._dir = Path(service_dir)
+        super().__init__(service_dir, host, port, node_id, password, service=service, policy=policy, on_failed=on_failed)
         self._pgdata = self._dir / "pgdata"
-        self._host = host
-        self._want_port = port
-        self._node_id = node_id
-        self._password = password
-        self._policy = policy
-        self._on_failed = on_failed
         self._synchronous = synchronous
         self._bin = bin_dir or find_bin_dir()
         self._user = user or os.environ.get(USER_ENV, SUPERUSER)
-        self._as: RunAs | None = None
-        self._role: Role = "primary"
-        self._primary: Endpoint | None = None
-        self.supervisor: NativeSupervisor | None = None
 
     # ------------------------------------------------------------ Runner
-
-    @property
-    def port(self) -> int | None:
-        s = self.supervisor
-        return s.port if s is not None and s.state not in ("stopped", "failed") else None
-
-    @property
-    def loaded_models(self) -> tuple[str, ...]:
-        return ()
-
-    @property
-    def failed(self) -> str | None:
-        return self.supervisor.gave_up if self.supervisor is not None else None
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def endpoint(self) -> Endpoint | None:
-        port = self.port
-        return Endpoint(connect_host(self._host), port) if port else None
-
-    @property
-    def password(self) -> str:
-        return self._password
 
     @property
     def pgdata(self) -> Path:
@@ -246,25 +207,14 @@ class PostgresRunner:
             f", standby of {self._primary}" if self._primary else "",
         )  # fmt: skip
 
-    async def health(self) -> str:
-        s = self.supervisor
-        if s is None or s.state == "starting":
-            return "starting"
-        return "healthy" if s.state == "ready" and s.ready else "unhealthy"
-
     async def stop(self) -> None:
-        if self.supervisor is not None:
-            await self.supervisor.stop()
-            self.supervisor = None
-            log.info("node %s: service %s stopped", self._node_id, self.service)
+        await super().stop()
+        self.supervisor = None
 
     # ------------------------------------------------------------ StatefulRunner
 
     async def set_role(self, role: Role, primary: Endpoint | None) -> None:
-        if role == "replica" and primary is None:
-            raise ValueError("a replica needs a primary")
-        if role == "primary":
-            primary = None
+        primary = checked_primary(role, primary)
         before_role, before_primary = self._role, self._primary
         self._role, self._primary = role, primary
         if self.supervisor is None or self.port is None:
@@ -318,9 +268,7 @@ class PostgresRunner:
 
     async def sql(self, statement: str, dbname: str = "postgres") -> str:
         """Run ``statement`` with psql on this copy; its unaligned, tuples-only output."""
-        endpoint = self.endpoint
-        if endpoint is None:
-            raise RunnerError(f"{self.service}: not running")
+        endpoint = self._running_endpoint()
         return await self._run(
             "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", statement, conninfo(endpoint, self._password, dbname),
             as_server_user=False,
@@ -467,11 +415,6 @@ class PostgresRunner:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=self._env(),
         )  # fmt: skip
         return await proc.wait() == 0
-
-    def _gave_up(self, service: str, reason: str) -> None:
-        log.error("node %s: service %s failed for good: %s", self._node_id, service, reason)
-        if self._on_failed is not None:
-            self._on_failed(service, reason)
 
 
 def _running(pid: int) -> bool:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from p2p.identity import atomic_write
 from services.runner import RunnerError
-from services.runners.native import NativeSupervisor, RunAs, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
+from services.runners.native import NativeServerRunner, NativeSupervisor, RunAs, checked_primary, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
 from services.runners.resp import RespClient, RespError, parse_info
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
@@ -88,7 +88,7 @@ def render_config(*, host: str, port: int, data: Path, password: str, primary: E
     return "\n".join(lines) + "\n"
 
 
-class RedisRunner:
+class RedisRunner(NativeServerRunner):
     """One copy of ``redis``; see the module docstring."""
 
     def __init__(
@@ -104,49 +104,10 @@ class RedisRunner:
         binary: str | None = None,
         service: str = SERVICE,
     ) -> None:
-        if not password:
-            raise RunnerError(f"{service}: refusing to run without a password")
-        self.service = service
-        self._dir = Path(service_dir)
-        self._host = host
-        self._want_port = port
-        self._node_id = node_id
-        self._password = password
-        self._policy = policy
-        self._on_failed = on_failed
+        super().__init__(service_dir, host, port, node_id, password, service=service, policy=policy, on_failed=on_failed)
         self._binary = binary or find_binary()
-        self._role: Role = "primary"
-        self._primary: Endpoint | None = None
-        self._as: RunAs | None = None
-        self.supervisor: NativeSupervisor | None = None
 
     # ------------------------------------------------------------ Runner
-
-    @property
-    def port(self) -> int | None:
-        s = self.supervisor
-        return s.port if s is not None and s.state not in ("stopped", "failed") else None
-
-    @property
-    def loaded_models(self) -> tuple[str, ...]:
-        return ()
-
-    @property
-    def failed(self) -> str | None:
-        return self.supervisor.gave_up if self.supervisor is not None else None
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def endpoint(self) -> Endpoint | None:
-        port = self.port
-        return Endpoint(connect_host(self._host), port) if port else None
-
-    @property
-    def password(self) -> str:
-        return self._password
 
     async def start(self) -> None:
         if self._binary is None:
@@ -170,24 +131,10 @@ class RedisRunner:
             f", replica of {self._primary}" if self._primary else "",
         )  # fmt: skip
 
-    async def health(self) -> str:
-        s = self.supervisor
-        if s is None or s.state == "starting":
-            return "starting"
-        return "healthy" if s.state == "ready" and s.ready else "unhealthy"
-
-    async def stop(self) -> None:
-        if self.supervisor is not None:
-            await self.supervisor.stop()
-            log.info("node %s: service %s stopped", self._node_id, self.service)
-
     # ------------------------------------------------------------ StatefulRunner
 
     async def set_role(self, role: Role, primary: Endpoint | None) -> None:
-        if role == "replica" and primary is None:
-            raise ValueError("a replica needs a primary")
-        if role == "primary":
-            primary = None
+        primary = checked_primary(role, primary)
         changed = (role, primary) != (self._role, self._primary)
         self._role, self._primary = role, primary
         if self.supervisor is None or self.port is None:
@@ -221,9 +168,7 @@ class RedisRunner:
 
     async def command(self, *args: str | bytes | int) -> object:
         """One command on a fresh authenticated connection to this copy."""
-        endpoint = self.endpoint
-        if endpoint is None:
-            raise RunnerError(f"{self.service}: not running")
+        endpoint = self._running_endpoint()
         client = await RespClient.connect(endpoint.host, endpoint.port, self._password)
         try:
             return await client.command(*args)
@@ -263,11 +208,6 @@ class RedisRunner:
         finally:
             await client.close()
         return reply == "PONG"
-
-    def _gave_up(self, service: str, reason: str) -> None:
-        log.error("node %s: service %s failed for good: %s", self._node_id, service, reason)
-        if self._on_failed is not None:
-            self._on_failed(service, reason)
 
 
 def _streaming_replicas(info: dict[str, str]) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.capabilities import locate_model, model_ref, module_present
+from services.capabilities import module_present
 from services.runners.batching import Batcher
 from services.runners.serve import (
     CannotRun,
@@ -35,6 +35,7 @@ from services.runners.serve import (
     json_error,
     main,
     read_json_object,
+    required_model,
 )
 
 SERVICE = "rag-embeddings"
@@ -61,19 +62,12 @@ class SbertEngine(Engine[Loaded]):
         for module in ("sentence_transformers", "torch"):
             if not module_present(module):
                 raise CannotRun(f"Python package {module} is not installed")
-        ref = model_ref(SERVICE, env)
-        assert ref is not None
-        if locate_model(SERVICE, ref, env) is None:
-            raise CannotRun(f"embedding model {ref!r} (RMAP2P_EMBEDDING_MODEL) not found on this machine")
+        required_model(SERVICE, env, "embedding model", "(RMAP2P_EMBEDDING_MODEL) not found on this machine")
 
     def load(self, env: Mapping[str, str]) -> Loaded:
         from sentence_transformers import SentenceTransformer
 
-        ref = model_ref(SERVICE, env)
-        assert ref is not None
-        located = locate_model(SERVICE, ref, env)
-        if located is None:
-            raise CannotRun(f"embedding model {ref!r} disappeared before loading")
+        located = required_model(SERVICE, env, "embedding model", "disappeared before loading")
         try:
             model = SentenceTransformer(located.load_as, device=env.get("RMAP2P_EMBEDDING_DEVICE") or None)
         except (OSError, ValueError) as exc:

@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
+from services.capabilities import LocatedModel, locate_model, model_ref
 from services.supervisor import EXIT_CONFIG, LISTENING
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,16 @@ class Engine(Generic[E]):
 
     def routes(self) -> Sequence[Route[E]]:
         return ()
+
+
+def required_model(service: str, env: Mapping[str, str], what: str, missing: str) -> LocatedModel:
+    """The model configured for ``service`` as found here; else ``CannotRun("<what> '<ref>' <missing>")``."""
+    ref = model_ref(service, env)
+    assert ref is not None
+    located = locate_model(service, ref, env)
+    if located is None:
+        raise CannotRun(f"{what} {ref!r} {missing}")
+    return located
 
 
 def parse_args(argv: Sequence[str] | None, description: str) -> ChildArgs:

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.capabilities import locate_model, model_ref, module_present
+from services.capabilities import module_present
 from services.runners.serve import (
     CannotRun,
     Engine,
@@ -34,6 +34,7 @@ from services.runners.serve import (
     json_error,
     main,
     read_json_object,
+    required_model,
 )
 
 SERVICE = "ner-extraction"
@@ -57,19 +58,12 @@ class SpacyEngine(Engine[Loaded]):
     def preflight(self, env: Mapping[str, str]) -> None:
         if not module_present("spacy"):
             raise CannotRun("Python package spacy is not installed")
-        ref = model_ref(SERVICE, env)
-        assert ref is not None
-        if locate_model(SERVICE, ref, env) is None:
-            raise CannotRun(f"spaCy model {ref!r} (RMAP2P_NER_MODEL) not found: neither an installed package nor a model directory")
+        required_model(SERVICE, env, "spaCy model", "(RMAP2P_NER_MODEL) not found: neither an installed package nor a model directory")
 
     def load(self, env: Mapping[str, str]) -> Loaded:
         import spacy
 
-        ref = model_ref(SERVICE, env)
-        assert ref is not None
-        located = locate_model(SERVICE, ref, env)
-        if located is None:
-            raise CannotRun(f"spaCy model {ref!r} disappeared before loading")
+        located = required_model(SERVICE, env, "spaCy model", "disappeared before loading")
         try:
             nlp = spacy.load(located.load_as)
         except (OSError, ValueError, ImportError) as exc:  # spaCy's E050/E053 etc. are OSError/ValueError

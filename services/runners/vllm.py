@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -42,6 +41,7 @@ from services.engine_choice import (
     vllm_argv,
     vllm_settings,
 )
+from services.runners.native import pick_port
 from services.runners.process import ProcessRunner
 from services.runners.serve import parse_args
 from services.supervisor import EXIT_CONFIG, LISTENING, RestartPolicy, connect_host
@@ -70,7 +70,6 @@ class VllmRunner(ProcessRunner):
         on_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(service, __name__, host, port, node_id, env, policy=policy or VLLM_POLICY, on_failed=on_failed)
-        self._host = host
         self._models: tuple[str, ...] = ()
         self._models_run = -1
 
@@ -106,14 +105,6 @@ class VllmRunner(ProcessRunner):
         return tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
 
 
-def free_port(host: str) -> int:
-    """A port free on ``host`` now (the kernel's choice for port 0)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def die_with_parent() -> None:
     """Have the kernel SIGTERM this process when its parent dies (Linux; a no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
@@ -137,7 +128,7 @@ def launch(argv: Sequence[str] | None, env: Mapping[str, str], execv: Callable[[
     except (SettingsError, KeyError) as exc:
         print(f"{args.service} cannot run on this machine: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
-    port = args.port or free_port(args.host)
+    port = pick_port(args.host, args.port)
     command = vllm_argv(sys.executable, settings, args.host, port)
     # For middleware running inside vLLM (vision-ocr's /ocr calls the server it runs in).
     os.environ.update(
