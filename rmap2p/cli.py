@@ -191,10 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
             "(env RMAP2P_DATA_DIR; default ~/.rmap2p, as for join)",
         )
 
+    def _watch_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+            help="redraw every SECONDS (default 2) until Ctrl-C; in a terminal the screen is cleared "
+            "each time, into a pipe the frames follow each other",
+        )
+
     status = sub.add_parser("status", help="print the members a node knows, as a table")
     _http_client_opts(status)
+    _watch_opt(status)
     gaps = sub.add_parser("gaps", help="print the services that need more workers")
     _http_client_opts(gaps)
+    _watch_opt(gaps)
     leave = sub.add_parser("leave", help="tell a running node to leave the pool gracefully and stop")
     _http_client_opts(leave)
 
