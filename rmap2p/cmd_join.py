@@ -22,6 +22,7 @@ from rmap2p.daemon import Node, NodeConfig, StartupError
 from rmap2p.edge import EdgeTimings
 from rmap2p.http_api import serve
 from rmap2p.pool_handle import NodeHandle
+from rmap2p.startup_report import report_first_allocation
 from services.manager import ServiceManager
 from services.stateful_manager import ServiceProxies
 
@@ -136,6 +137,7 @@ async def _main(config: NodeConfig) -> int:
             stateful_ephemeral=bool(config.service_proxy),
         )
         node.add_task(manager.run)
+        node.add_task(lambda: report_first_allocation(node, manager))
     if config.service_proxy:
         node.add_task(ServiceProxies(NodeHandle(node), dict(config.service_proxy)).run)
     loop = asyncio.get_running_loop()
