@@ -185,3 +185,12 @@ def test_node_runs_from_a_config_file(tmp_path: Path) -> None:
         assert f"configuration file {conf} read" in node.log.read_text()
     finally:
         node.terminate()
+
+
+def test_readme_example_is_a_valid_config() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Config file.**"):]
+    example = section[section.index("```toml\n") + 8: section.index("```", section.index("```toml\n") + 8)]
+    parsed = parse_file(example, "README.md")
+    assert parsed.values["join"] == ["203.0.113.45:7946", "203.0.113.46:7946"] and parsed.values["no-mdns"] is True
+    assert "RMAP2P_RATE_LIMIT" in parsed.environment
