@@ -59,5 +59,10 @@ async def report_first_allocation(node: Node, manager: ServiceManager) -> None:
         if all(h != "starting" for h in running.values()) or time.monotonic() - started > READY_WAIT:
             break
     assert node.machine is not None
-    doc = gaps(to_node_views(node.members()))
-    log.info("node %s: %s", node.machine.id, summary(running, doc))
+    try:
+        doc = gaps(to_node_views(node.members()))
+        line = summary(running, doc)
+    except Exception:  # a report line must never take the node's task group down
+        log.exception("node %s: cannot summarise the first allocation", node.machine.id)
+        return
+    log.info("node %s: %s", node.machine.id, line)
