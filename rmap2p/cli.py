@@ -14,10 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from rmap2p import config_file
+
 DEFAULT_BIND = "0.0.0.0:7946"
 DEFAULT_HTTP = "127.0.0.1:8080"
 """Where the status/gaps/leave/keys clients look for a node (a daemon with the default --bind serves there)."""
-WORKER_TYPES = ("auto", "gpu", "cpu", "storage", "edge")
+WORKER_TYPES = config_file.WORKER_TYPES
 
 # verb -> "module:function"; the function takes the parsed args and returns an exit code.
 HANDLERS = {
@@ -61,86 +63,98 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a node. It contacts the --join addresses, then the edge nodes in "
             "bootstrap_nodes.txt, then peers found by mDNS; if nobody answers it "
             "starts a pool of one and keeps looking. Ctrl-C leaves gracefully. "
-            "Settings also come from the environment (a flag wins): WORKER_TYPE, WORKER_ID, "
-            "WORKER_SPECIALIZATION, RMAP2P_BIND, RMAP2P_ADVERTISE, RMAP2P_HTTP, RMAP2P_JOIN "
-            "(comma separated), RMAP2P_DATA_DIR, RMAP2P_KEY_FILE, RMAP2P_BOOTSTRAP_FILE, "
-            "RMAP2P_CLUSTER, RMAP2P_PROFILE, RMAP2P_EDGE_WINDOW. The dashboard is at / on "
-            "the HTTP address, Prometheus metrics at /metrics."
+            "Every setting comes from, in this order: the flag, the environment, the config file, the default. "
+            "Environment: WORKER_TYPE, WORKER_ID, WORKER_SPECIALIZATION, RMAP2P_BIND, RMAP2P_ADVERTISE, "
+            "RMAP2P_HTTP, RMAP2P_JOIN (comma separated), RMAP2P_DATA_DIR, RMAP2P_KEY_FILE, "
+            "RMAP2P_BOOTSTRAP_FILE, RMAP2P_CLUSTER, RMAP2P_PROFILE, RMAP2P_EDGE_WINDOW, "
+            "RMAP2P_ECHO_SERVICES, RMAP2P_CONFIG (the config file). "
+            f"Config file (TOML): --config FILE, else RMAP2P_CONFIG, else <data dir>/{config_file.CONFIG_NAME} "
+            "if it exists; each key is a flag's name without -- (bind = \"10.0.0.5:7946\", join = [\"a:7946\"], "
+            "no-mdns = true), and an [environment] table sets other variables the node and its services read "
+            "(model settings, RMAP2P_RATE_LIMIT) unless already set. --print-config shows the result as such a file. "
+            "The dashboard is at / on the HTTP address, Prometheus metrics at /metrics."
         ),
+    )
+    # Defaults are None here: rmap2p/config_file.py fills what no flag gave from the
+    # environment, the file, then the default, and knows which one it used.
+    join.add_argument(
+        "--config", default=None, metavar="FILE",
+        help=f"TOML config file (env RMAP2P_CONFIG; default <data dir>/{config_file.CONFIG_NAME} when it exists)",
+    )
+    join.add_argument(
+        "--print-config", action="store_true",
+        help="print the effective configuration as TOML (usable as --config) and exit",
     )
     join.add_argument(
         "--bind",
-        default=_env("RMAP2P_BIND", DEFAULT_BIND),
         metavar="HOST:PORT",
-        help=f"gossip address, UDP and TCP on the same port (default {DEFAULT_BIND})",
+        help=f"gossip address, UDP and TCP on the same port (env RMAP2P_BIND; default {DEFAULT_BIND})",
     )
     join.add_argument(
         "--advertise",
-        default=_env("RMAP2P_ADVERTISE"),
         metavar="HOST:PORT",
-        help="address peers should use to reach this node (default: --bind, or a detected one when binding 0.0.0.0)",
+        help="address peers should use to reach this node (env RMAP2P_ADVERTISE; default: --bind, "
+        "or a detected one when binding 0.0.0.0)",
     )
     join.add_argument(
         "--http",
-        default=_env("RMAP2P_HTTP"),
         metavar="HOST:PORT",
-        help="HTTP API and request gateway (default: the --bind host, port 8080, so that peers' gateways "
-        "reach it; peers are told the advertised host with this port). A loopback address keeps it "
+        help="HTTP API and request gateway (env RMAP2P_HTTP; default: the --bind host, port 8080, so that peers' "
+        "gateways reach it; peers are told the advertised host with this port). A loopback address keeps it "
         "local, but then other hosts cannot forward requests or jobs to this node",
     )
     join.add_argument(
         "--join",
-        action="append",
-        default=[a for a in (_env("RMAP2P_JOIN", "") or "").split(",") if a],
-        metavar="HOST:PORT",
-        help="a member to join through (repeatable)",
+        action="extend",
+        type=config_file.split_addresses,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="members to join through: repeat the flag or separate addresses by commas (--join a:7946,b:7946); "
+        "port 7946 if omitted (env RMAP2P_JOIN, comma separated)",
     )
     join.add_argument(
         "--type",
         choices=WORKER_TYPES,
-        default=_env("WORKER_TYPE", "auto"),
-        help="worker type; auto detects GPU, then edge, then storage, then CPU (env WORKER_TYPE)",
+        help="worker type; auto detects GPU, then edge, then storage, then CPU (env WORKER_TYPE; default auto)",
     )
     join.add_argument(
         "--name",
-        default=_env("WORKER_ID"),
         help="human-readable worker name shown in status (env WORKER_ID; default: host name)",
     )
     join.add_argument(
         "--specialization",
-        default=_env("WORKER_SPECIALIZATION", ""),
         help="service or model this node prefers, used by request scoring (env WORKER_SPECIALIZATION)",
     )
     join.add_argument(
         "--data-dir",
-        default=_env("RMAP2P_DATA_DIR", os.path.expanduser("~/.rmap2p")),
         help="where identity, incarnation and service data live (env RMAP2P_DATA_DIR; default ~/.rmap2p)",
     )
     join.add_argument(
         "--key-file",
-        default=_env("RMAP2P_KEY_FILE"),
         help="cluster keyring file made by `rmap2p keygen`; encrypts all gossip (env RMAP2P_KEY_FILE)",
     )
     join.add_argument(
         "--bootstrap-file",
-        default=_env("RMAP2P_BOOTSTRAP_FILE"),
-        help="list of edge nodes (default: bootstrap_nodes.txt in the working directory or data dir)",
+        help="list of edge nodes (env RMAP2P_BOOTSTRAP_FILE; default: bootstrap_nodes.txt in the working "
+        "directory or data dir)",
     )
-    join.add_argument("--cluster", default=_env("RMAP2P_CLUSTER", "rmap2p"), help="cluster name; nodes of different clusters never merge")
-    join.add_argument("--no-mdns", action="store_true", help="do not advertise or browse on mDNS")
     join.add_argument(
-        "--no-services", action="store_true", help="membership and HTTP only: run no service"
+        "--cluster", help="cluster name; nodes of different clusters never merge (env RMAP2P_CLUSTER; default rmap2p)",
+    )
+    join.add_argument("--no-mdns", action="store_true", default=None, help="do not advertise or browse on mDNS")
+    join.add_argument(
+        "--no-services", action="store_true", default=None, help="membership and HTTP only: run no service"
     )
     join.add_argument(
         "--echo-services",
         action="store_true",
-        default=_env("RMAP2P_ECHO_SERVICES", "") not in ("", "0"),
+        default=None,
         help="run every assigned service as an echo server instead of its engine: for testing the overlay "
         "(routing, allocation, hand-over) without models (env RMAP2P_ECHO_SERVICES=1)",
     )
     join.add_argument(
         "--ephemeral-service-ports",
         action="store_true",
+        default=None,
         help="let the OS pick each service's port instead of the catalog port (for several nodes on one host); ports are gossiped",
     )
     join.add_argument(
@@ -151,16 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--edge-window",
         type=float,
-        default=_env("RMAP2P_EDGE_WINDOW", "60"),
         metavar="SECONDS",
         help="--type auto with a public address: evidence window and hold time of edge promotion "
-        "and demotion (default 60; shorter for tests and labs)",
+        "and demotion (env RMAP2P_EDGE_WINDOW; default 60; shorter for tests and labs)",
     )
     join.add_argument(
         "--profile",
         choices=("lan", "local"),
-        default=_env("RMAP2P_PROFILE", "lan"),
-        help="protocol timing preset (lan: memberlist LAN defaults; local: faster, for one machine)",
+        help="protocol timing preset (lan: memberlist LAN defaults; local: faster, for one machine) "
+        "(env RMAP2P_PROFILE; default lan)",
     )
 
     def _http_client_opts(p: argparse.ArgumentParser) -> None:
@@ -178,10 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
             "(env RMAP2P_DATA_DIR; default ~/.rmap2p, as for join)",
         )
 
+    def _watch_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+            help="redraw every SECONDS (default 2) until Ctrl-C; in a terminal the screen is cleared "
+            "each time, into a pipe the frames follow each other",
+        )
+
     status = sub.add_parser("status", help="print the members a node knows, as a table")
     _http_client_opts(status)
+    _watch_opt(status)
     gaps = sub.add_parser("gaps", help="print the services that need more workers")
     _http_client_opts(gaps)
+    _watch_opt(gaps)
     leave = sub.add_parser("leave", help="tell a running node to leave the pool gracefully and stop")
     _http_client_opts(leave)
 

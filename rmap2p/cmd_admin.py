@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,10 @@ def _ago(ts: float | None) -> str:
     return f"{max(0.0, time.time() - ts):.0f}s"
 
 
-def _status(args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> str:
     doc = _call(args, "/api/admin/workers")
     if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
+        return json.dumps(doc, indent=2)
     rows = [("ID", "NAME", "STATUS", "INC", "ADDRESS", "TYPE", "SERVICES", "LOAD", "REQS", "SEEN")]
     for w in doc["workers"]:
         rows.append(
@@ -108,24 +108,50 @@ def _status(args: argparse.Namespace) -> int:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     alive = sum(1 for w in doc["workers"] if w["status"] == "alive")
-    print(f"\n{alive} alive of {doc['count']} known (* = the node answering)")
-    return 0
+    lines.append(f"\n{alive} alive of {doc['count']} known (* = the node answering)")
+    return "\n".join(lines)
 
 
-def _gaps(args: argparse.Namespace) -> int:
+def _gaps(args: argparse.Namespace) -> str:
     doc = _call(args, "/api/admin/gaps")
     if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(f"{'SERVICE':22} {'TYPE':8} {'PRI':>3} {'WORKERS':>7}  STATUS")
+        return json.dumps(doc, indent=2)
+    lines = [f"{'SERVICE':22} {'TYPE':8} {'PRI':>3} {'WORKERS':>7}  STATUS"]
     for g in doc["gaps"]:
-        print(f"{g['service']:22} {g['required_type']:8} {g['priority']:>3} {g['current_workers']:>7}  {g['status']}")
+        lines.append(f"{g['service']:22} {g['required_type']:8} {g['priority']:>3} {g['current_workers']:>7}  {g['status']}")
     s = doc["summary"]
-    print(f"\n{s['covered']} of {s['total_services']} services covered; {s['needs_attention']} need attention")
-    return 0
+    lines.append(f"\n{s['covered']} of {s['total_services']} services covered; {s['needs_attention']} need attention")
+    return "\n".join(lines)
+
+
+CLEAR = "\x1b[H\x1b[2J"
+"""Cursor home, erase the screen: what `watch` and `clear` send to a terminal."""
+
+
+def _print_or_watch(args: argparse.Namespace, render: Callable[[argparse.Namespace], str]) -> int:
+    interval = getattr(args, "watch", None)
+    if interval is None:
+        print(render(args))
+        return 0
+    if not interval > 0:
+        raise AdminError(f"--watch {interval}: must be > 0 seconds")
+    # Into a pipe or file there is no screen to clear: frames follow each other under their header.
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                body = render(args)
+            except AdminError as exc:
+                body = f"{exc}\n(retrying)"  # a node restarting is a moment in a watch, not its end
+            header = f"rmap2p {args.verb} of {args.http}, every {interval:g}s (Ctrl-C to stop)  {time.strftime('%H:%M:%S')}"
+            sys.stdout.write((CLEAR if tty else "") + header + "\n\n" + body + "\n" + ("" if tty else "\n"))
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 0
 
 
 def _leave(args: argparse.Namespace) -> int:
@@ -138,11 +164,11 @@ def _leave(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    return _run(args, _status)
+    return _run(args, lambda a: _print_or_watch(a, _status))
 
 
 def gaps(args: argparse.Namespace) -> int:
-    return _run(args, _gaps)
+    return _run(args, lambda a: _print_or_watch(a, _gaps))
 
 
 def leave(args: argparse.Namespace) -> int:

@@ -6,19 +6,23 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from allocator.catalog import by_name
 from allocator.replicas import REPLICATED
 from membership import SwimConfig
 from p2p.discovery import format_host_port, parse_host_port
+from rmap2p import config_file
 from rmap2p.daemon import Node, NodeConfig, StartupError
 from rmap2p.edge import EdgeTimings
 from rmap2p.http_api import serve
 from rmap2p.pool_handle import NodeHandle
+from rmap2p.startup_report import report_first_allocation
 from services.manager import ServiceManager
 from services.stateful_manager import ServiceProxies
 
@@ -133,6 +137,7 @@ async def _main(config: NodeConfig) -> int:
             stateful_ephemeral=bool(config.service_proxy),
         )
         node.add_task(manager.run)
+        node.add_task(lambda: report_first_allocation(node, manager))
     if config.service_proxy:
         node.add_task(ServiceProxies(NodeHandle(node), dict(config.service_proxy)).run)
     loop = asyncio.get_running_loop()
@@ -150,12 +155,28 @@ async def _main(config: NodeConfig) -> int:
     return 0
 
 
+def settle_args(args: argparse.Namespace, environ: Mapping[str, str]) -> config_file.Resolved:
+    """Fill every join setting no flag gave from the environment, the config file, then the default."""
+    flags = {s.dest: getattr(args, s.dest, None) for s in config_file.SETTINGS}
+    resolved = config_file.load(flags, environ, getattr(args, "config", None))
+    for s in config_file.SETTINGS:
+        setattr(args, s.dest, resolved.values[s.key])
+    return resolved
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        resolved = settle_args(args, os.environ)
+        if args.print_config:
+            sys.stdout.write(config_file.to_toml(resolved))
+            return 0
         config = config_from_args(args)
     except ValueError as exc:
         print(f"rmap2p join: {exc}", file=sys.stderr)
         return 2
+    config_file.apply_environment(resolved, os.environ)
+    if resolved.file is not None:
+        log.info("configuration file %s read (flags and environment variables override it)", resolved.file)
     try:
         return asyncio.run(_main(config))
     except StartupError as exc:

@@ -155,6 +155,23 @@ class Seeds:
         self.own = own
         self.node_id = node_id
 
+    def describe(self) -> str:
+        """Where the seeds come from, in words, for the start-up log a volunteer reads."""
+        parts = []
+        if self.join:
+            parts.append("--join " + ", ".join(format_host_port(h, p) for h, p in self.join))
+        try:
+            path = find_bootstrap_file(self.bootstrap_file, self.data_dir)
+            if path is not None:
+                parts.append(f"bootstrap file {path} ({len(load_bootstrap(path))} edge nodes)")
+        except (BootstrapError, OSError) as exc:
+            parts.append(f"bootstrap file ({exc})")
+        if self.known_edges.addrs:
+            parts.append(f"{len(self.known_edges.addrs)} edge nodes met before")
+        if self.mdns is not None:
+            parts.append("mDNS on the LAN")
+        return "; ".join(parts) or "nothing (no --join, no bootstrap file, no mDNS): a pool of one until a peer joins it"
+
     def configured(self) -> list[Addr]:
         seeds = list(self.join)
         try:
@@ -237,6 +254,7 @@ class JoinLoop:
         delay = timings.rejoin_interval
         announced_alone = False
         announced_refused: list[Addr] = []
+        log.info("node %s: discovering a pool through %s", machine.id, self.seeds.describe())
         seeds = await self._first_seeds()
         while True:
             alone = machine.num_active() <= 1

@@ -185,10 +185,11 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 
 def test_packaging_names_only_variables_the_cli_reads() -> None:
-    cli = (ROOT / "rmap2p" / "cli.py").read_text()
+    # join's settings are read in rmap2p/config_file.py (flag > environment > file > default).
+    cli = (ROOT / "rmap2p" / "cli.py").read_text() + (ROOT / "rmap2p" / "config_file.py").read_text()
     for name in ("Dockerfile", "Dockerfile.gpu", "compose.yaml", "rmap2p.env", "rmap2p.service"):
         text = (PACKAGING / name).read_text()
         for var in set(re.findall(r"\b((?:RMAP2P|WORKER)_[A-Z_]+)\b", text)):
             if var in MODEL_VARS:
                 continue
-            assert f'"{var}"' in cli, f"packaging/{name} names {var}, which rmap2p/cli.py does not read"
+            assert f'"{var}"' in cli, f"packaging/{name} names {var}, which rmap2p/cli.py and config_file.py do not read"
