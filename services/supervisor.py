@@ -53,6 +53,8 @@ EXIT_CONFIG = 78
 LISTENING = "RMAP2P-LISTENING"
 """Prefix of the stdout line on which a child announces its port."""
 
+LOADING_NOTE_EVERY = 10.0
+"""Seconds between "still loading" lines while a child is alive but not yet ready."""
 STDERR_TAIL = 20
 """Lines of the child's stderr kept for the give-up reason."""
 
@@ -250,7 +252,7 @@ class Supervisor:
         """Follow one run until it ends; return (why it ended, whether it had been stable)."""
         spawned = time.monotonic()
         ready_since: float | None = None
-        last_ok = spawned
+        last_ok = last_progress = spawned
         stable = False
         wait = asyncio.create_task(proc.wait())
         try:
@@ -280,6 +282,13 @@ class Supervisor:
                     if now - spawned >= self.policy.ready_timeout:
                         await self._terminate(proc)
                         return f"not ready within {self.policy.ready_timeout:g} s", stable
+                    if now - last_progress >= LOADING_NOTE_EVERY:
+                        # A model load can take minutes: say it is still going, and for how long it may.
+                        last_progress = now
+                        log.info(
+                            "service %s: still loading (%.0f s of at most %g s, run %d)",
+                            self.name, now - spawned, self.policy.ready_timeout, self.runs,
+                        )
                 else:
                     self._ready = False
                     self.state = "unready"
