@@ -12,10 +12,11 @@ and ``rmap2p status``.
 |---|---|---|
 | redis | ``redis-server`` on the PATH | a Docker engine (official image) |
 | postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | a Docker engine |
-| chromadb, minio, neo4j | (not written yet: ``chromadb`` package; minio, neo4j only by Docker) | a Docker engine |
+| chromadb | the ``chromadb`` package and its server bindings (the ``storage`` extra) | a Docker engine |
+| minio, neo4j | (none) | a Docker engine |
 
-The Docker path of each engine is not written yet: a machine with an engine
-and no binary is reported as such ("docker engine present, runner not
+Where an engine's Docker path is not written, a machine with an engine and
+no binary is reported as such ("docker engine present, runner not
 written"), never silently offered.
 """
 
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
-NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres"})
+NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres", "chromadb"})
 """Services whose native runner exists (services.runners.stateful)."""
 DOCKER_RUNNERS: frozenset[str] = frozenset()
 """Services whose Docker runner exists (none yet)."""
@@ -47,19 +48,27 @@ class StorageFacts:
     """util-linux setpriv is there (privilege drop, death signal)."""
     docker_engine: bool
     """A Docker engine answers on this machine."""
+    chromadb: bool = False
+    """The chromadb package and its server bindings are importable."""
 
 
 def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
     """Whether this machine can run ``service``, and a one-line reason. Pure."""
     if service == "redis" and facts.redis_server:
         return True, f"redis: {facts.redis_server}"
+    if service == "chromadb" and facts.chromadb:
+        return True, "chromadb: the chromadb package (Chroma's server)"
     if service == "postgres" and facts.postgres_bin:
         if facts.is_root and not facts.postgres_user_exists:
             return False, f"postgres: the daemon runs as root and user {facts.postgres_user!r} does not exist to run PostgreSQL as (useradd --system {facts.postgres_user}, or set RMAP2P_POSTGRES_USER)"
         if facts.is_root and not facts.setpriv:
             return False, "postgres: the daemon runs as root and setpriv (util-linux) is missing to drop privileges"
         return True, f"postgres: {facts.postgres_bin}" + (f" as user {facts.postgres_user}" if facts.is_root else "")
-    native = {"redis": "redis-server not found (apt-get install redis-server)", "postgres": "PostgreSQL's server programs not found (apt-get install postgresql)"}
+    native = {
+        "redis": "redis-server not found (apt-get install redis-server)",
+        "postgres": "PostgreSQL's server programs not found (apt-get install postgresql)",
+        "chromadb": "the chromadb package is not installed (pip install 'rmap2p[storage]')",
+    }
     missing = native.get(service, f"no native {service} runner")
     if facts.docker_engine:
         if service in DOCKER_RUNNERS:
@@ -69,6 +78,7 @@ def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
 
 
 def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
+    from services.runners.chroma import chroma_importable
     from services.runners.postgres import SUPERUSER, USER_ENV, find_bin_dir
 
     user = env.get(USER_ENV, SUPERUSER)
@@ -86,6 +96,7 @@ def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
         postgres_user_exists=user_exists,
         setpriv=shutil.which("setpriv") is not None,
         docker_engine=docker_engine_present(env),
+        chromadb=chroma_importable(),
     )
 
 

@@ -168,3 +168,63 @@ def test_pack_and_restore_round_trip(tmp_path: Path) -> None:
     snapshot.restore(archive, target)
     assert sorted(p.name for p in target.iterdir()) == ["sub", "top"]
     assert (target / "sub" / "f.bin").read_bytes() == b"\0\1\2" * 1000
+
+
+async def test_service_managers_hand_chromadb_over_with_its_data(tmp_path: Path) -> None:
+    """Two storage nodes' managers: the allocation moves chromadb from s0 to s1; s1's copy has s0's collection."""
+    from dataclasses import replace
+
+    from cluster import Cluster
+    from pool_handles import MachineHandle
+
+    from services.manager import ServiceManager
+
+    able = {"s0": True, "s1": False}
+
+    def probe_of(node: str) -> Any:
+        def probe(gpus: object = ()) -> dict[str, tuple[bool, str]]:
+            others = {s: (False, "not in this test") for s in ("redis", "postgres", "minio", "neo4j")}
+            return {"chromadb": (able[node], "chromadb: test"), **others}
+
+        return probe
+
+    cluster = Cluster(2, ids=["s0", "s1"])
+    assert cluster.run_until(cluster.converged, 30.0)
+    handles = []
+    for i, name in enumerate(["s0", "s1"]):
+        h = MachineHandle.of_cluster(cluster, i)
+        h.data_dir = tmp_path / name
+        h.pool_secret = b"the pool's secret"
+        h.update_meta(lambda m: replace(m, worker_type="storage", http="127.0.0.1:1"))
+        handles.append(h)
+    managers = [ServiceManager(h, ephemeral_ports=True, probe=probe_of(h.node_id)) for h in handles]
+
+    async def rounds(pred: Any, n: int = 60) -> None:
+        for _ in range(n):
+            for m in managers:
+                await m.reconcile()
+            cluster.run_for(1.0)
+            if pred():
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"not reached: {[m.running for m in managers]}")
+
+    try:
+        for m in managers:
+            await m.check_machine()
+        await rounds(lambda: managers[0].running.get("chromadb") == "healthy")
+        port = handles[0].meta.port_of("chromadb")
+        assert port is not None
+        await add_collection(port, "pool-docs")
+
+        # The operator takes chromadb off s0 and s1 can run it: a planned move.
+        able.update(s0=False, s1=True)
+        for m in managers:
+            await m.check_machine()
+        await rounds(lambda: managers[1].running.get("chromadb") == "healthy" and "chromadb" not in managers[0].running)
+        port = handles[1].meta.port_of("chromadb")
+        assert port is not None
+        assert await nearest(port, "pool-docs", [0.0, 1.0, 0.0]) == "about beta"
+    finally:
+        for m in managers:
+            await m.stop_all()
