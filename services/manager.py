@@ -30,7 +30,7 @@ from services.handle import PoolHandle
 from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
-from services.runners.stateful import HANDED_OVER, make_handover_runner
+from services.runners.stateful import SINGLE_COPY, make_single_copy_runner
 from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices, handover_source
 from services.storage_probe import probe_storage
 
@@ -137,7 +137,7 @@ class ServiceManager:
             return
         results = dict(await asyncio.to_thread(self._probe, self.node.gpus))
         if self._stateful is None:
-            for service in (*REPLICATED, *HANDED_OVER):
+            for service in (*REPLICATED, *SINGLE_COPY):
                 results[service] = (False, f"{service}: this node has no data dir to keep it in")
         self._unavailable = {s: why for s, (able, why) in results.items() if not able}
         for service, why in sorted(self._unavailable.items()):
@@ -154,9 +154,9 @@ class ServiceManager:
         port = 0 if self._ephemeral else spec.port
         if self._stateful is not None and self._stateful.handles(spec.name):
             return self._stateful.make_runner(spec.name, spec.port, self._gave_up)
-        if spec.name in HANDED_OVER and self._stateful is not None:
+        if spec.name in SINGLE_COPY and self._stateful is not None:
             name = spec.name
-            return make_handover_runner(
+            return make_single_copy_runner(
                 name, node.data_dir, node.service_host, port, node.node_id, node.pool_secret,  # type: ignore[arg-type]
                 lambda: handover_source(name, node.members(), node.node_id), on_failed=self._gave_up,
             )  # fmt: skip

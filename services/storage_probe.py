@@ -13,7 +13,7 @@ and ``rmap2p status``.
 | redis | ``redis-server`` on the PATH | a Docker engine (official image) |
 | postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | a Docker engine |
 | chromadb | the ``chromadb`` package and its server bindings (the ``storage`` extra) | a Docker engine |
-| minio, neo4j | (none) | a Docker engine |
+| minio, neo4j | (none) | a Docker engine (``services.runners.docker_runner``) |
 
 Where an engine's Docker path is not written, a machine with an engine and
 no binary is reported as such ("docker engine present, runner not
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
 NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres", "chromadb"})
 """Services whose native runner exists (services.runners.stateful)."""
-DOCKER_RUNNERS: frozenset[str] = frozenset()
-"""Services whose Docker runner exists (none yet)."""
+DOCKER_RUNNERS: frozenset[str] = frozenset({"minio", "neo4j"})
+"""Services whose Docker runner exists (services.runners.docker_runner)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +68,15 @@ def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
         "redis": "redis-server not found (apt-get install redis-server)",
         "postgres": "PostgreSQL's server programs not found (apt-get install postgresql)",
         "chromadb": "the chromadb package is not installed (pip install 'rmap2p[storage]')",
+        "minio": "no native minio runner (it runs only as a container)",
+        "neo4j": "no native neo4j runner (it runs only as a container)",
     }
     missing = native.get(service, f"no native {service} runner")
     if facts.docker_engine:
         if service in DOCKER_RUNNERS:
-            return True, f"{service}: Docker engine"
+            from services.runners.docker_runner import IMAGES
+
+            return True, f"{service}: Docker engine (image {IMAGES[service]})"
         return False, f"{service}: {missing}; a Docker engine is present but the Docker runner is not written yet"
     return False, f"{service}: {missing} and no Docker engine"
 

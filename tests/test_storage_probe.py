@@ -24,7 +24,10 @@ CASES = [
     ("postgres", NOTHING, False, "PostgreSQL's server programs not found"),
     ("chromadb", BOTH, False, "the chromadb package is not installed (pip install 'rmap2p[storage]') and no Docker engine"),
     ("chromadb", replace(NOTHING, chromadb=True), True, "the chromadb package"),
-    ("neo4j", replace(BOTH, docker_engine=True), False, "Docker runner is not written yet"),
+    ("neo4j", replace(BOTH, docker_engine=True), True, "neo4j: Docker engine (image neo4j:5-community)"),
+    ("minio", replace(NOTHING, docker_engine=True), True, "minio: Docker engine (image minio/minio)"),
+    ("minio", BOTH, False, "minio: no native minio runner (it runs only as a container) and no Docker engine"),
+    ("neo4j", NOTHING, False, "no Docker engine"),
 ]
 
 
