@@ -54,10 +54,9 @@ async def started(r: ChromaRunner) -> int:
 
 
 async def call(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers) as r:
-            ctype = r.headers.get("Content-Type", "")
-            return r.status, (await r.json() if "json" in ctype else await r.read())
+    async with aiohttp.ClientSession() as session, session.request(method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers) as r:
+        ctype = r.headers.get("Content-Type", "")
+        return r.status, (await r.json() if "json" in ctype else await r.read())
 
 
 async def add_collection(port: int, name: str) -> None:

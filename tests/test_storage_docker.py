@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from services.runner import RunnerError
-from services.runners.docker_runner import DockerRunner, container_name, container_spec, published_port
+from services.runners.docker_runner import (
+    DockerRunner,
+    container_name,
+    container_spec,
+    published_port,
+)
 from services.runners.stateful import make_single_copy_runner
 from services.storage_probe import docker_engine_present, probe_storage
 
@@ -101,7 +106,7 @@ def _neo4j(port: int, statement: str) -> dict[str, object]:
     auth = base64.b64encode(f"neo4j:{PASSWORD}".encode()).decode()
     body = json.dumps({"statements": [{"statement": statement}]}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/db/neo4j/tx/commit", data=body, headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 

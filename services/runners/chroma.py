@@ -178,13 +178,13 @@ class ChromaServer:
             self.port = int(s.getsockname()[1])
         env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
         # Chroma logs on stdout; the supervisor reads our stdout only for the port line.
-        self.proc = subprocess.Popen(guarded_argv(server_argv(sys.executable, self.data, self.port)), stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, env=env)  # noqa: S603
+        self.proc = subprocess.Popen(guarded_argv(server_argv(sys.executable, self.data, self.port)), stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, env=env)
         deadline = time.monotonic() + SERVER_READY_TIMEOUT
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"chroma's server exited with {self.proc.returncode} before it was ready")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:

@@ -31,6 +31,7 @@ one storage node (``--specialization``) where their data matters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -289,18 +290,15 @@ class DockerRunner:
 
 def _answers_200(endpoint: Endpoint, path: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=3) as r:  # noqa: S310 - our own container
+        with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=3) as r:
             return bool(r.status == 200)
     except (OSError, ValueError):
         return False
 
 
 def _remove(container: Any) -> None:
-    try:
+    # Either call fails when the container is already stopped or gone: both are the wanted end.
+    with contextlib.suppress(Exception):
         container.stop(timeout=20)
-    except Exception:  # noqa: BLE001 - already stopped or gone
-        pass
-    try:
+    with contextlib.suppress(Exception):
         container.remove(force=True)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
