@@ -105,9 +105,22 @@ def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
 
 
 def probe_storage(env: Mapping[str, str] = os.environ, services: Iterable[str] = STORAGE_SERVICES) -> dict[str, tuple[bool, str]]:
-    """``can_run_storage`` for each of ``services`` on this machine."""
+    """``can_run_storage`` for each of ``services`` on this machine, within ``RMAP2P_STORAGE_SERVICES``."""
     facts = gather_storage_facts(env)
-    return {s: can_run_storage(s, facts) for s in services}
+    allowed = allowed_storage(env)
+    return {s: can_run_storage(s, facts) if s in allowed else (False, f"{s}: not in {ALLOWED_ENV}") for s in services}
+
+
+ALLOWED_ENV = "RMAP2P_STORAGE_SERVICES"
+"""Comma-separated storage services this node may offer (default: all it can run)."""
+
+
+def allowed_storage(env: Mapping[str, str]) -> frozenset[str]:
+    """The storage services the operator lets this node offer (``RMAP2P_STORAGE_SERVICES``). Pure."""
+    raw = env.get(ALLOWED_ENV, "").strip()
+    if not raw:
+        return frozenset(STORAGE_SERVICES)
+    return frozenset(s.strip() for s in raw.split(",") if s.strip())
 
 
 def docker_engine_present(env: Mapping[str, str] = os.environ) -> bool:

@@ -44,3 +44,9 @@ def test_probe_on_this_machine() -> None:
     assert found["redis"][0] is (shutil.which("redis-server") is not None)
     assert found["chromadb"][0] is chroma_importable()
     assert set(found) == {"chromadb", "redis", "postgres", "minio", "neo4j"}
+
+
+def test_the_operator_limits_what_a_node_offers() -> None:
+    found = probe_storage({"RMAP2P_STORAGE_SERVICES": "redis, postgres"})
+    assert found["chromadb"] == (False, "chromadb: not in RMAP2P_STORAGE_SERVICES")
+    assert found["redis"][0] is (shutil.which("redis-server") is not None)
