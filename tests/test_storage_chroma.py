@@ -164,9 +164,11 @@ def test_pack_and_restore_round_trip(tmp_path: Path) -> None:
     target = tmp_path / "dst"
     target.mkdir()
     (target / "stale").write_text("stale")
-    snapshot.restore(archive, target)
+    snapshot.restore(archive, target, keep=tmp_path / "kept")
     assert sorted(p.name for p in target.iterdir()) == ["sub", "top"]
     assert (target / "sub" / "f.bin").read_bytes() == b"\0\1\2" * 1000
+    assert (tmp_path / "kept" / "stale").read_text() == "stale"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "kept", "s.tar", "src"]
 
 
 async def test_service_managers_hand_chromadb_over_with_its_data(tmp_path: Path) -> None:

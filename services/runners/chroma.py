@@ -4,6 +4,7 @@ Layout of ``<data dir>/services/chromadb/``::
 
     password        the pool's ChromaDB password (0600, services.credentials): guards the snapshot
     data/           Chroma's persistence directory (SQLite and index segments)
+    data.before-handover/   what data/ held before the last hand-over replaced it (kept, not merged)
     snapshot.tar    the last snapshot this copy served (overwritten by the next)
 
 Two processes, one port. The supervised child (``python -m
@@ -32,7 +33,8 @@ What a crash can lose: if the node that serves ChromaDB dies (crash, power,
 SIGKILL), nothing could copy its data; the next node starts on the data it
 last held (an old hand-over's, or none), and every write since then is
 missing until the dead node returns. When it does, its copy is not merged
-back; the operator can restore its ``data/`` by hand. A crash of Chroma's
+back: if it takes the service over again, its old data is kept in
+``data.before-handover/`` for the operator to recover by hand. A crash of Chroma's
 server alone restarts it on the same data (SQLite's journal).
 
 Chroma's server refuses nothing by itself: anyone who reaches the service
@@ -141,7 +143,7 @@ class ChromaRunner(ProcessRunner):
             archive = self.dir / "incoming.tar"
             try:
                 size = await snapshot.fetch(snapshot_url(source), self._password, archive, timeout=max(5.0, deadline - time.monotonic()))
-                await asyncio.to_thread(snapshot.restore, archive, self.dir / "data")
+                await asyncio.to_thread(snapshot.restore, archive, self.dir / "data", self.dir / "data.before-handover")
             except RunnerError as exc:
                 if time.monotonic() > deadline:
                     raise RunnerError(f"{SERVICE}: the copy at {source} did not hand its data over: {exc}") from None

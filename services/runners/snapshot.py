@@ -34,10 +34,14 @@ def pack(directory: Path, archive: Path) -> int:
     return archive.stat().st_size
 
 
-def restore(archive: Path, target: Path) -> None:
-    """Replace ``target`` with the contents of ``archive``; ``RunnerError`` if the archive is bad."""
+def restore(archive: Path, target: Path, keep: Path | None = None) -> None:
+    """Replace ``target`` with the contents of ``archive``; ``RunnerError`` if the archive is bad.
+
+    ``keep``: where the replaced contents go (replacing an earlier ``keep``),
+    instead of being deleted; only when ``target`` held anything.
+    """
     incoming = target.with_name(target.name + ".incoming")
-    previous = target.with_name(target.name + ".previous")
+    previous = keep if keep is not None and target.exists() and any(target.iterdir()) else target.with_name(target.name + ".previous")
     shutil.rmtree(incoming, ignore_errors=True)
     incoming.mkdir(parents=True)
     try:
@@ -50,7 +54,8 @@ def restore(archive: Path, target: Path) -> None:
     if target.exists():
         os.replace(target, previous)
     os.replace(incoming, target)
-    shutil.rmtree(previous, ignore_errors=True)
+    if previous != keep:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 async def fetch(url: str, password: str, archive: Path, timeout: float) -> int:
