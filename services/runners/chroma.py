@@ -268,7 +268,12 @@ def _engine() -> Any:
                 async with server.lock:
                     if server.frozen_since is not None and not server.stopping:
                         log.warning("snapshot served %.0f s ago and this copy was not stopped: serving again", FREEZE_SECONDS)
-                        await asyncio.to_thread(server.spawn)
+                        try:
+                            await asyncio.to_thread(server.spawn)
+                        except RuntimeError as exc:
+                            log.error("chroma's server did not start again (%s); exiting for the supervisor to restart", exc)
+                            sys.stderr.flush()
+                            os._exit(1)
                         server.frozen_since = None
 
     async def _snapshot(server: ChromaServer, request: web.Request) -> web.StreamResponse:
