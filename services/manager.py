@@ -30,7 +30,8 @@ from services.handle import PoolHandle
 from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
-from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices
+from services.runners.stateful import SINGLE_COPY, make_single_copy_runner
+from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices, handover_source
 from services.storage_probe import probe_storage
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class ServiceManager:
             return
         results = dict(await asyncio.to_thread(self._probe, self.node.gpus))
         if self._stateful is None:
-            for service in REPLICATED:
+            for service in (*REPLICATED, *SINGLE_COPY):
                 results[service] = (False, f"{service}: this node has no data dir to keep it in")
         self._unavailable = {s: why for s, (able, why) in results.items() if not able}
         for service, why in sorted(self._unavailable.items()):
@@ -153,6 +154,12 @@ class ServiceManager:
         port = 0 if self._ephemeral else spec.port
         if self._stateful is not None and self._stateful.handles(spec.name):
             return self._stateful.make_runner(spec.name, spec.port, self._gave_up)
+        if spec.name in SINGLE_COPY and self._stateful is not None:
+            name = spec.name
+            return make_single_copy_runner(
+                name, node.data_dir, node.service_host, port, node.node_id, node.pool_secret,  # type: ignore[arg-type]
+                lambda: handover_source(name, node.members(), node.node_id), on_failed=self._gave_up,
+            )  # fmt: skip
         if has_runner(spec.name) and not self._echo:
             env: dict[str, str] = {}
             http = split_host_port(node.meta.http)

@@ -50,7 +50,7 @@ from services.handle import PoolHandle
 from services.replication import ReplicaDriver, converge, endpoints
 from services.runners.stateful import is_stateful, make_stateful_runner, service_dir
 from services.service_proxy import ServiceProxy
-from services.stateful import StatefulRunner
+from services.stateful import Endpoint, StatefulRunner
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,20 @@ def add_endpoints(doc: dict[str, object], members: Sequence[MemberView], me: str
     for entry in doc.get("services", []):  # type: ignore[union-attr]
         if isinstance(entry, dict) and entry.get("name") in found:
             entry["endpoints"] = found[entry["name"]]
+
+
+def handover_source(service: str, members: Sequence[MemberView], me: str) -> Endpoint | None:
+    """Where another up node's healthy copy of ``service`` listens (lowest node id), or None. Pure.
+
+    A new copy of a service without replication (``HANDED_OVER``) takes
+    this copy's data before it starts; the old copy is stopped once the new
+    one is healthy (make-before-break), so during a planned move it is there.
+    """
+    where = endpoints(service, members, me)
+    for m in sorted(members, key=lambda m: m.node):
+        if m.node != me and m.node in where and dict(m.meta.services).get(service) == "healthy":
+            return where[m.node]
+    return None
 
 
 class StatefulServices:

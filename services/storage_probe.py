@@ -12,10 +12,11 @@ and ``rmap2p status``.
 |---|---|---|
 | redis | ``redis-server`` on the PATH | a Docker engine (official image) |
 | postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | a Docker engine |
-| chromadb, minio, neo4j | (not written yet: ``chromadb`` package; minio, neo4j only by Docker) | a Docker engine |
+| chromadb | the ``chromadb`` package and its server bindings (the ``storage`` extra) | a Docker engine |
+| minio, neo4j | (none) | a Docker engine (``services.runners.docker_runner``) |
 
-The Docker path of each engine is not written yet: a machine with an engine
-and no binary is reported as such ("docker engine present, runner not
+Where an engine's Docker path is not written, a machine with an engine and
+no binary is reported as such ("docker engine present, runner not
 written"), never silently offered.
 """
 
@@ -28,10 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
-NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres"})
+NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres", "chromadb"})
 """Services whose native runner exists (services.runners.stateful)."""
-DOCKER_RUNNERS: frozenset[str] = frozenset()
-"""Services whose Docker runner exists (none yet)."""
+DOCKER_RUNNERS: frozenset[str] = frozenset({"minio", "neo4j"})
+"""Services whose Docker runner exists (services.runners.docker_runner)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,28 +48,41 @@ class StorageFacts:
     """util-linux setpriv is there (privilege drop, death signal)."""
     docker_engine: bool
     """A Docker engine answers on this machine."""
+    chromadb: bool = False
+    """The chromadb package and its server bindings are importable."""
 
 
 def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
     """Whether this machine can run ``service``, and a one-line reason. Pure."""
     if service == "redis" and facts.redis_server:
         return True, f"redis: {facts.redis_server}"
+    if service == "chromadb" and facts.chromadb:
+        return True, "chromadb: the chromadb package (Chroma's server)"
     if service == "postgres" and facts.postgres_bin:
         if facts.is_root and not facts.postgres_user_exists:
             return False, f"postgres: the daemon runs as root and user {facts.postgres_user!r} does not exist to run PostgreSQL as (useradd --system {facts.postgres_user}, or set RMAP2P_POSTGRES_USER)"
         if facts.is_root and not facts.setpriv:
             return False, "postgres: the daemon runs as root and setpriv (util-linux) is missing to drop privileges"
         return True, f"postgres: {facts.postgres_bin}" + (f" as user {facts.postgres_user}" if facts.is_root else "")
-    native = {"redis": "redis-server not found (apt-get install redis-server)", "postgres": "PostgreSQL's server programs not found (apt-get install postgresql)"}
+    native = {
+        "redis": "redis-server not found (apt-get install redis-server)",
+        "postgres": "PostgreSQL's server programs not found (apt-get install postgresql)",
+        "chromadb": "the chromadb package is not installed (pip install 'rmap2p[storage]')",
+        "minio": "no native minio runner (it runs only as a container)",
+        "neo4j": "no native neo4j runner (it runs only as a container)",
+    }
     missing = native.get(service, f"no native {service} runner")
     if facts.docker_engine:
         if service in DOCKER_RUNNERS:
-            return True, f"{service}: Docker engine"
+            from services.runners.docker_runner import IMAGES
+
+            return True, f"{service}: Docker engine (image {IMAGES[service]})"
         return False, f"{service}: {missing}; a Docker engine is present but the Docker runner is not written yet"
     return False, f"{service}: {missing} and no Docker engine"
 
 
 def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
+    from services.runners.chroma import chroma_importable
     from services.runners.postgres import SUPERUSER, USER_ENV, find_bin_dir
 
     user = env.get(USER_ENV, SUPERUSER)
@@ -86,13 +100,27 @@ def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
         postgres_user_exists=user_exists,
         setpriv=shutil.which("setpriv") is not None,
         docker_engine=docker_engine_present(env),
+        chromadb=chroma_importable(),
     )
 
 
 def probe_storage(env: Mapping[str, str] = os.environ, services: Iterable[str] = STORAGE_SERVICES) -> dict[str, tuple[bool, str]]:
-    """``can_run_storage`` for each of ``services`` on this machine."""
+    """``can_run_storage`` for each of ``services`` on this machine, within ``RMAP2P_STORAGE_SERVICES``."""
     facts = gather_storage_facts(env)
-    return {s: can_run_storage(s, facts) for s in services}
+    allowed = allowed_storage(env)
+    return {s: can_run_storage(s, facts) if s in allowed else (False, f"{s}: not in {ALLOWED_ENV}") for s in services}
+
+
+ALLOWED_ENV = "RMAP2P_STORAGE_SERVICES"
+"""Comma-separated storage services this node may offer (default: all it can run)."""
+
+
+def allowed_storage(env: Mapping[str, str]) -> frozenset[str]:
+    """The storage services the operator lets this node offer (``RMAP2P_STORAGE_SERVICES``). Pure."""
+    raw = env.get(ALLOWED_ENV, "").strip()
+    if not raw:
+        return frozenset(STORAGE_SERVICES)
+    return frozenset(s.strip() for s in raw.split(",") if s.strip())
 
 
 def docker_engine_present(env: Mapping[str, str] = os.environ) -> bool:

@@ -126,14 +126,21 @@ def test_candidates_healthy_first_then_alive_then_suspect_then_unreachable() -> 
 
 
 def test_parse_job_and_capable_nodes() -> None:
-    job = jobs.parse_job({"job_type": "rag_ingestion", "job_data": {"docs": [1]}, "required_capability": "embeddings"})
-    assert job == jobs.Job("rag_ingestion", {"docs": [1]}, "rag-embeddings")
+    data = {"documents": ["a text"], "collection": "manuals"}
+    job = jobs.parse_job({"job_type": "rag_ingestion", "job_data": data, "required_capability": "embeddings"})
+    assert job == jobs.Job("rag_ingestion", data, "rag-embeddings")
+    assert jobs.parse_job({"job_type": "rag_ingestion", "job_data": data}).capability == "rag-embeddings"
+    assert jobs.parse_job({"job_type": "x", "job_data": {}, "workers": ["a", "b"]}).workers == ("a", "b")
     assert jobs.parse_job({"job_type": "x", "job_data": {}}).capability is None
     for bad, says in [
         ([], "JSON object"), ({"job_data": {}}, "job_type"), ({"job_type": " ", "job_data": {}}, "job_type"),
         ({"job_type": "x"}, "job_data"), ({"job_type": "x", "job_data": [1]}, "job_data"),
         ({"job_type": "x", "job_data": {}, "required_capability": 3}, "required_capability"),
         ({"job_type": "x", "job_data": {}, "required_capability": "teleport"}, "unknown required_capability"),
+        ({"job_type": "x", "job_data": {}, "workers": "a"}, "workers must be a list"),
+        ({"job_type": "rag_ingestion", "job_data": {"documents": ["a"]}}, "collection"),
+        ({"job_type": "rag_ingestion", "job_data": {"documents": [], "collection": "c"}}, "documents"),
+        ({"job_type": "rag_ingestion", "job_data": data, "required_capability": "ner"}, "needs required_capability"),
     ]:
         with pytest.raises(ValueError, match=says):
             jobs.parse_job(bad)
@@ -405,11 +412,12 @@ def test_concurrent_requests_spread_over_the_runners(pool: list[NodeProc]) -> No
 def test_broadcast_job_reaches_every_capable_node(pool: list[NodeProc]) -> None:
     view = pool[0].view()
     cpus = {w["worker_id"] for w in view.values() if w["worker_type"] in ("gpu", "cpu")}
-    body = json.dumps({"job_type": "rag_ingestion", "job_data": {"documents": ["a"], "chunk_size": 512}}).encode()
+    # No capability named: every GPU/CPU node (seed 003). rag_ingestion itself is tested for real in test_rag_ingestion.
+    body = json.dumps({"job_type": "cache_warmup", "job_data": {"keys": ["a"]}}).encode()
     status, _, doc = call(pool[5], "/api/coordinator/broadcast-job", body, {"Content-Type": "application/json"})
     assert status == 200, doc
     assert set(doc) == {"job_type", "broadcasted_to", "successful", "failed", "workers"}
-    assert (doc["job_type"], doc["broadcasted_to"], doc["successful"], doc["failed"]) == ("rag_ingestion", len(cpus), len(cpus), 0)
+    assert (doc["job_type"], doc["broadcasted_to"], doc["successful"], doc["failed"]) == ("cache_warmup", len(cpus), len(cpus), 0)
     assert {w["worker_id"] for w in doc["workers"]} == cpus
     assert all(w == {"worker_id": w["worker_id"], "status": "accepted", "status_code": 200} for w in doc["workers"])
 

@@ -114,7 +114,8 @@ def pool(tmp_path: Path) -> Iterator[tuple[list[NodeProc], dict[str, int], Path]
         rmap2p("keygen", "--key-file", str(ring))
         for i in (1, 2):
             shutil.copy(ring, root / f"ring{i}.json")
-        env = {"RMAP2P_POSTGRES_SYNCHRONOUS": "1"}
+        # Only the replicated engines: with chromadb too a lone storage node would run chromadb and redis (seed scenario 5).
+        env = {"RMAP2P_POSTGRES_SYNCHRONOUS": "1", "RMAP2P_STORAGE_SERVICES": "redis,postgres"}
         nodes = [
             NodeProc("s0", root, extra=["--type", "storage", "--key-file", str(root / "ring0.json")], env=env, services=True, echo=False),
             NodeProc("s1", root, extra=["--type", "storage", "--key-file", str(root / "ring1.json")], env=env, services=True, echo=False),

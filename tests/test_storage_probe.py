@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.runners.chroma import chroma_importable
 from services.storage_probe import StorageFacts, can_run_storage, probe_storage
 
 NOTHING = StorageFacts(None, None, is_root=False, postgres_user="postgres", postgres_user_exists=False, setpriv=True, docker_engine=False)
@@ -21,8 +22,12 @@ CASES = [
     ("postgres", replace(BOTH, is_root=True), False, "user 'postgres' does not exist"),
     ("postgres", replace(BOTH, is_root=True, postgres_user_exists=True, setpriv=False), False, "setpriv"),
     ("postgres", NOTHING, False, "PostgreSQL's server programs not found"),
-    ("chromadb", BOTH, False, "no native chromadb runner and no Docker engine"),
-    ("neo4j", replace(BOTH, docker_engine=True), False, "Docker runner is not written yet"),
+    ("chromadb", BOTH, False, "the chromadb package is not installed (pip install 'rmap2p[storage]') and no Docker engine"),
+    ("chromadb", replace(NOTHING, chromadb=True), True, "the chromadb package"),
+    ("neo4j", replace(BOTH, docker_engine=True), True, "neo4j: Docker engine (image neo4j:5-community)"),
+    ("minio", replace(NOTHING, docker_engine=True), True, "minio: Docker engine (image minio/minio)"),
+    ("minio", BOTH, False, "minio: no native minio runner (it runs only as a container) and no Docker engine"),
+    ("neo4j", NOTHING, False, "no Docker engine"),
 ]
 
 
@@ -37,4 +42,11 @@ def test_decision(service: str, facts: StorageFacts, ok: bool, says: str) -> Non
 def test_probe_on_this_machine() -> None:
     found = probe_storage()
     assert found["redis"][0] is (shutil.which("redis-server") is not None)
+    assert found["chromadb"][0] is chroma_importable()
     assert set(found) == {"chromadb", "redis", "postgres", "minio", "neo4j"}
+
+
+def test_the_operator_limits_what_a_node_offers() -> None:
+    found = probe_storage({"RMAP2P_STORAGE_SERVICES": "redis, postgres"})
+    assert found["chromadb"] == (False, "chromadb: not in RMAP2P_STORAGE_SERVICES")
+    assert found["redis"][0] is (shutil.which("redis-server") is not None)

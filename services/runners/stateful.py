@@ -10,6 +10,13 @@ machine can run one is ``services.storage_probe``.
 |---|---|---|
 | redis | ``services.runners.redis_server`` | redis-server, replication with ``REPLICAOF`` |
 | postgres | ``services.runners.postgres`` | PostgreSQL's initdb/postgres, streaming replication |
+| chromadb | ``services.runners.chroma`` | Chroma's server; no replication: a hand-over copies a snapshot |
+| minio, neo4j | ``services.runners.docker_runner`` | official images through the Docker SDK; no replication |
+
+``make_single_copy_runner`` builds the runner of a service in ``SINGLE_COPY``
+(one copy at a time, no roles). For one in ``HANDED_OVER`` it pulls, before
+it starts, the data of the copy that ``source()`` names (another node's,
+serving now), if any; the Docker ones start on this node's own data.
 """
 
 from __future__ import annotations
@@ -18,13 +25,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.credentials import service_password
-from services.stateful import StatefulRunner
+from services.runner import Runner
+from services.stateful import Endpoint, StatefulRunner
 from services.supervisor import RestartPolicy
 
 STATEFUL_ENGINES: dict[str, str] = {
     "redis": "services.runners.redis_server",
     "postgres": "services.runners.postgres",
 }
+
+
+HANDED_OVER: dict[str, str] = {
+    "chromadb": "services.runners.chroma",
+}
+"""Storage engines without replication: a planned move copies the data (snapshot) before the old copy stops."""
+DOCKER_ENGINES: dict[str, str] = {
+    "minio": "services.runners.docker_runner",
+    "neo4j": "services.runners.docker_runner",
+}
+"""Storage engines that run only as containers (where a Docker engine answers)."""
+SINGLE_COPY: tuple[str, ...] = (*HANDED_OVER, *DOCKER_ENGINES)
+"""Storage services run as one copy with its data under the data dir (no primary/replica)."""
 
 
 def is_stateful(service: str) -> bool:
@@ -64,3 +85,34 @@ def make_stateful_runner(
 
         return PostgresRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed, synchronous=synchronous)
     raise KeyError(f"no stateful runner for {service}")
+
+
+def make_single_copy_runner(
+    service: str,
+    data_dir: Path,
+    host: str,
+    port: int,
+    node_id: str,
+    pool_secret: bytes | None,
+    source: Callable[[], Endpoint | None],
+    *,
+    policy: RestartPolicy | None = None,
+    on_failed: Callable[[str, str], None] | None = None,
+) -> Runner:
+    """The runner of ``service`` (in ``SINGLE_COPY``) on ``host:port``, data under ``data_dir``.
+
+    ``source()``: where another node's copy serves now (for ``HANDED_OVER``
+    its data is taken over before this copy starts), or None (start on the
+    local data).
+    """
+    directory = service_dir(data_dir, service)
+    password = service_password(directory, service, pool_secret)
+    if service == "chromadb":
+        from services.runners.chroma import ChromaRunner
+
+        return ChromaRunner(directory, host, port, node_id, password, source, policy=policy, on_failed=on_failed)
+    if service in DOCKER_ENGINES:
+        from services.runners.docker_runner import DockerRunner
+
+        return DockerRunner(service, directory, host, port, node_id, password, on_failed=on_failed)
+    raise KeyError(f"no single-copy runner for {service}")
