@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import signal
 import sys
 import time
 import urllib.error
@@ -137,6 +138,9 @@ def _print_or_watch(args: argparse.Namespace, render: Callable[[argparse.Namespa
         return 0
     if not interval > 0:
         raise AdminError(f"--watch {interval}: must be > 0 seconds")
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no handler:
+    # the watch must still stop on Ctrl-C (or a SIGINT from whoever started it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Into a pipe or file there is no screen to clear: frames follow each other under their header.
     tty = sys.stdout.isatty()
     try:
