@@ -64,7 +64,6 @@ from services.routing import (
     OPERATOR_HEADER,
     ROUTE_HEADER,
     UNSERVED_HEADER,
-    WILDCARD_HOSTS,
     FirstHand,
     RouterBook,
     connect_host,
@@ -73,6 +72,7 @@ from services.routing import (
     order_candidates,
     parse_hops,
     parse_load,
+    serving_members,
     split_host_port,
 )
 
@@ -284,23 +284,13 @@ class Gateway:
 
     def _candidates(self, members: list[MemberView], service: str) -> tuple[list[NodeView], dict[str, _Target]]:
         """Views of the members that advertise a port for ``service``, and where to send each one's requests."""
-        me = self._me()
         views: list[NodeView] = []
         targets: dict[str, _Target] = {}
-        for m in members:
-            if m.status.is_down:
-                continue
-            port = m.meta.port_of(service)
-            http = split_host_port(m.meta.http)
-            if port is None or http is None:
-                continue
-            if m.node == me:
-                targets[m.node] = _Target(m.node, connect_host(http[0]), port, True)
-            else:
-                # A wildcard HTTP host is no address for others; the gossip host is where that node is.
-                host = m.addr[0] if http[0] in WILDCARD_HOSTS else http[0]
-                targets[m.node] = _Target(m.node, host, http[1], False)
-            views.append(node_view(m))
+        for at in serving_members(members, service, self._me()):
+            node = at.member.node
+            # This node calls its own service port; another node's requests go to its gateway.
+            targets[node] = _Target(node, at.host, at.service_port if at.is_self else at.http_port, at.is_self)
+            views.append(node_view(at.member))
         return views, targets
 
     def _own_load(self) -> Load:

@@ -46,7 +46,7 @@ from allocator.replicas import Copy, Roles, copies, primary_of
 from allocator.view import NodeView
 from membership import MemberView
 from p2p.identity import atomic_write
-from services.routing import WILDCARD_HOSTS, connect_host, split_host_port
+from services.routing import serving_members
 from services.service_proxy import ServiceProxy
 from services.stateful import Endpoint, StatefulRunner
 
@@ -124,21 +124,7 @@ class ReplicaDriver:
 
 def endpoints(service: str, members: Iterable[MemberView], me: str) -> dict[str, Endpoint]:
     """Where each up member's copy of ``service`` listens, as this node (``me``) reaches it."""
-    out = {}
-    for m in members:
-        if m.status.is_down:
-            continue
-        port = m.meta.port_of(service)
-        http = split_host_port(m.meta.http)
-        if port is None or http is None:
-            continue
-        if m.node == me:
-            host = connect_host(http[0])
-        else:
-            # A wildcard HTTP host is no address for others; the gossip host is where that node is.
-            host = m.addr[0] if http[0] in WILDCARD_HOSTS else http[0]
-        out[m.node] = Endpoint(host, port)
-    return out
+    return {at.member.node: Endpoint(at.host, at.service_port) for at in serving_members(members, service, me)}
 
 
 async def converge(

@@ -53,7 +53,7 @@ from multidict import CIMultiDict
 
 from allocator.scoring import canonical_service, rank
 from allocator.view import NodeView
-from membership import Load, RemoteProtocolError
+from membership import Load, MemberView, RemoteProtocolError
 
 HOPS_HEADER = "X-Rmap2p-Hops"
 ROUTE_HEADER = "X-Rmap2p-Route"
@@ -232,6 +232,37 @@ def split_host_port(text: str) -> tuple[str, int] | None:
     if not 0 < value < 65536:
         return None
     return host.strip("[]"), value
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """A member that advertises ``service``: its service port and, as this node reaches it, its host
+    and HTTP port (loopback for this node itself)."""
+
+    member: MemberView
+    host: str
+    http_port: int
+    service_port: int
+    is_self: bool
+
+
+def serving_members(members: Iterable[MemberView], service: str, me: str) -> list[Serving]:
+    """The up members that advertise a port for ``service`` and a usable HTTP address."""
+    out = []
+    for m in members:
+        if m.status.is_down:
+            continue
+        port = m.meta.port_of(service)
+        http = split_host_port(m.meta.http)
+        if port is None or http is None:
+            continue
+        if m.node == me:
+            host = connect_host(http[0])
+        else:
+            # A wildcard HTTP host is no address for others; the gossip host is where that node is.
+            host = m.addr[0] if http[0] in WILDCARD_HOSTS else http[0]
+        out.append(Serving(m, host, http[1], port, m.node == me))
+    return out
 
 
 def connect_host(host: str) -> str:
