@@ -450,15 +450,21 @@ def _config_doc(cfg: SoakConfig) -> dict[str, Any]:
 def run_soak(cfg: SoakConfig, keep_logs: Path | None = None) -> dict[str, Any]:
     """Run one soak and return its figures; every child is gone and the temp dir removed on return or raise."""
     soak = Soak(cfg)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    # A soak started in the background of a non-interactive shell inherits SIGINT ignored; Ctrl-C
+    # or `kill -INT` must still stop it and clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         soak.say(f"work dir {soak.workdir}")
         return asyncio.run(soak.run())
+    except KeyboardInterrupt:
+        soak.say("interrupted: killing every daemon and removing the work dir")
+        raise
     except BaseException:
         if keep_logs is None:
             for d in soak.daemons:
@@ -471,7 +477,8 @@ def run_soak(cfg: SoakConfig, keep_logs: Path | None = None) -> dict[str, Any]:
                 if d.log_path.exists():
                     shutil.copy(d.log_path, keep_logs / d.log_path.name)
         soak.cleanup()
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def run(args: Any) -> int:
