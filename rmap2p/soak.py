@@ -77,6 +77,9 @@ class SoakConfig:
     types: tuple[str, ...] = TYPE_CYCLE
     """Worker types, cycled over the nodes."""
     mix: tuple[str, ...] = DEFAULT_MIX
+    storage: bool = False
+    """Storage nodes run the real redis-server (replicated), reached through --service-proxy; the pool gets a keyring."""
+    storage_rate: float = 2.0
     request_timeout: float = 10.0
     settle_timeout: float = 120.0
     poll_interval: float = 1.0
@@ -114,6 +117,11 @@ class Daemon:
     http_port: int
     log_path: Path
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    proxy_port: int | None = None
+    """Local port of this node's --service-proxy for redis (storage soak only)."""
+    real: bool = False
+    """Run real services here even when the pool runs echo servers (storage nodes of a storage soak)."""
     proc: subprocess.Popen[bytes] | None = None
     up: bool = False
     """Started, healthy, not killed since: the client and the chaos loop pick among these."""
@@ -132,11 +140,12 @@ class Daemon:
             sys.executable, "-m", "rmap2p", "join",
             "--bind", self.gossip, "--http", self.http, "--data-dir", str(self.data_dir),
             "--name", self.name, "--type", self.worker_type, "--no-mdns", "--profile", "local",
-            "--ephemeral-service-ports", *(["--echo-services"] if echo else []), *self.extra,
+            "--ephemeral-service-ports", *(["--echo-services"] if echo and not self.real else []), *self.extra,
+            *(["--service-proxy", f"redis={self.proxy_port}"] if self.proxy_port else []),
         ]
         for j in join:
             argv += ["--join", j]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         for name in ("RMAP2P_JOIN", "RMAP2P_BIND", "RMAP2P_HTTP", "RMAP2P_DATA_DIR", "RMAP2P_ECHO_SERVICES"):
             env.pop(name, None)
         self.starts += 1
@@ -190,12 +199,38 @@ class Soak:
         ]
         for d in self.daemons:
             d.data_dir.mkdir(parents=True)
+        self.token: str | None = None
+        if cfg.storage:
+            self._prepare_storage(port_rng)
         self.record = SoakRecord(
             nodes=[(d.name, d.worker_type) for d in self.daemons], config=_config_doc(cfg),
         )
         self.loss_rules: list[list[str]] = []
+        self.storage_acked: dict[str, tuple[str, bool]] = {}
+        """key -> (value, a replica had it by WAIT 1) for every SET answered OK."""
         self._t0 = time.monotonic()
         self._stopping = False
+
+    def _prepare_storage(self, port_rng: random.Random) -> None:
+        """A keyring for the pool (the storage passwords derive from it) and a client token for the gateways."""
+        if sum(d.worker_type == "storage" for d in self.daemons) < 2:
+            raise ValueError("--storage needs at least two storage nodes (a primary and a replica); see --types")
+        if shutil.which("redis-server") is None:
+            raise ValueError("--storage needs redis-server on PATH")
+        ring = self.workdir / "ring.json"
+        cli = [sys.executable, "-m", "rmap2p"]
+        subprocess.run([*cli, "keygen", "--key-file", str(ring)], check=True, capture_output=True, timeout=60)
+        out = subprocess.run([*cli, "tokens", "create", "--key-file", str(ring), "--expires", "1d", "--json"],
+                             check=True, capture_output=True, timeout=60, text=True).stdout
+        self.token = json.loads(out)["token"]
+        for i, d in enumerate(self.daemons):
+            own = self.workdir / f"ring{i}.json"  # each node rewrites its own keyring file on rotation
+            shutil.copy(ring, own)
+            d.extra += ["--key-file", str(own)]
+            if d.worker_type == "storage":
+                d.real = True
+            else:
+                d.proxy_port = _free_port(port_rng)
 
     # ------------------------------------------------------------ helpers
 
@@ -255,7 +290,7 @@ class Soak:
 
     async def _settle(self, session: Any) -> None:
         """Wait until every node sees every node alive and every service of the mix runs healthy."""
-        wanted = {s for s, *_ in self.mix()}
+        wanted = {s for s, *_ in self.mix()} | ({"redis"} if self.cfg.storage else set())
         names = {d.name for d in self.daemons}
         deadline = time.monotonic() + self.cfg.settle_timeout
         while time.monotonic() < deadline:
@@ -308,7 +343,7 @@ class Soak:
         node: str | None = None
         try:
             async with session.post(f"http://{entry.http}/api/service/{service}{path}", data=body,
-                                    headers={"Content-Type": ctype}, timeout=timeout) as resp:
+                                    headers=self._headers(ctype), timeout=timeout) as resp:
                 raw = await resp.read()
                 node = resp.headers.get("X-Rmap2p-Node")
                 outcome = str(resp.status)
@@ -321,6 +356,12 @@ class Soak:
         except (aiohttp.ClientError, OSError) as exc:
             outcome = f"conn-{type(exc).__name__}"
         self.record.requests.append(Request(t, service, entry.name, outcome, time.monotonic() - start, node))
+
+    def _headers(self, ctype: str) -> dict[str, str]:
+        headers = {"Content-Type": ctype}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     def _answer_ok(self, service: str, raw: bytes) -> bool:
         try:
@@ -374,6 +415,85 @@ class Soak:
             else:
                 self.say(f"chaos: {victim.name} did not come back healthy:\n{victim.tail()}")
 
+    # ------------------------------------------------------------ storage round trips
+
+    def _redis_password(self) -> str | None:
+        for d in self.daemons:
+            path = d.data_dir / "services" / "redis" / "password"
+            if d.worker_type == "storage" and path.exists():
+                return path.read_text().strip() or None
+        return None
+
+    async def _redis(self, port: int, *commands: tuple[Any, ...], timeout: float = 5.0) -> list[Any]:
+        from services.runners.resp import RespClient
+
+        client = await RespClient.connect("127.0.0.1", port, self._redis_password(), timeout=timeout)
+        try:
+            return list(await asyncio.wait_for(client.pipeline(commands), timeout))
+        finally:
+            await client.close()
+
+    async def storage_client(self, until: float) -> None:
+        """SET, WAIT 1 (a replica has it), GET through a random node's --service-proxy, at a steady rate."""
+        st = self.record.storage
+        period = 1.0 / self.cfg.storage_rate
+        next_at = time.monotonic()
+        i = 0
+        while self.now() < until:
+            proxies = [d for d in self.up() if d.proxy_port]
+            if proxies:
+                entry = self.rng.choice(proxies)
+                key, value = f"soak:{i}", f"v{i}:{self.rng.random()}"
+                i += 1
+                st["writes"] += 1
+                try:
+                    set_r, wait_r, get_r = await self._redis(entry.proxy_port, ("SET", key, value), ("WAIT", 1, 2000), ("GET", key))  # type: ignore[arg-type]
+                    if set_r != "OK":
+                        st["failed"][f"SET {str(set_r)[:40]}"] = st["failed"].get(f"SET {str(set_r)[:40]}", 0) + 1
+                    else:
+                        st["acknowledged"] += 1
+                        replicated = isinstance(wait_r, int) and wait_r >= 1
+                        st["replicated"] += replicated
+                        self.storage_acked[key] = (value, replicated)
+                        if get_r != value.encode():
+                            st["read_back_wrong"] += 1
+                except (OSError, asyncio.TimeoutError, EOFError, ValueError) as exc:
+                    kind = type(exc).__name__
+                    st["failed"][kind] = st["failed"].get(kind, 0) + 1
+                except Exception as exc:  # a RESP protocol or error reply: counted, the soak goes on
+                    kind = f"{type(exc).__name__}: {str(exc)[:40]}"
+                    st["failed"][kind] = st["failed"].get(kind, 0) + 1
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def storage_check(self) -> None:
+        """After the churn: read every acknowledged write back through a proxy (retrying while redis fails over)."""
+        st = self.record.storage
+        keys = list(self.storage_acked)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            proxies = [d for d in self.up() if d.proxy_port]
+            if not proxies:
+                await asyncio.sleep(1)
+                continue
+            try:
+                replies = []
+                for start in range(0, len(keys), 500):
+                    replies += await self._redis(self.rng.choice(proxies).proxy_port,  # type: ignore[arg-type]
+                                                 *[("GET", k) for k in keys[start:start + 500]], timeout=10)
+            except Exception as exc:  # not there yet: a failover may still be under way
+                st["final_read_errors"] = st.get("final_read_errors", 0) + 1
+                log.info("soak: final read failed (%s), retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            lost = [k for k, r in zip(keys, replies) if r != self.storage_acked[k][0].encode()]
+            st["acknowledged_lost"] = len(lost)
+            st["replicated_lost"] = sum(self.storage_acked[k][1] for k in lost)
+            st["lost_examples"] = lost[:10]
+            return
+        st["acknowledged_lost"] = None
+        st["final_read"] = "no proxy answered within 60 s"
+
     async def progress(self, until: float) -> None:
         while self.now() < until:
             await asyncio.sleep(10.0)
@@ -395,12 +515,17 @@ class Soak:
                      f"{self.cfg.kill_every:g} s, restart it {self.cfg.down:g} s later")
             chaos = asyncio.create_task(self.chaos(session, until))
             try:
-                await asyncio.gather(self.client(session, until), self.observer(session, until), self.progress(until))
+                loops = [self.client(session, until), self.observer(session, until), self.progress(until)]
+                if self.cfg.storage:
+                    loops.append(self.storage_client(until))
+                await asyncio.gather(*loops)
             finally:
                 self._stopping = True
                 chaos.cancel()
                 await asyncio.gather(chaos, return_exceptions=True)
             self.record.load_ended = self.now()
+            if self.cfg.storage:
+                await self.storage_check()
         return summarize(self.record)
 
     # ------------------------------------------------------------ packet loss and cleanup
@@ -443,7 +568,7 @@ def _config_doc(cfg: SoakConfig) -> dict[str, Any]:
     return {
         "nodes": cfg.nodes, "duration_s": cfg.duration, "kill_every_s": cfg.kill_every, "down_s": cfg.down,
         "loss": cfg.loss, "seed": cfg.seed, "rate": cfg.rate, "mix": list(cfg.mix), "types": list(cfg.types),
-        "services": "real" if cfg.real_services else "echo", "transport": "loopback", "profile": "local",
+        "services": "real" if cfg.real_services else "echo", "storage": cfg.storage, "transport": "loopback", "profile": "local",
     }
 
 
@@ -499,13 +624,13 @@ def run(args: Any) -> int:
         return 2
     cfg = SoakConfig(
         types=types, mix=mix, nodes=args.nodes, duration=args.duration, kill_every=args.kill_every, down=args.down, loss=args.loss,
-        seed=args.seed, rate=args.rate, real_services=args.real_services,
+        seed=args.seed, rate=args.rate, real_services=args.real_services, storage=args.storage,
         request_timeout=60.0 if args.real_services else 10.0,
         progress=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()),
     )
     try:
         figures = run_soak(cfg, Path(args.keep_logs) if args.keep_logs else None)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         sys.stderr.write(f"soak failed: {exc}\n")
         return 1
     if args.json:

@@ -40,7 +40,7 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
             "suspect or dead). Daemons run with --profile local and echo servers in place of the engines by "
             "default (fast to start); --real-services runs the real embeddings and NER engines and needs "
             "RMAP2P_NER_MODEL (a spaCy package or model directory) and the embedding model "
-            "(RMAP2P_EMBEDDING_MODEL or the default) in the environment. Storage round trips are not measured yet. "
+            "(RMAP2P_EMBEDDING_MODEL or the default) in the environment. Storage round trips (Redis only) with --storage. "
             "Every child is killed and the temporary directory removed at the end, also on Ctrl-C."
         ),
     )
@@ -63,6 +63,12 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
                       "notes-coa (default the first three; with --real-services rag-embeddings,ner-extraction)")
     soak.add_argument("--real-services", action="store_true",
                       help="real embeddings and NER engines instead of echo servers (see above for the environment)")
+    soak.add_argument("--storage", action="store_true",
+                      help="storage round trips: the storage nodes (at least two, see --types) run the real redis-server, "
+                      "replicated, the others forward a local port to its primary (--service-proxy); twice a second "
+                      "the client writes a key (SET, WAIT 1) and reads it back through a random node's proxy, and at "
+                      "the end reads every acknowledged write back. The pool gets a keyring (storage passwords derive "
+                      "from it) and the client a token. Needs redis-server")
     soak.add_argument("--keep-logs", metavar="DIR", default=None, help="copy the daemons' logs to DIR at the end")
     soak.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return soak

@@ -68,6 +68,9 @@ class SoakRecord:
     kills: list[Kill] = field(default_factory=list)
     load_started: float = 0.0
     load_ended: float = 0.0
+    storage: dict[str, Any] = field(default_factory=lambda: {
+        "writes": 0, "acknowledged": 0, "replicated": 0, "read_back_wrong": 0, "failed": {}})
+    """Redis round trips through --service-proxy (a storage soak only)."""
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -247,7 +250,7 @@ def summarize(record: SoakRecord) -> dict[str, Any]:
         "membership_flaps": len(flaps),
         "flap_events": flaps[:20],
         "poll_rounds": len(_rounds(record)),
-        "storage_round_trips": "not measured (echo services; see simulations/SOAK.md)",
+        "storage_round_trips": record.storage if record.config.get("storage") else "not measured (run with --storage)",
     }
 
 

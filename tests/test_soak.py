@@ -105,5 +105,5 @@ def test_soak_help_says_loopback_and_what_it_reports() -> None:
                          capture_output=True, text=True, timeout=60).stdout
     flat = " ".join(out.split())
     for phrase in ("loopback", "--kill-every", "--loss", "--json", "false deaths", "membership flaps",
-                   "RMAP2P_NER_MODEL", "Storage round trips are not measured"):
+                   "RMAP2P_NER_MODEL", "--storage"):
         assert phrase in flat, phrase
