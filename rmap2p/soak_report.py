@@ -288,10 +288,26 @@ def _pct(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{100.0 * ratio:.2f} %"
 
 
-def markdown_row(f: dict[str, Any], command: str) -> str:
+def markdown_row(f: dict[str, Any], command: str, date: str) -> str:
+    """One row of the table in simulations/SOAK.md (columns as in MARKDOWN_HEADER)."""
     r, lat = f["requests"], f["latency_ms"]
+    failed = ", ".join(f"{k}: {v}" for k, v in r["failed_by_status"].items()) or "-"
     return (
-        f"| `{command}` | {r['sent']} | {r['answered']} ({_pct(r['answered_ratio'])}) | {r['failed_by_status'] or '-'} | "
+        f"| {date} | `{command}` | {r['sent']} | {r['answered']} ({_pct(r['answered_ratio'])}) | {failed} | "
         f"{lat['p50']} / {lat['p99']} | {f['kills']} | {f['longest_no_healthy_runner_max_s']} | "
-        f"{f['services_moved_per_failure']} | {f['false_deaths']} | {f['membership_flaps']} |"
+        f"{f['services_moved_per_failure']} | {f['false_deaths']} | {f['membership_flaps']} | {_storage_cell(f)} |"
     )
+
+
+MARKDOWN_HEADER = (
+    "| date | command | sent | answered | failed by status | p50 / p99 ms | kills | longest no healthy runner s | "
+    "services moved per failure | false deaths | flaps | storage: writes acked / replicated / acked lost |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _storage_cell(f: dict[str, Any]) -> str:
+    st = f["storage_round_trips"]
+    if not isinstance(st, dict):
+        return "not measured"
+    return f"{st['acknowledged']} / {st['replicated']} / {st.get('acknowledged_lost')}"
