@@ -107,3 +107,31 @@ def test_soak_help_says_loopback_and_what_it_reports() -> None:
     for phrase in ("loopback", "--kill-every", "--loss", "--json", "false deaths", "membership flaps",
                    "RMAP2P_NER_MODEL", "--storage"):
         assert phrase in flat, phrase
+
+
+def test_report_tells_false_deaths_flaps_and_runner_windows_from_kills() -> None:
+    from rmap2p.soak_report import Kill, Observation, Request, SoakRecord, summarize
+
+    rec = SoakRecord(nodes=[("a", "cpu"), ("b", "cpu"), ("c", "cpu")], config={"down_s": 10.0})
+    rec.load_started, rec.load_ended = 0.0, 60.0
+    rec.kills.append(Kill("b", at=10.5, restarted_at=20.5, healthy_at=21.0))
+    ner = {"ner-extraction": "healthy"}
+
+    def rows(b: str, c: str, b_runs: bool = True, a_runs: bool = False) -> dict:
+        return {"a": ("alive", ner if a_runs else {}, 1), "b": (b, ner if b_runs else {}, 1), "c": (c, {}, 1)}
+
+    for t in range(0, 60):
+        b_status = "alive" if t <= 10 or t >= 22 else ("suspect" if t < 15 else "dead")
+        c_status = "suspect" if t == 40 else ("dead" if t == 41 else "alive")  # c was never killed
+        a_runs = 16 <= t < 22  # a takes NER over from t=16 until b is back
+        rec.observations.append(Observation(float(t), "a", rows(b_status, c_status, b_runs=False, a_runs=a_runs)))
+        if t <= 10 or t >= 22:
+            rec.observations.append(Observation(float(t), "b", rows("alive", "alive", b_runs=not a_runs)))
+    rec.requests += [Request(1.0, "ner-extraction", "a", "200", 0.004, "b"), Request(12.0, "ner-extraction", "a", "502", 0.01, None)]
+    f = summarize(rec)
+    assert f["requests"]["answered_ratio"] == 0.5 and f["requests"]["failed_by_status"] == {"502": 1}
+    assert f["false_deaths"] == 1 and f["false_death_events"][0]["subject"] == "c"
+    assert f["membership_flaps"] == 1, "c turned suspect once; b's suspicion followed a kill"
+    assert f["longest_no_healthy_runner_s"]["ner-extraction"] == 5.0, "rounds 11..15 had no runner up"
+    assert f["detection_s"]["n"] == 1 and 4.0 <= f["detection_s"]["max"] <= 5.0
+    assert f["moves"][0]["moved"] == 1 and f["moves"][0]["not_rehomed"] == []
