@@ -369,7 +369,9 @@ class Soak:
         except ValueError:
             return False
         if self.cfg.real_services:
-            return isinstance(doc, dict)
+            # The field each real API answers with (see DESIGN.md, "Services").
+            key = {"rag-embeddings": "embeddings", "ner-extraction": "entities"}.get(service, "text")
+            return isinstance(doc, dict) and isinstance(doc.get(key), list | str)
         return isinstance(doc, dict) and doc.get("service") == service
 
     async def observer(self, session: Any, until: float) -> None:
