@@ -32,6 +32,7 @@ HANDLERS = {
     "tokens": "rmap2p.cmd_tokens:run",
     "simulate": "simulations.cli:run",
     "allocate": "rmap2p.cmd_allocate:run",
+    "soak": "rmap2p.soak:run",
 }
 
 
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     allocate.add_argument("--indent", type=int, default=2, help="JSON indentation (default 2)")
+    from rmap2p.soak_cli import add_soak_parser  # its options live beside the soak
+
+    add_soak_parser(sub)
     return parser
 
 
