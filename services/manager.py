@@ -140,8 +140,13 @@ class ServiceManager:
             for service in (*REPLICATED, *SINGLE_COPY):
                 results[service] = (False, f"{service}: this node has no data dir to keep it in")
         self._unavailable = {s: why for s, (able, why) in results.items() if not able}
-        for service, why in sorted(self._unavailable.items()):
-            log.info("node %s: not offering %s: %s", self.node.node_id, service, why)
+        if self._unavailable:
+            # One line a volunteer can read at start: what this machine will not run, and why.
+            reasons = "; ".join(
+                why if why.startswith(f"{s}:") else f"{s}: {why}" for s, why in sorted(self._unavailable.items())
+            )
+            log.info("node %s: not offering %d services this machine cannot start: %s", self.node.node_id,
+                     len(self._unavailable), reasons)
 
     def on_events(self, events: Sequence[MemberEvent]) -> None:
         self._wake.set()
