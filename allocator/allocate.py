@@ -499,11 +499,15 @@ class _TypeAllocation:
                     key = (-surplus, -self.priority[x], -x, i, x)
                     if best is None or key < best:
                         best = key
+        return self._swap(best, g)
+
+    def _swap(self, best: tuple[object, ...] | None, g: int) -> bool:
+        """Node ``best[3]`` drops service ``best[4]`` and runs ``g``; False when nothing was chosen."""
         if best is None:
             return False
         i, x = best[3], best[4]
-        self._drop(i, x)
-        self._gain(i, g)
+        self._drop(i, x)  # type: ignore[arg-type]
+        self._gain(i, g)  # type: ignore[arg-type]
         return True
 
     def _hand_over(self, g: int) -> bool:
@@ -562,9 +566,4 @@ class _TypeAllocation:
                     key = (self.cover[x] == 1, -self.priority[x], -x, i, x)
                     if best is None or key < best:
                         best = key
-        if best is None:
-            return False
-        i, x = best[3], best[4]
-        self._drop(i, x)
-        self._gain(i, g)
-        return True
+        return self._swap(best, g)

@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rmap2p.local_ports import free_port
 from rmap2p.soak_report import Kill, Observation, Request, SoakRecord, summarize
 
 log = logging.getLogger("rmap2p.soak")
@@ -84,20 +84,6 @@ class SoakConfig:
     settle_timeout: float = 120.0
     poll_interval: float = 1.0
     progress: Callable[[str], None] | None = None
-
-
-def _free_port(rng: random.Random) -> int:
-    """A port free for UDP and TCP on 127.0.0.1, below the ephemeral range (see tests/procs.py)."""
-    for _ in range(500):
-        port = rng.randrange(20000, 32000)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                t.bind(("127.0.0.1", port))
-                u.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def _die_with_parent() -> None:
@@ -191,8 +177,8 @@ class Soak:
                 name=f"{cfg.types[i % len(cfg.types)][0]}{i}",
                 worker_type=cfg.types[i % len(cfg.types)],
                 data_dir=self.workdir / f"n{i}",
-                gossip_port=_free_port(port_rng),
-                http_port=_free_port(port_rng),
+                gossip_port=free_port(port_rng),
+                http_port=free_port(port_rng),
                 log_path=self.workdir / f"n{i}.log",
             )
             for i in range(cfg.nodes)
@@ -230,7 +216,7 @@ class Soak:
             if d.worker_type == "storage":
                 d.real = True
             else:
-                d.proxy_port = _free_port(port_rng)
+                d.proxy_port = free_port(port_rng)
 
     # ------------------------------------------------------------ helpers
 

@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from rmap2p.local_ports import free_port
 
 RECORD = Path(__file__).with_name("GATEWAY.md")
 SENTENCES = [
@@ -73,19 +74,13 @@ class Phase:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Daemon:
     """One ``rmap2p join`` process on loopback, its log in ``workdir``."""
 
     def __init__(self, name: str, workdir: Path, extra: list[str]) -> None:
         self.name = name
-        self.gossip = f"127.0.0.1:{_free_port()}"
-        self.http = f"127.0.0.1:{_free_port()}"
+        self.gossip = f"127.0.0.1:{free_port()}"
+        self.http = f"127.0.0.1:{free_port()}"
         self.data = workdir / name
         self.data.mkdir(parents=True)
         self.log = workdir / f"{name}.log"

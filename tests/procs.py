@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,36 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rmap2p.local_ports import free_port  # noqa: F401  (the tests take it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (gossip uses the same number for both).
-
-    Drawn below the kernel's ephemeral range: a port the OS hands out for an outgoing
-    connection or a service bound to port 0 must not take it between this check and
-    the daemon's bind.
-    """
-    low, _ = _ephemeral_range()
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, min(low, 32768))
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                t.bind(("127.0.0.1", port))
-                u.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
 
 
 class NodeProc:
