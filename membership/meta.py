@@ -24,6 +24,11 @@ REPLICATION_ROLES = ("", "primary", "replica")
 """A copy's role as its engine reports it; "" while unknown (not started, not answering)."""
 MAX_REPLICATION_ENTRIES = 16
 MAX_EPOCH = 2**40
+MAX_RELAYS = 4
+"""Relays one member may name (field 14): it keeps one or two, a few more during a move."""
+MAX_RELAY_ADDR = 261
+"""Longest relay listener "host:port" (field 13): a bracketed IPv6 literal or a DNS name and a port."""
+MAX_NODE_ID = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,10 @@ class NodeMeta:
     """Unix time the daemon started: when two daemons share an identity, the younger one yields."""
     replication: tuple[ReplicationClaim, ...] = ()
     """One claim per stateful service this node holds a copy of (``services.replication``)."""
+    relay: str = ""
+    """An edge's relay listener "host:port" for members that cannot be reached; "" if it offers none."""
+    relays: tuple[str, ...] = ()
+    """Node ids of the edges carrying this member (issue 16); empty: it is reached directly."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -127,6 +136,8 @@ class NodeMeta:
                 [list(p) for p in self.service_ports],
                 self.started_at,
                 [c.to_wire() for c in self.replication],
+                self.relay,
+                list(self.relays),
             ],
             use_bin_type=True,
         )
@@ -171,6 +182,13 @@ class NodeMeta:
         replication = tuple(ReplicationClaim.from_wire(c) for c in claims)
         if len({c.service for c in replication}) != len(replication):
             raise RemoteProtocolError("metadata: two replication claims for one service")
+        # Fields 13 and 14 arrived with relays (issue 16): absent means no relay offered, reached directly.
+        relay = raw[12] if len(raw) > 12 else ""
+        if not isinstance(relay, str) or len(relay) > MAX_RELAY_ADDR:
+            raise RemoteProtocolError(f"metadata: relay must be a host:port of at most {MAX_RELAY_ADDR} characters")
+        relays = raw[13] if len(raw) > 13 else []
+        if not _str_list(relays) or len(relays) > MAX_RELAYS or not all(0 < len(r) <= MAX_NODE_ID for r in relays):
+            raise RemoteProtocolError(f"metadata: relays must be a list of at most {MAX_RELAYS} node ids")
         return cls(
             name=name,
             worker_type=wtype,
@@ -184,6 +202,8 @@ class NodeMeta:
             service_ports=tuple((p[0], p[1]) for p in ports),
             started_at=started,
             replication=replication,
+            relay=relay,
+            relays=tuple(relays),
         )
 
     @property
@@ -195,6 +215,11 @@ class NodeMeta:
 
     def claim_of(self, service: str) -> ReplicationClaim | None:
         return next((c for c in self.replication if c.service == service), None)
+
+    @property
+    def reach(self) -> str:
+        """How peers reach this member: "relayed" through its ``relays``, else "direct"."""
+        return "relayed" if self.relays else "direct"
 
     @property
     def healthy_services(self) -> tuple[str, ...]:

@@ -88,11 +88,20 @@ def _ago(ts: float | None) -> str:
     return f"{max(0.0, time.time() - ts):.0f}s"
 
 
+def reach_text(worker: dict[str, Any], names: dict[str, str]) -> str:
+    """"direct", or "via" and the names of the edges relaying it (ids where a name is unknown)."""
+    relays = worker.get("relays") or []
+    if worker.get("reach", "direct") != "relayed" or not relays:
+        return "direct"
+    return "via " + ",".join(names.get(r, r) for r in relays)
+
+
 def _status(args: argparse.Namespace) -> str:
     doc = _call(args, "/api/admin/workers")
     if args.json:
         return json.dumps(doc, indent=2)
-    rows = [("ID", "NAME", "STATUS", "INC", "ADDRESS", "TYPE", "SERVICES", "LOAD", "REQS", "SEEN")]
+    rows = [("ID", "NAME", "STATUS", "INC", "ADDRESS", "REACH", "TYPE", "SERVICES", "LOAD", "REQS", "SEEN")]
+    names = {w["worker_id"]: w["name"] or w["worker_id"] for w in doc["workers"]}
     for w in doc["workers"]:
         rows.append(
             (
@@ -101,6 +110,7 @@ def _status(args: argparse.Namespace) -> str:
                 w["status"],
                 str(w["incarnation"]),
                 w["address"],
+                reach_text(w, names),
                 w["worker_type"],
                 ",".join(w["services"]) or "-",
                 f"{w['current_load'] * 100:.0f}%",

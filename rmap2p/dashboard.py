@@ -136,6 +136,8 @@ def member_row(m: MemberView, me: str, leaders: dict[str, Any], wall: float | No
         "specialization": meta.specialization,
         "address": format_host_port(*m.addr),
         "http": meta.http,
+        "reach": meta.reach,
+        "relays": list(meta.relays),
         "services": services,
         "loaded_models": list(meta.loaded_models),
         "current_load": round(m.load.cpu_percent / 100.0, 3),

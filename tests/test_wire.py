@@ -103,6 +103,37 @@ def test_replication_claims_round_trip_and_old_encodings_decode_without_them() -
     assert NodeMeta.decode(msgpack.packb(raw)) == meta
 
 
+def test_relay_fields_round_trip_and_old_encodings_decode_as_direct() -> None:
+    edge = dataclasses.replace(META, worker_type="edge", relay="11.213.7.11:7950")
+    carried = dataclasses.replace(META, relays=("e1e1e1e1", "e2e2e2e2"))
+    assert NodeMeta.decode(edge.encode()) == edge and edge.reach == "direct"
+    assert NodeMeta.decode(carried.encode()) == carried and carried.reach == "relayed"
+    # A node of the release before relays sends 12 fields: no relay offered, reached directly.
+    old = NodeMeta.decode(msgpack.packb(msgpack.unpackb(carried.encode())[:12]))
+    assert (old.relay, old.relays, old.reach) == ("", (), "direct")
+    # Field 13 alone (a relay-less decoder's neighbour in between) is fine too.
+    assert NodeMeta.decode(msgpack.packb(msgpack.unpackb(edge.encode())[:13])) == edge
+
+
+@pytest.mark.parametrize(
+    "index, value, why",
+    [
+        (12, 7946, "relay"),
+        (12, "h" * 262, "relay"),
+        (13, "e1", "relays"),
+        (13, [1], "relays"),
+        (13, [""], "relays"),
+        (13, ["x" * 65], "relays"),
+        (13, [f"e{i}" for i in range(5)], "relays"),
+    ],
+)
+def test_bad_relay_fields_are_rejected(index: int, value: object, why: str) -> None:
+    raw = msgpack.unpackb(META.encode())
+    raw[index] = value
+    with pytest.raises(RemoteProtocolError, match=why):
+        NodeMeta.decode(msgpack.packb(raw))
+
+
 @pytest.mark.parametrize(
     "claims, why",
     [

@@ -161,6 +161,12 @@
     return wrap;
   }
 
+  // "direct", or the edges that carry a member behind NAT (their names where this node knows them).
+  function reachText(m, s) {
+    if (m.reach !== "relayed" || !m.relays || m.relays.length === 0) return "direct";
+    return "relayed via " + m.relays.map((id) => nameOf(s, id)).join(", ");
+  }
+
   function memberCard(m, s) {
     const card = el("article", "member st-" + m.status);
     card.dataset.member = "";
@@ -177,6 +183,7 @@
     const tags = el("div");
     tags.appendChild(el("span", "id", m.worker_id + " "));
     if (m.self) tags.appendChild(el("span", "badge plain", "this node"));
+    if (m.reach === "relayed") tags.appendChild(el("span", "badge plain relayed", "relayed"));
     if (m.primary) tags.appendChild(el("span", "badge plain", "primary"));
     else if (m.leader) tags.appendChild(el("span", "badge plain", "leader"));
     card.appendChild(tags);
@@ -196,6 +203,7 @@
     row(dl, "services", svcs);
     row(dl, "models", m.loaded_models.length ? m.loaded_models.join(", ") : "none loaded");
     if (m.specialization) row(dl, "prefers", m.specialization);
+    row(dl, "reach", reachText(m, s));
     row(dl, "gossip", m.address);
     row(dl, "http", m.http || "–");
     card.appendChild(dl);
