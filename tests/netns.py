@@ -38,6 +38,22 @@ Topology and safety (this harness must never emit traffic outside itself):
   ``ip6tables-restore`` for the hosts' IPv6 addresses.
 * Proxy variables are removed from the environment of every command run in a
   namespace, so HTTP clients talk to the lab address directly.
+* "Home router" (``NetnsLab(n, nat=[i, ...])``): those hosts sit on a second,
+  private bridge (its own ``nathub`` namespace) with addresses in
+  :data:`NAT_SUBNET` ``192.168.77.0/24``, behind one ``router`` namespace whose
+  WAN leg is on the lab bridge at :data:`ROUTER_PUBLIC_IP` (in
+  PUBLIC_SUBNET, so the router looks like a home connection's public
+  address). The router forwards and MASQUERADEs what the private subnet
+  sends out of its WAN leg; nothing comes in unless conntrack matches it to
+  a flow a private host opened (no port forwards, no UPnP), and the router
+  itself drops unsolicited packets on its WAN leg, like a home router. Linux
+  conntrack makes this a port-restricted NAT: a reply must come from the
+  very address *and port* the private host sent to. The NAT'd hosts' default
+  route points at the router, the one gateway route the lab allows; the
+  router itself has only on-link routes, so anything not for the lab dies
+  there (ICMP unreachable). Faults (``partition``, ``set_loss``) on a NAT'd
+  host act at that host only: other hosts see its packets from the router's
+  address, so their rules cannot single it out.
 
 iptables backend: both ``iptables-nft`` and ``iptables-legacy`` work in the
 namespaces of the development machine (kernel 6.x, Debian bookworm);
@@ -72,12 +88,15 @@ from typing import Any, Literal
 
 __all__ = [
     "NAME_ROOT",
+    "NAT_SUBNET",
     "PUBLIC_SUBNET",
+    "ROUTER_PUBLIC_IP",
     "SUBNET",
     "SUBNET6",
     "Host",
     "NetnsError",
     "NetnsLab",
+    "Router",
     "list_lab_namespaces",
     "netns_available",
     "sweep_stale",
@@ -92,12 +111,19 @@ NAME_ROOT = "rmnt-"
 SUBNET = ipaddress.IPv4Network("10.213.7.0/24")
 #: Second subnet on the same bridge for "public" hosts: globally routed, see the module doc.
 PUBLIC_SUBNET = ipaddress.IPv4Network("11.213.7.0/24")
+#: The private network behind the home router of ``nat=`` labs (see the module doc).
+NAT_SUBNET = ipaddress.IPv4Network("192.168.77.0/24")
+#: The home router's WAN address, on the lab bridge; everything the NAT'd hosts send leaves from it.
+ROUTER_PUBLIC_IP = str(PUBLIC_SUBNET[254])
+#: The router's address on the private bridge: the NAT'd hosts' default gateway.
+ROUTER_PRIVATE_IP = str(NAT_SUBNET[1])
 #: ULA IPv6 addresses of ``ipv6=True`` labs.
 SUBNET6 = ipaddress.IPv6Network("fd00:213:7::/64")
 _FIRST_HOST_OFFSET = 11
 MAX_HOSTS = 200
 
 _IF = "eth0"  # the host's link to the hub, inside each host namespace
+_LAN_IF = "eth1"  # the router's leg on the private bridge
 _BRIDGE = "br0"  # inside the hub namespace
 _CMD_TIMEOUT = 15.0  # for ip/iptables invocations: they take milliseconds
 _NAME_RE = re.compile(r"^rmnt-(\d+)-(\d+)-[0-9a-f]+-")
@@ -337,7 +363,7 @@ class Host:
     """One simulated machine: a network namespace with one address on the lab bridge."""
 
     def __init__(self, lab: NetnsLab, index: int, ip: str, public_ip: str | None = None,
-                 ip6: str | None = None) -> None:
+                 ip6: str | None = None, behind_nat: bool = False) -> None:
         self._lab = lab
         self.index = index
         self.name = f"h{index}"
@@ -347,6 +373,8 @@ class Host:
         """An address in PUBLIC_SUBNET, for hosts made with ``public=``; else None."""
         self.ip6 = ip6
         """A ULA address in SUBNET6 in ``ipv6=True`` labs; else None."""
+        self.behind_nat = behind_nat
+        """On the private bridge behind the home router (``nat=``): ``ip`` is then in NAT_SUBNET."""
         self._n_procs = 0
 
     def addresses(self, v6: bool = False) -> list[str]:
@@ -356,7 +384,8 @@ class Host:
         return [self.ip] + ([self.public_ip] if self.public_ip else [])
 
     def __repr__(self) -> str:
-        return f"Host({self.name}, ns={self.ns}, ip={self.ip}, public_ip={self.public_ip}, ip6={self.ip6})"
+        nat = ", behind_nat" if self.behind_nat else ""
+        return f"Host({self.name}, ns={self.ns}, ip={self.ip}, public_ip={self.public_ip}, ip6={self.ip6}{nat})"
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside this host's namespace."""
@@ -437,6 +466,57 @@ class Host:
         return int(cp.stdout.strip())
 
 
+class Router:
+    """The home router of a ``nat=`` lab: WAN leg on the lab bridge, LAN leg on the private one."""
+
+    def __init__(self, lab: NetnsLab) -> None:
+        self.ns = f"{lab.prefix}router"
+        self.lan_hub = f"{lab.prefix}nathub"
+        self.public_ip = ROUTER_PUBLIC_IP
+        self.private_ip = ROUTER_PRIVATE_IP
+
+    def __repr__(self) -> str:
+        return f"Router(ns={self.ns}, public_ip={self.public_ip}, private_ip={self.private_ip})"
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def run(self, argv: Sequence[str], timeout: float = _CMD_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run a short command in the router's namespace (e.g. ``iptables -t nat -S``, for debugging)."""
+        return _run(self.exec_argv(argv), timeout=timeout, check=False)
+
+
+def _router_rules() -> tuple[str, str]:
+    """The router's filter and nat tables: forward and masquerade outbound, only conntrack's replies in.
+
+    WAN is ``eth0`` (lab bridge), LAN ``eth1`` (private bridge). INPUT on the
+    WAN leg drops what is not a reply, as home routers do, so a probe of the
+    router's address times out instead of being refused.
+    """
+    filt = "\n".join([
+        "*filter",
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        f"-A INPUT -i {_IF} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A INPUT -i {_IF} -p icmp --icmp-type echo-request -j ACCEPT",
+        f"-A INPUT -i {_IF} -j DROP",
+        f"-A FORWARD -i {_LAN_IF} -o {_IF} -s {NAT_SUBNET} -j ACCEPT",
+        f"-A FORWARD -i {_IF} -o {_LAN_IF} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "COMMIT",
+    ]) + "\n"
+    nat = "\n".join([
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":INPUT ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        f"-A POSTROUTING -s {NAT_SUBNET} -o {_IF} -j MASQUERADE",
+        "COMMIT",
+    ]) + "\n"
+    return filt, nat
+
+
 _HTTP_GET = r"""
 import sys, urllib.request
 url, timeout = sys.argv[1], float(sys.argv[2])
@@ -507,7 +587,7 @@ class NetnsLab:
 
     def __init__(self, n_hosts: int, prefix: str | None = None,
                  log_dir: str | os.PathLike[str] | None = None, *,
-                 public: Iterable[int] = (), ipv6: bool = False) -> None:
+                 public: Iterable[int] = (), ipv6: bool = False, nat: Iterable[int] = ()) -> None:
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be in 1..{MAX_HOSTS}, got {n_hosts}")
         if prefix is not None and not prefix.startswith(NAME_ROOT):
@@ -515,15 +595,24 @@ class NetnsLab:
         public = set(public)
         if not public <= set(range(n_hosts)):
             raise ValueError(f"public host indexes must be in 0..{n_hosts - 1}, got {sorted(public)}")
+        nat = set(nat)
+        if not nat <= set(range(n_hosts)):
+            raise ValueError(f"nat host indexes must be in 0..{n_hosts - 1}, got {sorted(nat)}")
+        if nat & public:
+            raise ValueError(f"a host cannot be both public and behind NAT: {sorted(nat & public)}")
+        if nat and ipv6:
+            raise ValueError("the home router is IPv4 only (NAT66 would be a different lab)")
         self.prefix = prefix or _new_prefix()
         self.hub = f"{self.prefix}hub"
         self.ipv6 = ipv6
         self.hosts = [
-            Host(self, i, str(SUBNET[_FIRST_HOST_OFFSET + i]),
+            Host(self, i, str((NAT_SUBNET if i in nat else SUBNET)[_FIRST_HOST_OFFSET + i]),
                  public_ip=str(PUBLIC_SUBNET[_FIRST_HOST_OFFSET + i]) if i in public else None,
-                 ip6=_ip6_for(_FIRST_HOST_OFFSET + i) if ipv6 else None)
+                 ip6=_ip6_for(_FIRST_HOST_OFFSET + i) if ipv6 else None, behind_nat=i in nat)
             for i in range(n_hosts)
         ]
+        self.router: Router | None = Router(self) if nat else None
+        """The home router in front of the ``nat=`` hosts; None in a lab without them."""
         self.log_dir = Path(log_dir) if log_dir is not None else Path(
             tempfile.mkdtemp(prefix=f"{self.prefix}logs-"))
         self.created = False
@@ -544,8 +633,9 @@ class NetnsLab:
 
     @property
     def namespaces(self) -> list[str]:
-        """Every namespace this lab creates (hub last, so hosts go first)."""
-        return [h.ns for h in self.hosts] + [self.hub]
+        """Every namespace this lab creates (hubs last, so hosts go first)."""
+        router = [self.router.ns, self.router.lan_hub] if self.router is not None else []
+        return [h.ns for h in self.hosts] + router + [self.hub]
 
     def host(self, name: str) -> Host:
         """The host called ``name`` (``"h0"``...)."""
@@ -580,23 +670,30 @@ class NetnsLab:
         _run(["ip", "-n", hub, "link", "add", _BRIDGE, "type", "bridge",
               "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"])
         _run(["ip", "-n", hub, "link", "set", _BRIDGE, "up"])
+        if self.router is not None:
+            self._build_router()
         for h in self.hosts:
             _run(["ip", "netns", "add", h.ns])
             self._sysctl(h.ns, "net.ipv6.conf.default.disable_ipv6", "1")
             port = f"v{h.index}"
             # Both ends are created inside lab namespaces: nothing in the root one.
-            _run(["ip", "-n", hub, "link", "add", port, "type", "veth",
+            # A NAT'd host's link goes to the private bridge instead of the lab's.
+            link_hub = self.router.lan_hub if h.behind_nat and self.router is not None else hub
+            _run(["ip", "-n", link_hub, "link", "add", port, "type", "veth",
                   "peer", "name", _IF, "netns", h.ns])
             self._sysctl(h.ns, f"net.ipv6.conf.{_IF}.disable_ipv6", "0" if self.ipv6 else "1")
-            _run(["ip", "-n", hub, "link", "set", port, "master", _BRIDGE])
-            _run(["ip", "-n", hub, "link", "set", port, "up"])
+            _run(["ip", "-n", link_hub, "link", "set", port, "master", _BRIDGE])
+            _run(["ip", "-n", link_hub, "link", "set", port, "up"])
             _run(["ip", "-n", h.ns, "link", "set", "lo", "up"])
             _run(["ip", "-n", h.ns, "addr", "add", f"{h.ip}/{SUBNET.prefixlen}", "dev", _IF])
             _run(["ip", "-n", h.ns, "link", "set", _IF, "up"])
             _run(["ip", "-n", h.ns, "route", "replace", "224.0.0.0/4", "dev", _IF])
-            if h.public_ip is not None:
+            if h.behind_nat:
+                # The one gateway route of the lab: to the home router, which routes only inside it.
+                _run(["ip", "-n", h.ns, "route", "replace", "default", "via", ROUTER_PRIVATE_IP, "dev", _IF])
+            elif h.public_ip is not None:
                 _run(["ip", "-n", h.ns, "addr", "add", f"{h.public_ip}/{PUBLIC_SUBNET.prefixlen}", "dev", _IF])
-            elif any(x.public_ip for x in self.hosts):
+            elif any(x.public_ip for x in self.hosts) or self.router is not None:
                 # On-link like the public hosts' own connected route: everyone reaches them directly.
                 _run(["ip", "-n", h.ns, "route", "replace", str(PUBLIC_SUBNET), "dev", _IF])
             if h.ip6 is not None:
@@ -604,10 +701,37 @@ class NetnsLab:
                 _run(["ip", "-n", h.ns, "-6", "addr", "add", f"{h.ip6}/{SUBNET6.prefixlen}",
                       "dev", _IF, "nodad"])
             self._apply_rules(h)
-        if any(h.public_ip for h in self.hosts) or self.ipv6:
+        if any(h.public_ip for h in self.hosts) or self.ipv6 or self.router is not None:
             problems = self.isolation_problems()
             if problems:
                 raise NetnsError("lab is not isolated: " + "; ".join(problems))
+
+    def _build_router(self) -> None:
+        """The home router: private bridge in its own hub, WAN leg on the lab bridge, NAT rules."""
+        assert self.router is not None
+        r = self.router
+        _run(["ip", "netns", "add", r.lan_hub])
+        self._sysctl(r.lan_hub, "net.ipv6.conf.default.disable_ipv6", "1")
+        _run(["ip", "-n", r.lan_hub, "link", "add", _BRIDGE, "type", "bridge",
+              "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"])
+        _run(["ip", "-n", r.lan_hub, "link", "set", _BRIDGE, "up"])
+        _run(["ip", "netns", "add", r.ns])
+        self._sysctl(r.ns, "net.ipv6.conf.default.disable_ipv6", "1")
+        for hub_ns, port, leg in ((self.hub, "vrouter", _IF), (r.lan_hub, "vrouter", _LAN_IF)):
+            _run(["ip", "-n", hub_ns, "link", "add", port, "type", "veth", "peer", "name", leg, "netns", r.ns])
+            _run(["ip", "-n", hub_ns, "link", "set", port, "master", _BRIDGE])
+            _run(["ip", "-n", hub_ns, "link", "set", port, "up"])
+            self._sysctl(r.ns, f"net.ipv6.conf.{leg}.disable_ipv6", "1")
+        _run(["ip", "-n", r.ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", r.ns, "addr", "add", f"{r.public_ip}/{PUBLIC_SUBNET.prefixlen}", "dev", _IF])
+        _run(["ip", "-n", r.ns, "addr", "add", f"{r.private_ip}/{NAT_SUBNET.prefixlen}", "dev", _LAN_IF])
+        for leg in (_IF, _LAN_IF):
+            _run(["ip", "-n", r.ns, "link", "set", leg, "up"])
+        # On-link, like every lab route: the lab's own subnet sits on the same bridge as the WAN leg.
+        _run(["ip", "-n", r.ns, "route", "replace", str(SUBNET), "dev", _IF, "src", r.public_ip])
+        self._sysctl(r.ns, "net.ipv4.ip_forward", "1")
+        filt, nat = _router_rules()
+        _run(r.exec_argv([_iptables() + "-restore", "-w", "10"]), input=filt + nat)
 
     def isolation_problems(self) -> list[str]:
         """Ways traffic for the lab's addresses could leave it; empty when the lab is a closed box.
@@ -618,13 +742,23 @@ class NetnsLab:
         """
         problems = []
         lab_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [SUBNET, PUBLIC_SUBNET, SUBNET6]
+        if self.router is not None:
+            lab_nets.append(NAT_SUBNET)
+        nat_hosts = {h.ns for h in self.hosts if h.behind_nat}
+        # The only gateway route allowed: a NAT'd host's default route to the home router,
+        # which itself has none (so the router is checked like every other namespace).
+        allowed = f"default via {ROUTER_PRIVATE_IP} dev {_IF}"
         for ns in self.namespaces:
             for fam in ("-4", "-6"):
                 routes = _run(["ip", "-n", ns, fam, "-o", "route", "show", "table", "all"]).stdout
                 for line in routes.splitlines():
                     words = line.split()
+                    if ns in nat_hosts and fam == "-4" and " ".join(words[:5]) == allowed:
+                        continue
                     if words and words[0] == "default" or " via " in line:
                         problems.append(f"{ns} has a route out: {line.strip()}")
+        if self.router is not None:
+            problems += self._router_problems()
         for fam in ("-4", "-6"):
             for what in ("addr", "route"):
                 for line in _run(["ip", fam, "-o", what, "show"]).stdout.splitlines():
@@ -636,6 +770,22 @@ class NetnsLab:
                             continue
                         if any(net.version == n.version and net.overlaps(n) for n in lab_nets):
                             problems.append(f"the root namespace has a lab {what}: {line.strip()}")
+        return problems
+
+    def _router_problems(self) -> list[str]:
+        """Ways the home router could let traffic in that no private host asked for."""
+        assert self.router is not None
+        r = self.router
+        problems = []
+        rules = _run(r.exec_argv([_iptables(), "-w", "10", "-S"])).stdout.splitlines()
+        if "-P FORWARD DROP" not in rules:
+            problems.append(f"{r.ns} forwards by default: {[x for x in rules if x.startswith('-P FORWARD')]}")
+        for rule in rules:
+            if rule.startswith("-A FORWARD") and f"-i {_IF}" in rule and "ESTABLISHED" not in rule:
+                problems.append(f"{r.ns} forwards unsolicited WAN traffic: {rule}")
+        nat = _run(r.exec_argv([_iptables(), "-w", "10", "-t", "nat", "-S"])).stdout
+        if "DNAT" in nat or "REDIRECT" in nat:
+            problems.append(f"{r.ns} has a port forward: {nat.strip()}")
         return problems
 
     @staticmethod
@@ -751,6 +901,8 @@ class NetnsLab:
         flushed everywhere and faults re-rendered for the new address.
         """
         self._check_host(host)
+        if host.behind_nat:
+            raise ValueError(f"{host.name} is behind the home router; set_ip moves lab-bridge hosts only")
         addr = ipaddress.IPv4Address(new_ip)
         if addr not in SUBNET or addr in (SUBNET.network_address, SUBNET.broadcast_address):
             raise ValueError(f"{new_ip} is not a host address of {SUBNET}")

@@ -18,7 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from netns import PUBLIC_SUBNET, SUBNET, SUBNET6, Host, NetnsError, NetnsLab, _proc_starttime, list_lab_namespaces, sweep_stale
+from netns import (
+    NAT_SUBNET,
+    PUBLIC_SUBNET,
+    ROUTER_PUBLIC_IP,
+    SUBNET,
+    SUBNET6,
+    Host,
+    NetnsError,
+    NetnsLab,
+    _proc_starttime,
+    list_lab_namespaces,
+    sweep_stale,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -357,3 +369,139 @@ def test_prefix_must_be_sweepable() -> None:
         NetnsLab(2, prefix="other-")
     with pytest.raises(ValueError):
         NetnsLab(0)
+
+
+# Receiver that prints "ready", then every datagram's source as "ip port" until `idle` s of silence;
+# the NAT test needs the port the router mapped a flow to, which RECEIVER does not show.
+SOURCES = r"""
+import socket, sys, time
+port, idle = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", port))
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+for _ in range(10_000):
+    left = min(idle, deadline - time.monotonic())
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        _, addr = s.recvfrom(2048)
+    except socket.timeout:
+        break
+    print(addr[0], addr[1], flush=True)
+"""
+
+# From a fixed local port, one datagram to ip:port (the NAT keeps that flow's mapping).
+SEND_FROM = r"""
+import socket, sys
+ip, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", sport))
+s.sendto(b"out", (ip, port))
+"""
+
+# TCP connect with a deadline: prints "ok" or the error's class name.
+TCP_CONNECT = r"""
+import socket, sys
+ip, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+try:
+    socket.create_connection((ip, port), timeout=limit).close()
+    print("ok")
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+TCP_PEER_SERVER = ("import http.server, json, sys\n"
+                   "class H(http.server.BaseHTTPRequestHandler):\n"
+                   "    def do_GET(self):\n"
+                   "        body = json.dumps({'peer': self.client_address[0]}).encode()\n"
+                   "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+                   "    def log_message(self, *a): pass\n"
+                   "s = http.server.HTTPServer(('0.0.0.0', int(sys.argv[1])), H)\n"
+                   "print('ready', flush=True)\n"
+                   "s.timeout = 30\n"
+                   "for _ in range(10): s.handle_request()\n")
+
+
+def mapped_port(lab: NetnsLab, pub: Host, home: Host, sport: int, log_name: str) -> str:
+    """The router's port for a flow home opens from ``sport`` to pub:PORT+5 (as pub sees the datagram)."""
+    assert lab.router is not None
+    recv = pub.popen([sys.executable, "-c", SOURCES, str(PORT + 5), "1.5"], log_name=log_name)
+    wait_ready(pub, log_name, recv)
+    assert home.python(SEND_FROM, pub.public_ip, str(PORT + 5), str(sport), timeout=10).returncode == 0
+    recv.wait(timeout=40)
+    seen = [line.split() for line in pub.log_paths(log_name)[0].read_text().splitlines()[1:]]
+    assert len(seen) == 1 and seen[0][0] == lab.router.public_ip, seen
+    return seen[0][1]
+
+
+def test_home_router_masquerades_outbound_and_lets_nothing_in(netns_lab: MakeLab) -> None:
+    lab = netns_lab(4, public=[0], nat=[2, 3])
+    pub, plain, home, home2 = lab.hosts
+    router = lab.router
+    assert router is not None and router.public_ip == ROUTER_PUBLIC_IP
+    assert home.behind_nat and ipaddress.ip_address(home.ip) in NAT_SUBNET and not pub.behind_nat
+    # Still a closed box: the NAT'd hosts' default route ends at the router, which has none.
+    assert lab.isolation_problems() == []
+    out = home.python(TCP_CONNECT, "1.1.1.1", "9", "2", timeout=15)
+    assert out.stdout.strip() in ("OSError", "TimeoutError", "ConnectionRefusedError") and "ok" not in out.stdout
+    assert "default" not in router.run(["ip", "-o", "route", "show", "table", "all"]).stdout
+
+    # Out: UDP and TCP reach public and plain lab hosts, which see the router's address.
+    start_echo(pub)
+    assert echo_ok(home, pub.public_ip)  # the reply comes back in through conntrack
+    got = count_received(home, [pub], pub.public_ip, 5, idle=0.5)
+    assert got["h0"] == (5, [router.public_ip])
+    home_srv = home.popen([sys.executable, "-c", TCP_PEER_SERVER, str(PORT + 3)], log_name="http-home")
+    srv = pub.popen([sys.executable, "-c", TCP_PEER_SERVER, str(PORT + 2)], log_name="http")
+    wait_ready(pub, "http", srv)
+    assert home.http_get_json(f"http://{pub.public_ip}:{PORT + 2}/") == {"peer": router.public_ip}
+    assert home.http_get_json(f"http://{pub.ip}:{PORT + 2}/") == {"peer": router.public_ip}
+    assert plain.http_get_json(f"http://{pub.ip}:{PORT + 2}/") == {"peer": plain.ip}
+
+    # In: nobody outside opens a connection to or delivers a datagram to a NAT'd host.
+    wait_ready(home, "http-home", home_srv)
+    for target in (home.ip, router.public_ip):
+        assert pub.python(TCP_CONNECT, target, str(PORT + 3), "2", timeout=15).stdout.strip() != "ok"
+        assert plain.python(TCP_CONNECT, target, str(PORT + 3), "2", timeout=15).stdout.strip() != "ok"
+    assert count_received(pub, [home], router.public_ip, 10, idle=0.5, port=PORT + 4)["h2"][0] == 0
+    # Not even to the port a flow of home's is mapped to, from another port of the host it talks
+    # to (port-restricted): only the address *and port* home sent to gets an answer in.
+    mapped = mapped_port(lab, pub, home, sport=PORT + 6, log_name="sources")
+    sink = home.popen([sys.executable, "-c", RECEIVER, "-", str(PORT + 6), "1.0"], log_name=f"recv{PORT + 6}")
+    wait_ready(home, f"recv{PORT + 6}", sink)
+    assert pub.python(SEND_FROM, router.public_ip, mapped, str(PORT + 7), timeout=10).returncode == 0
+    assert pub.python(SENDER, router.public_ip, mapped, "5", timeout=10).returncode == 0
+    sink.wait(timeout=40)
+    assert home.log_paths(f"recv{PORT + 6}")[0].read_text().splitlines()[-1].split()[0] == "0"
+    # The control: from the port home sent to, the same datagram does get in (a conntrack reply).
+    mapped9 = mapped_port(lab, pub, home, sport=PORT + 9, log_name="sources2")
+    back = home.popen([sys.executable, "-c", RECEIVER, "-", str(PORT + 9), "1.0"], log_name=f"recv{PORT + 9}")
+    wait_ready(home, f"recv{PORT + 9}", back)
+    assert pub.python(SEND_FROM, router.public_ip, mapped9, str(PORT + 5), timeout=10).returncode == 0
+    back.wait(timeout=40)
+    assert home.log_paths(f"recv{PORT + 9}")[0].read_text().splitlines()[-1].split()[:2] == ["1", pub.public_ip]
+
+    # Two hosts behind the same router talk directly on the private bridge, private addresses seen.
+    assert count_received(home2, [home], home.ip, 5, idle=0.5, port=PORT + 8)["h2"] == (5, [home2.ip])
+    start_echo(home)
+    assert echo_ok(home2, home.ip)
+
+    # Faults still apply at a NAT'd host; the router's namespaces go with the lab.
+    lab.partition([home], [pub])
+    assert not echo_ok(home, pub.public_ip, limit=1.0)
+    lab.heal()
+    assert echo_ok(home, pub.public_ip)
+    assert {router.ns, router.lan_hub} <= set(list_lab_namespaces())
+    lab.destroy()
+    assert not [n for n in list_lab_namespaces() if n.startswith(lab.prefix)]
+
+
+def test_nat_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="both public and behind NAT"):
+        NetnsLab(2, public=[0], nat=[0])
+    with pytest.raises(ValueError, match="nat host indexes"):
+        NetnsLab(2, nat=[2])
+    with pytest.raises(ValueError, match="IPv4 only"):
+        NetnsLab(2, nat=[1], ipv6=True)
