@@ -30,6 +30,9 @@ class MessageType(IntEnum):
     PUSH_PULL_REPLY = 9
     PUSH_PULL_STATES = 10
     LOAD = 11
+    REACH_CHECK = 12
+    REACH_PROBE = 13
+    REACH_RESULT = 14
 
 
 Addr = tuple[str, int]
@@ -193,6 +196,44 @@ class PushPullStates:
     states: tuple[MemberState, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ReachCheck:
+    """TCP request to an edge: "reach me back at ``host:port`` (UDP and TCP) and show me ``nonce``".
+
+    ``node`` is the asker; the edge answers only members it knows (membership/reach.py).
+    """
+
+    node: str
+    nonce: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReachProbe:
+    """What the edge sends to the address it was asked to reach: one UDP datagram, one TCP frame.
+
+    The asker answers the TCP frame with the same probe, so the edge knows its frame got through.
+    """
+
+    edge: str
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReachResult:
+    """The edge's answer to a ``ReachCheck``: what it sent, what its TCP probe met, and where the
+    asker's request came from (``observed_*``: the asker's address as seen from outside, after NAT)."""
+
+    edge: str
+    nonce: bytes
+    udp_sent: bool
+    tcp_reached: bool
+    error: str
+    observed_host: str
+    observed_port: int
+
+
 Message = (
     Ping
     | IndirectPing
@@ -205,4 +246,7 @@ Message = (
     | PushPull
     | PushPullReply
     | PushPullStates
+    | ReachCheck
+    | ReachProbe
+    | ReachResult
 )

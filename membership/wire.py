@@ -34,6 +34,9 @@ from membership.messages import (
     PushPull,
     PushPullReply,
     PushPullStates,
+    ReachCheck,
+    ReachProbe,
+    ReachResult,
     Suspect,
     make_digest_entry,
 )
@@ -46,6 +49,9 @@ MAX_HOST = 255
 MAX_INT = 2**63 - 1
 MAX_META = 4096
 MAX_MESSAGES_PER_DATAGRAM = 256
+NONCE_BYTES = 16
+"""A reachability nonce's exact length (membership/reach.py)."""
+MAX_REACH_ERROR = 200
 
 
 def _array_header(n: int) -> bytes:
@@ -103,6 +109,15 @@ def _fields(msg: Message) -> list:
             return [MessageType.PUSH_PULL_REPLY, msg.cluster, msg.digest, _states(msg.states)]
         case PushPullStates():
             return [MessageType.PUSH_PULL_STATES, msg.cluster, _states(msg.states)]
+        case ReachCheck():
+            return [MessageType.REACH_CHECK, msg.node, msg.nonce, msg.host, msg.port]
+        case ReachProbe():
+            return [MessageType.REACH_PROBE, msg.edge, msg.nonce]
+        case ReachResult():
+            return [
+                MessageType.REACH_RESULT, msg.edge, msg.nonce, msg.udp_sent, msg.tcp_reached,
+                msg.error[:MAX_REACH_ERROR], msg.observed_host, msg.observed_port,
+            ]
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -243,6 +258,63 @@ def _push_pull_states(f: list, memo: AliveMemo | None) -> PushPullStates:
     return PushPullStates(_text(f[0], MAX_ID), _states_of(f[1], memo))
 
 
+def _nonce(v: object) -> bytes:
+    if type(v) is not bytes or len(v) != NONCE_BYTES:  # type: ignore[arg-type]
+        raise RemoteProtocolError(f"expected a {NONCE_BYTES}-byte nonce")
+    return v  # type: ignore[return-value]
+
+
+def _reach_check(f: list, memo: AliveMemo | None) -> ReachCheck:
+    _arity(f, 4, MessageType.REACH_CHECK)
+    return ReachCheck(_id(f[0]), _nonce(f[1]), _host(f[2]), _port(f[3]))
+
+
+def _reach_probe(f: list, memo: AliveMemo | None) -> ReachProbe:
+    _arity(f, 2, MessageType.REACH_PROBE)
+    return ReachProbe(_id(f[0]), _nonce(f[1]))
+
+
+def _reach_result(f: list, memo: AliveMemo | None) -> ReachResult:
+    _arity(f, 7, MessageType.REACH_RESULT)
+    # The observed port is 0 when the edge could not tell (no peer name on its socket).
+    observed_port = f[6]
+    if type(observed_port) is not int or not 0 <= observed_port < 65536:
+        raise RemoteProtocolError("expected a port number or 0")
+    return ReachResult(
+        _id(f[0]), _nonce(f[1]), _bool(f[2]), _bool(f[3]), _text(f[4], MAX_REACH_ERROR),
+        _text(f[5], MAX_HOST), observed_port,
+    )
+
+
+_REACH_PROBE_HEAD = bytes([VERSION, 0x91, 0x93, MessageType.REACH_PROBE])
+
+
+def reach_probe_of(data: bytes) -> ReachProbe | None:
+    """The reachability probe ``data`` holds, or None for anything else (cheap: gossip's hot path).
+
+    A probe datagram is always encoded alone, so its first four bytes are fixed and a
+    gossip datagram is told apart without decoding it.
+    """
+    if data[:4] != _REACH_PROBE_HEAD:
+        return None
+    try:
+        messages = decode_datagram(data)
+    except RemoteProtocolError:
+        return None
+    return messages[0] if len(messages) == 1 and isinstance(messages[0], ReachProbe) else None
+
+
+def reach_frame_of(data: bytes) -> ReachCheck | ReachProbe | None:
+    """The reachability request a TCP frame holds (a check or a probe), or None for anything else."""
+    if len(data) < 4 or data[0] != VERSION or data[2] not in (MessageType.REACH_CHECK, MessageType.REACH_PROBE):
+        return None
+    try:
+        msg = decode_frame(data)
+    except RemoteProtocolError:
+        return None
+    return msg if isinstance(msg, (ReachCheck, ReachProbe)) else None
+
+
 _DECODERS: dict[int, Callable[[list, AliveMemo | None], Message]] = {
     MessageType.PING: _ping,
     MessageType.ACK: _ack,
@@ -254,6 +326,9 @@ _DECODERS: dict[int, Callable[[list, AliveMemo | None], Message]] = {
     MessageType.PUSH_PULL: _push_pull,
     MessageType.PUSH_PULL_REPLY: _push_pull_reply,
     MessageType.PUSH_PULL_STATES: _push_pull_states,
+    MessageType.REACH_CHECK: _reach_check,
+    MessageType.REACH_PROBE: _reach_probe,
+    MessageType.REACH_RESULT: _reach_result,
 }
 
 

@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and demotion (env RMAP2P_EDGE_WINDOW; default 60; shorter for tests and labs)",
     )
     join.add_argument(
+        "--reach-interval",
+        type=float,
+        metavar="SECONDS",
+        help="ask edge nodes this often whether they can reach this node directly (UDP and TCP); "
+        "also once at start; 0: never (env RMAP2P_REACH_INTERVAL; default 300)",
+    )
+    join.add_argument(
         "--profile",
         choices=("lan", "local"),
         help="protocol timing preset (lan: memberlist LAN defaults; local: faster, for one machine) "

@@ -45,6 +45,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     swim = SwimConfig.local() if args.profile == "local" else SwimConfig.lan()
     if not args.edge_window > 0:
         raise ValueError(f"--edge-window {args.edge_window}: must be > 0 seconds")
+    if not args.reach_interval >= 0:
+        raise ValueError(f"--reach-interval {args.reach_interval}: must be >= 0 seconds (0: never check)")
     return NodeConfig(
         bind=bind,
         http=http,
@@ -64,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         service_proxy=proxy_ports(args.service_proxy),
         swim=swim,
         edge=EdgeTimings(window=args.edge_window, hold=args.edge_window),
+        reach_interval=args.reach_interval,
     )
 
 

@@ -71,6 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     # None: no proxy; [] : every stateful service at its standard port (the bare flag).
     Setting("service-proxy", "list", None),
     Setting("edge-window", "float", 60.0, "RMAP2P_EDGE_WINDOW"),
+    Setting("reach-interval", "float", 300.0, "RMAP2P_REACH_INTERVAL"),
     Setting("profile", "str", "lan", "RMAP2P_PROFILE", PROFILES),
 )
 BY_KEY = {s.key: s for s in SETTINGS}

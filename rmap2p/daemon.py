@@ -30,8 +30,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from membership import EventKind, Load, MemberEvent, Membership, MemberView, NodeMeta, SwimConfig
+from membership import EventKind, Load, MemberEvent, Membership, MemberView, NodeMeta, SwimConfig, wire
 from membership.messages import Addr
+from membership.reach import Reachability
 from p2p import identity as ident
 from p2p.discovery import format_host_port
 from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
@@ -55,6 +56,7 @@ from rmap2p.addresses import (
 from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
 from rmap2p.identity_conflict import DaemonClaim, this_daemon_yields
 from rmap2p.join import JoinLoop, JoinTimings, KnownEdges, Seeds, edges_in
+from rmap2p.reach_monitor import ReachMonitor
 from services.handle import RequestCounter
 from services.log_limits import LogLimiter, suppressed_note
 
@@ -104,6 +106,8 @@ class NodeConfig:
     """Once in a pool, push-pull this often with seeds that are not alive in our view."""
     edge: EdgeTimings = field(default_factory=EdgeTimings)
     """Evidence window and hold time of edge promotion/demotion for ``--type auto`` (rmap2p/edge.py)."""
+    reach_interval: float = 300.0
+    """Seconds between reachability checks by edge nodes (rmap2p/reach_monitor.py); 0: never check."""
 
 
 async def udp_transport(host: str, port: int, max_size: int) -> DatagramTransport:
@@ -157,6 +161,17 @@ class Node:
         self.exit_reason = ""
         self.exit_error = False
         """True when the node stopped because of a problem (the CLI exits 1), not on request."""
+        self.reach = ReachMonitor(self, config.reach_interval)
+
+    @property
+    def reachability(self) -> Reachability:
+        """The latest verdict of the reachability check: ``.needs_relay`` when edges could not
+        reach us at ``gossip_addr`` (UDP or TCP); unknown (no edge to ask) counts as direct."""
+        return self.reach.verdict
+
+    def on_reachability(self, callback: Callable[[Reachability], None]) -> None:
+        """Call ``callback(verdict)`` whenever the reachability verdict changes."""
+        self.reach.on_change(callback)
 
     @property
     def active_requests(self) -> int:
@@ -207,6 +222,7 @@ class Node:
                 tg.create_task(self._load_loop())
                 if self.edge_candidate:
                     tg.create_task(self._edge_loop())
+                tg.create_task(self.reach.run())
                 for factory in self._extra_tasks:
                     tg.create_task(factory())
                 self.ready.set()
@@ -461,6 +477,10 @@ class Node:
                 plain, addr = await self._udp.recv()
             except TransportClosed:
                 return
+            probe = wire.reach_probe_of(plain)
+            if probe is not None:
+                self.reach.datagram(probe)  # an edge reaching us back: not gossip
+                continue
             try:
                 machine.receive(plain, addr, self._now())
             except Exception:
@@ -511,6 +531,9 @@ class Node:
 
     async def _handle_stream(self, payload: bytes, peer: Addr) -> bytes | None:
         machine = self._require_machine()
+        reach = wire.reach_frame_of(payload)
+        if reach is not None:
+            return await self.reach.frame(reach, peer)
         reply = machine.handle_stream(payload, peer, self._now())
         self._flush()
         return reply

@@ -99,6 +99,7 @@ async def health(request: web.Request) -> web.Response:
             "members_known": machine.known(),
             "gossip": format_host_port(*machine.addr),
             "uptime_s": round(node.uptime(), 1),
+            "reachability": node.reach.to_json(),
         }
     )
 

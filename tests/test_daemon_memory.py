@@ -37,6 +37,9 @@ def memory_factory(net: MemoryNetwork) -> Callable[[str, int, int], asyncio.Futu
 
 
 def config(tmp_path: Path, name: str, join: tuple[tuple[str, int], ...] = (), **kw: object) -> NodeConfig:
+    # No reachability checks unless a test asks: an edge's probe datagram cannot reach a
+    # MemoryNetwork endpoint, so every such node would be judged unreachable.
+    kw.setdefault("reach_interval", 0.0)
     return NodeConfig(
         bind=(LOOPBACK, free_tcp_port()),
         http=(LOOPBACK, 0),
