@@ -29,7 +29,12 @@ from membership import wire
 from membership.messages import Addr, ReachCheck, ReachProbe
 from membership.reach import UNKNOWN, Reachability, Verdict, pick_edges, should_answer
 from p2p.discovery import format_host_port
-from p2p.reachability import MAX_CHECKS_IN_FLIGHT, ProbeInbox, check_reachability, probe_back
+from p2p.reachability import (
+    MAX_CHECKS_IN_FLIGHT,
+    ProbeInbox,
+    check_reachability,
+    probe_back,
+)
 
 if TYPE_CHECKING:
     from rmap2p.daemon import Node
@@ -46,6 +51,9 @@ class ReachMonitor:
         self.interval = interval
         self.retry = min(retry, interval) if interval > 0 else retry
         self.inbox = ProbeInbox()
+        self.address: Addr | None = None
+        """The address edges are asked to reach; None: ``Node.gossip_addr``. A relayed node that
+        advertises its relay's allocation keeps checking its own, direct address here."""
         self.verdict: Reachability = UNKNOWN
         self.checked_at: float | None = None
         """Unix time of the latest check (None before the first)."""
@@ -65,7 +73,7 @@ class ReachMonitor:
     def datagram(self, probe: ReachProbe) -> None:
         """A probe datagram reached our gossip socket."""
         if not self.inbox.arrived(probe, "udp"):
-            log.debug("node %s: probe datagram from edge %s for a check we did not make", self._me(), probe.edge)
+            log.debug("node %s: probe datagram from edge %s for no check in flight (a late copy, or not ours)", self._me(), probe.edge)
 
     async def frame(self, msg: ReachCheck | ReachProbe, peer: Addr) -> bytes | None:
         """A check (we act as the edge) or a probe frame (an edge reaching us) on our gossip port."""
@@ -111,15 +119,16 @@ class ReachMonitor:
         """Ask the edges now; record, log and announce the verdict."""
         node = self.node
         machine = node.machine
-        if machine is None or node.gossip_addr is None:
+        address = self.address or node.gossip_addr
+        if machine is None or address is None:
             return self.verdict
         edges = self.edges()
         if edges:
             verdict, _answers = await check_reachability(
-                edges, node.gossip_addr, machine.id, self.inbox, sealer=node.sealer, cluster=node.config.cluster
+                edges, address, machine.id, self.inbox, sealer=node.sealer, cluster=node.config.cluster
             )
         else:
-            verdict = Reachability(Verdict.UNKNOWN, node.gossip_addr)
+            verdict = Reachability(Verdict.UNKNOWN, address)
         self.checks += 1
         self.checked_at = time.time()
         before, self.verdict = self.verdict, verdict
