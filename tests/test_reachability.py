@@ -16,13 +16,14 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from test_daemon_memory import config, free_tcp_port, running, until
+from test_daemon_memory import KEY, config, free_tcp_port, running, until
 
 from membership import wire
 from membership.errors import RemoteProtocolError
 from membership.messages import Nack, Ping, ReachCheck, ReachProbe, ReachResult
 from membership.reach import EdgeAnswer, Verdict, judge, pick_edges, should_answer
-from p2p.reachability import ProbeInbox
+from p2p.keyring import Keyring, load_keyring, save_keyring
+from p2p.reachability import ProbeInbox, ask_edge
 from rmap2p.daemon import Node
 
 ADDR = ("10.0.0.5", 7946)
@@ -188,8 +189,6 @@ async def test_a_node_nobody_can_reach_is_told_it_needs_a_relay(tmp_path: Path, 
 
 
 async def test_edges_ignore_checks_from_strangers(tmp_path: Path) -> None:
-    from p2p.reachability import ask_edge
-
     edge = udp_node(tmp_path, "edge", worker_type="edge")
     async with running([edge]):
         answer = await ask_edge("edge", edge.config.bind, "stranger", ("127.0.0.1", 9), ProbeInbox(), timeout=3.0)
@@ -203,3 +202,22 @@ async def test_no_check_when_disabled(tmp_path: Path) -> None:
         await until(lambda: node.settled.is_set(), 20, "the join")
         await asyncio.sleep(1.0)
         assert node.reach.checks == 0 and node.reachability.verdict is Verdict.UNKNOWN
+
+
+async def test_sealed_probes_open_only_in_the_pool_they_were_meant_for(tmp_path: Path) -> None:
+    """With a keyring every check, probe and answer is sealed; a node with another key learns nothing."""
+    ours, theirs = tmp_path / "ours.keys", tmp_path / "theirs.keys"
+    save_keyring(ours, Keyring.single(KEY))
+    save_keyring(theirs, Keyring.single(bytes(reversed(KEY))))
+    edge = udp_node(tmp_path, "edge", worker_type="edge", key_file=ours)
+    node = udp_node(tmp_path, "node", worker_type="cpu", join=(edge.config.bind,), key_file=ours)
+    async with running([edge, node]):
+        await until(lambda: node.reach.checks >= 1, 20, "the keyed node's first check")
+        r = node.reachability
+        assert (r.verdict, r.udp, r.tcp) == (Verdict.DIRECT, True, True), r
+        # Another pool's node asks our edge in its own name: refused before anything is probed.
+        answer = await ask_edge(
+            "edge", edge.config.bind, node.machine.id, node.config.bind, ProbeInbox(),  # type: ignore[union-attr]
+            sealer=load_keyring(theirs), timeout=3.0,
+        )
+        assert not answer.answered and "cannot authenticate" in answer.error
