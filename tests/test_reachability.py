@@ -149,7 +149,8 @@ async def test_an_edge_reaches_a_node_back_on_udp_and_tcp(tmp_path: Path, caplog
     node = udp_node(tmp_path, "node", worker_type="cpu", join=(edge.config.bind,))
     changes = []
     node.on_reachability(changes.append)
-    async with running([edge, node]):
+    # The edge first: a node that finds nobody at its seed checks too early, with no edge to ask.
+    async with running([edge]), running([node]):
         await until(lambda: node.reach.checks >= 1, 20, "the node's first check")
         r = node.reachability
         edge_id = edge.machine.id  # type: ignore[union-attr]
@@ -211,7 +212,7 @@ async def test_sealed_probes_open_only_in_the_pool_they_were_meant_for(tmp_path:
     save_keyring(theirs, Keyring.single(bytes(reversed(KEY))))
     edge = udp_node(tmp_path, "edge", worker_type="edge", key_file=ours)
     node = udp_node(tmp_path, "node", worker_type="cpu", join=(edge.config.bind,), key_file=ours)
-    async with running([edge, node]):
+    async with running([edge]), running([node]):
         await until(lambda: node.reach.checks >= 1, 20, "the keyed node's first check")
         r = node.reachability
         assert (r.verdict, r.udp, r.tcp) == (Verdict.DIRECT, True, True), r
