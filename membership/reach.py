@@ -72,6 +72,11 @@ class Reachability:
     observed: Addr | None = None
 
     @property
+    def reachable(self) -> bool | None:
+        """True: directly reachable; False: not (it needs a relay); None: nobody could tell yet."""
+        return None if self.verdict is Verdict.UNKNOWN else self.verdict is Verdict.DIRECT
+
+    @property
     def direct(self) -> bool:
         """Peers can reach this node at ``address``, or nobody could tell (unknown counts as direct)."""
         return self.verdict is not Verdict.UNREACHABLE

@@ -10,8 +10,8 @@ answering) it asks again sooner, at ``retry`` seconds doubling up to
 the sockets in ``p2p/reachability.py``.
 
 For the rest of the daemon: ``Node.reachability`` is the latest verdict
-(``membership.reach.Reachability``: ``.needs_relay``, ``.direct``,
-``.observed``...) and ``Node.on_reachability(callback)`` calls
+(``membership.reach.Reachability``: ``.reachable`` True/False/None for
+unknown, ``.needs_relay``, ``.observed``...) and ``Node.on_reachability(callback)`` calls
 ``callback(verdict)`` whenever the verdict changes (unknown → direct,
 direct → unreachable...). ``--relay auto`` reads them.
 """
@@ -52,8 +52,9 @@ class ReachMonitor:
         self.retry = min(retry, interval) if interval > 0 else retry
         self.inbox = ProbeInbox()
         self.address: Addr | None = None
-        """The address edges are asked to reach; None: ``Node.gossip_addr``. A relayed node that
-        advertises its relay's allocation keeps checking its own, direct address here."""
+        """The address edges are asked to reach: ``Node.gossip_addr`` as it is when the monitor
+        starts (the node's own, direct address), so a node a relay re-addresses later keeps
+        checking whether it could do without."""
         self.verdict: Reachability = UNKNOWN
         self.checked_at: float | None = None
         """Unix time of the latest check (None before the first)."""
@@ -149,6 +150,10 @@ class ReachMonitor:
         """At start, then every ``interval`` (sooner while unknown). Disabled with ``interval`` 0."""
         if self.interval <= 0:
             return
+        # Pinned before any relay re-addresses the node: the question is always whether the
+        # node is reachable at its own address, never at a relay's allocation.
+        if self.address is None:
+            self.address = self.node.gossip_addr
         await self.node.settled.wait()
         retry = self.retry
         while True:

@@ -51,6 +51,7 @@ def test_verdict(answers: list[EdgeAnswer], verdict: Verdict, udp: bool | None, 
     assert (r.verdict, r.udp, r.tcp, r.checked_by) == (verdict, udp, tcp, by)
     assert r.needs_relay == (verdict is Verdict.UNREACHABLE)
     assert r.direct == (verdict is not Verdict.UNREACHABLE)  # unknown counts as direct
+    assert r.reachable == {Verdict.DIRECT: True, Verdict.UNREACHABLE: False, Verdict.UNKNOWN: None}[verdict]
 
 
 def test_verdict_words() -> None:

@@ -119,11 +119,11 @@ def test_relay_fields_round_trip_and_old_encodings_decode_as_direct() -> None:
     "index, value, why",
     [
         (12, 7946, "relay"),
-        (12, "h" * 262, "relay"),
+        (12, "h" * 400, "relay"),
         (13, "e1", "relays"),
         (13, [1], "relays"),
         (13, [""], "relays"),
-        (13, ["x" * 65], "relays"),
+        (13, ["x" * 200], "relays"),
         (13, [f"e{i}" for i in range(5)], "relays"),
     ],
 )
