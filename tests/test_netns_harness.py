@@ -323,7 +323,7 @@ CHILD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 from netns import NetnsLab
-lab = NetnsLab(2, log_dir=sys.argv[2]).create()
+lab = NetnsLab(2, log_dir=sys.argv[2], nat=[1]).create()  # with a home router: its namespaces too
 p = lab.hosts[0].popen(["sleep", "60"], log_name="sleep")
 print(lab.prefix, p.pid, flush=True)
 import time; time.sleep(60)
@@ -346,7 +346,7 @@ def test_aborted_lab_is_swept(tmp_path: Path, netns_lab: MakeLab) -> None:
         child.wait(timeout=10)
     swept = sweep_stale()
     assert sorted(n for n in swept if n.startswith(prefix)) == sorted(
-        [f"{prefix}h0", f"{prefix}h1", f"{prefix}hub"])
+        [f"{prefix}h0", f"{prefix}h1", f"{prefix}hub", f"{prefix}router", f"{prefix}nathub"])
     assert not [n for n in list_lab_namespaces() if n.startswith(prefix)]
     # The process the dead run had started inside its namespace is gone too.
     pid = int(sleeper)
