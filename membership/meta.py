@@ -24,6 +24,9 @@ REPLICATION_ROLES = ("", "primary", "replica")
 """A copy's role as its engine reports it; "" while unknown (not started, not answering)."""
 MAX_REPLICATION_ENTRIES = 16
 MAX_EPOCH = 2**40
+MAX_RELAYS = 4
+"""A relayed member names its relay and a standby; a few more are tolerated, never a list sized by a peer."""
+MAX_ADDRESS_TEXT = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,12 @@ class NodeMeta:
     """Unix time the daemon started: when two daemons share an identity, the younger one yields."""
     replication: tuple[ReplicationClaim, ...] = ()
     """One claim per stateful service this node holds a copy of (``services.replication``)."""
+    relay: str = ""
+    """``host:port`` of this node's relay listener when it offers to carry unreachable members
+    (an edge node, ``p2p.relay_server``); "" when it does not."""
+    relays: tuple[str, ...] = ()
+    """Node ids of the edges carrying this member, the one its address is allocated on first;
+    empty: the member is reached directly (``rmap2p.relay_agent``)."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -127,6 +136,8 @@ class NodeMeta:
                 [list(p) for p in self.service_ports],
                 self.started_at,
                 [c.to_wire() for c in self.replication],
+                self.relay,
+                list(self.relays),
             ],
             use_bin_type=True,
         )
@@ -171,6 +182,13 @@ class NodeMeta:
         replication = tuple(ReplicationClaim.from_wire(c) for c in claims)
         if len({c.service for c in replication}) != len(replication):
             raise RemoteProtocolError("metadata: two replication claims for one service")
+        # Fields 13 and 14 arrived with relays (issue 16): absent means no relay offered, reached directly.
+        relay = raw[12] if len(raw) > 12 else ""
+        if not isinstance(relay, str) or len(relay) > MAX_ADDRESS_TEXT:
+            raise RemoteProtocolError("metadata: relay must be a host:port text")
+        relays = raw[13] if len(raw) > 13 else []
+        if not _str_list(relays) or len(relays) > MAX_RELAYS or any(not 0 < len(r) <= 128 for r in relays):
+            raise RemoteProtocolError(f"metadata: relays must be a list of at most {MAX_RELAYS} node ids")
         return cls(
             name=name,
             worker_type=wtype,
@@ -184,7 +202,14 @@ class NodeMeta:
             service_ports=tuple((p[0], p[1]) for p in ports),
             started_at=started,
             replication=replication,
+            relay=relay,
+            relays=tuple(relays),
         )
+
+    @property
+    def relayed(self) -> bool:
+        """Whether peers reach this member through a relay (its address is an allocation on an edge)."""
+        return bool(self.relays)
 
     @property
     def service_names(self) -> tuple[str, ...]:
