@@ -1,0 +1,127 @@
+"""Real daemons on loopback: a node carried by edge relays (``--relay always``), and its relay's death.
+
+Two edges (``--type edge``, which offer relaying by default), one direct node
+whose gateway the client uses, and the relayed node running echo services.
+The relayed node must be alive in every view at a relay allocation (not its
+own port), serve requests through the direct node's gateway, and survive
+SIGKILL of its relay by failing over to the standby edge with zero dead
+events about it in any view.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procs import NodeProc, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[dict[str, NodeProc]]:
+    nodes = {
+        "e1": NodeProc("e1", tmp_path, extra=["--type", "edge"]),
+        "e2": NodeProc("e2", tmp_path, extra=["--type", "edge"]),
+        # A direct node with a gateway and no services of its own: requests must travel to r.
+        "d": NodeProc("d", tmp_path, extra=["--type", "storage"]),
+        "r": NodeProc("r", tmp_path, extra=["--type", "cpu", "--relay", "always"], services=True),
+    }
+    try:
+        nodes["e1"].start().wait_healthy()
+        for name in ("e2", "d", "r"):
+            nodes[name].start(join=[nodes["e1"].gossip])
+        for n in nodes.values():
+            n.wait_healthy()
+        yield nodes
+    except BaseException:
+        for n in nodes.values():
+            print(f"----- {n.name}\n{n.tail(80)}")
+        raise
+    finally:
+        for n in nodes.values():
+            n.kill()
+
+
+def primary_relay(r: NodeProc) -> str:
+    """The node id of the edge r's address is allocated on, from r's own log (the latest line wins)."""
+    found = re.findall(r"relayed through ([0-9a-f]+) at", r.log.read_text(errors="replace"))
+    assert found, r.tail()
+    return found[-1]
+
+
+def forward(gateway: NodeProc, service: str, body: bytes) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(f"http://{gateway.http}/api/service/{service}/extract", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, resp.headers.get("X-Rmap2p-Node", ""), resp.read()
+
+
+def events_about(n: NodeProc, member: str, kind: str) -> list[str]:
+    return [line for line in n.log.read_text(errors="replace").splitlines() if f"member={member} event={kind}" in line]
+
+
+def test_a_relayed_node_is_alive_everywhere_serves_through_a_gateway_and_survives_its_relays_death(
+    pool: dict[str, NodeProc],
+) -> None:
+    r, d = pool["r"], pool["d"]
+    ids = {name: n.view()[name]["worker_id"] for name, n in pool.items()}
+    rid = ids["r"]
+
+    def relayed_alive_everywhere(exclude: tuple[str, ...] = ()) -> bool:
+        views = [n.view() for name, n in pool.items() if name not in exclude]
+        return all(
+            v.get("r", {}).get("status") == "alive"
+            and v["r"]["address"] != r.gossip  # reached at an allocation, not at its own socket
+            and len([w for w in v.values() if w["status"] == "alive"]) == len(pool) - len(exclude)
+            for v in views
+        )
+
+    wait_for(relayed_alive_everywhere, 30, "r alive at a relay address in every view")
+    before = d.view()["r"]
+    assert before["http"] != r.http, "peers reach r's HTTP through its relay too"
+    host, port = before["address"].rsplit(":", 1)
+    assert host == "127.0.0.1"
+
+    # r runs the CPU services (as echo servers); d's gateway forwards to r through the relay.
+    def served() -> bool:
+        sent = b'{"text": "hello relay"}'
+        status, node, body = forward(d, "ner-extraction", sent)
+        doc = json.loads(body)  # the echo service says who served and what it got
+        return status == 200 and node == rid and doc["node_id"] == rid and doc["bytes"] == len(sent)
+
+    wait_for(served, 40, "a request through d's gateway to be served by r")
+
+    # SIGKILL r's relay; r moves to the standby edge and stays alive in every view.
+    primary = primary_relay(r)
+    victim = next(name for name, i in ids.items() if i == primary)
+    standby = "e2" if victim == "e1" else "e1"
+    incarnation = d.view()["r"]["incarnation"]
+    killed_at = time.monotonic()
+    pool[victim].kill()
+    wait_for(
+        lambda: primary_relay(r) == ids[standby] and all(
+            (w := n.view()["r"])["status"] == "alive" and w["incarnation"] > incarnation and w["address"] != before["address"]
+            for name, n in pool.items() if name != victim
+        ),
+        15, "r re-advertised at its standby relay in every view",
+    )
+    print(f"r re-advertised through {standby} {time.monotonic() - killed_at:.2f}s after SIGKILL of {victim}")
+    wait_for(served, 20, "requests to r to work through its new relay")
+    # Let several suspicion timeouts pass (local profile: >= 3 s each) while the dead relay is
+    # detected as dead itself, then count what every surviving view said about r.
+    wait_for(lambda: all(n.view()[victim]["status"] == "dead" for name, n in pool.items() if name != victim),
+             30, f"{victim} (the killed relay) to be dead everywhere")
+    time.sleep(6)
+    for name, n in pool.items():
+        if name == victim:
+            continue
+        assert n.view()["r"]["status"] == "alive", f"{name} sees r {n.view()['r']['status']}"
+        assert events_about(n, rid, "dead") == [], f"{name} logged r dead"
+    suspects = sum(len(events_about(n, rid, "suspect")) for name, n in pool.items() if name != victim)
+    print(f"suspect events about r across the surviving views: {suspects}")
+    print(json.dumps(d.view()["r"], indent=1)[:600])
