@@ -133,6 +133,9 @@ class CarriedStats:
     dropped_backlog: int = 0
     streams: int = 0
     streams_refused: int = 0
+    control_bytes_in: int = 0
+    """Framed bytes received on the control connection (the member's datagrams, pings)."""
+    control_bytes_out: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -287,6 +290,8 @@ class RelayServer:
 
     def carried(self) -> dict[str, CarriedStats]:
         """Node id -> counters, for every member carried now."""
+        for c in self._carried.values():
+            c.stats.control_bytes_in, c.stats.control_bytes_out = c.link.bytes_in, c.link.bytes_out
         return {node: c.stats for node, c in self._carried.items()}
 
     def allocation_of(self, node_id: str) -> tuple[int, int] | None:
