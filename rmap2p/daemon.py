@@ -163,6 +163,9 @@ class Node:
         """Our side of being relayed (None with ``--relay never``)."""
         self._relayed_dgrams: RelayedDatagrams | None = None
         self._relay_http: str | None = None
+        self.relayed_http_peers: dict[Addr, Addr] = {}
+        """Our end of each HTTP connection a relay attached (loopback, ephemeral port) -> the peer the
+        relay saw: the HTTP guard judges such a request by that peer, never as one from loopback."""
         self._direct_gossip: Addr | None = None
         self.edge_state = EdgeState()
         self._fallback_type = config.worker_type
@@ -607,17 +610,13 @@ class Node:
         except OSError as exc:
             log.debug("node %s: relayed HTTP from %s: cannot reach our HTTP server: %s", self._require_machine().id, peer, exc)
             return
-        await splice((reader, writer), local)
-
-    def relay_stats(self) -> dict[str, object]:
-        """For /metrics and the admin view: what we carry, and who carries us."""
-        out: dict[str, object] = {}
-        if self.relay_server is not None:
-            out["carrying"] = {n: s.as_dict() for n, s in self.relay_server.carried().items()}
-        if self.relay_agent is not None:
-            out["relays"] = list(self.relay_agent.relays)
-            out["failovers"] = self.relay_agent.failovers
-        return out
+        mine = local[1].get_extra_info("sockname")
+        key = (str(mine[0]), int(mine[1]))
+        self.relayed_http_peers[key] = peer
+        try:
+            await splice((reader, writer), local)
+        finally:
+            self.relayed_http_peers.pop(key, None)
 
     async def _edge_loop(self) -> None:
         """Promote this candidate to edge, and demote it again, by the rule in rmap2p/edge.py."""

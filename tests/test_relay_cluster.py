@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,13 @@ def test_a_relayed_node_is_alive_everywhere_serves_through_a_gateway_and_survive
         return status == 200 and node == rid and doc["node_id"] == rid and doc["bytes"] == len(sent)
 
     wait_for(served, 40, "a request through d's gateway to be served by r")
+
+    # r's relayed HTTP connections come from r's own loopback, but a caller on the relay is no
+    # operator of r: an operator action through the relay allocation is refused.
+    leave = urllib.request.Request(f"http://{before['http']}/api/admin/leave", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(leave, timeout=5)
+    assert refused.value.code == 403 and r.alive()
 
     # SIGKILL r's relay; r moves to the standby edge and stays alive in every view.
     primary = primary_relay(r)
