@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 RELAY_MODES = ("auto", "always", "never")
+MAX_RETRY = 30.0
+"""Longest pause between looks for a missing relay (a relay's death wakes the agent at once)."""
 
 
 def relay_needed(mode: str, reachable: bool | None) -> bool:
@@ -204,15 +206,19 @@ class RelayAgent:
             return False
 
     async def run(self) -> None:
+        idle = 0
         try:
             while True:
                 if relay_needed(self.mode, self.reachable):
                     await self._fill()
                 elif self.primary is not None or self.standby is not None:
                     self._go_direct()
+                # Without a primary, look again soon (a relay's death also wakes us at once);
+                # for a missing standby, or with nothing missing, back off.
+                idle = 0 if self.primary is None and relay_needed(self.mode, self.reachable) else idle + 1
                 self._wake.clear()
                 try:
-                    async with asyncio.timeout(self.timings.retry_interval):
+                    async with asyncio.timeout(min(self.timings.retry_interval * 2 ** min(idle, 5), MAX_RETRY)):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
@@ -229,10 +235,12 @@ class RelayAgent:
 
     async def _candidates(self, exclude: Iterable[str]) -> list[RelayCandidate]:
         me = self.identity.node_id
-        found = relay_candidates(self.port.members(), me, exclude)
-        if found:
+        members = self.port.members()
+        found = relay_candidates(members, me, exclude)
+        if found or any(m.node != me and not m.status.is_down for m in members):
+            # In a pool, our view is as good as a seed's: no full-state fetch every retry.
             return found
-        # Not joined yet, or our view holds no relay: ask the seeds who the edges are.
+        # Not joined yet: ask the seeds who the edges are.
         for seed in await self.port.seeds():
             try:
                 members = await edges_from_seed(seed, self.sealer, self.cluster, self.timings.connect_timeout)

@@ -133,3 +133,52 @@ def test_a_relayed_node_is_alive_everywhere_serves_through_a_gateway_and_survive
     suspects = sum(len(events_about(n, rid, "suspect")) for name, n in pool.items() if name != victim)
     print(f"suspect events about r across the surviving views: {suspects}")
     print(json.dumps(d.view()["r"], indent=1)[:600])
+
+
+def test_two_relayed_nodes_in_a_keyed_pool_reach_each_other(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ring = tmp_path / "cluster.keys"
+    out = subprocess.run([sys.executable, "-m", "rmap2p", "keygen", "--key-file", str(ring)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    key = ["--key-file", str(ring)]
+    nodes = {
+        "e1": NodeProc("e1", tmp_path, extra=["--type", "edge", *key]),
+        "e2": NodeProc("e2", tmp_path, extra=["--type", "edge", *key]),
+        "r1": NodeProc("r1", tmp_path, extra=["--type", "cpu", "--relay", "always", *key], services=True),
+        "r2": NodeProc("r2", tmp_path, extra=["--type", "storage", "--relay", "always", *key]),
+    }
+    try:
+        nodes["e1"].start().wait_healthy()
+        for name in ("e2", "r1", "r2"):
+            nodes[name].start(join=[nodes["e1"].gossip])
+        for n in nodes.values():
+            n.wait_healthy()
+        relayed = {"r1": nodes["r1"].gossip, "r2": nodes["r2"].gossip}
+        wait_for(
+            lambda: all(
+                all(v.get(name, {}).get("status") == "alive" and v[name]["address"] != own for name, own in relayed.items())
+                and len([w for w in v.values() if w["status"] == "alive"]) == 4
+                for v in (n.view() for n in nodes.values())
+            ),
+            30, "both relayed nodes alive at relay addresses in every view",
+        )
+        r1 = nodes["r1"].view()["r1"]["worker_id"]
+
+        def served() -> bool:
+            status, node, body = forward(nodes["r2"], "ner-extraction", b'{"text": "x"}')
+            return status == 200 and node == r1 and json.loads(body)["node_id"] == r1
+
+        wait_for(served, 40, "r2's gateway to reach r1's service, relay to relay")
+        for edge in ("e1", "e2"):
+            text = nodes[edge].log.read_text(errors="replace")
+            assert "relay listening" in text and "sealed with the cluster keyring" in text
+            assert "without a cluster keyring" not in text
+    except BaseException:
+        for n in nodes.values():
+            print(f"----- {n.name}\n{n.tail(60)}")
+        raise
+    finally:
+        for n in nodes.values():
+            n.kill()
