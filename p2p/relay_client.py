@@ -30,7 +30,13 @@ from p2p import relay_wire as rw
 from p2p.discovery import format_host_port
 from p2p.keyring import NullSealer, Sealer
 from p2p.relay_link import FrameLink, LinkClosed
-from p2p.transport import DEFAULT_QUEUE_SIZE, DatagramTransport, TransportClosed, TransportStats, _BoundedInbox
+from p2p.transport import (
+    DEFAULT_QUEUE_SIZE,
+    DatagramTransport,
+    TransportClosed,
+    TransportStats,
+    _BoundedInbox,
+)
 
 log = logging.getLogger(__name__)
 

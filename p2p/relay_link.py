@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 from p2p import relay_wire as rw
 from p2p.byte_bucket import ByteBucket
-from p2p.keyring import SealError, Sealer
-from p2p.stream import encode_frame, read_frame
+from p2p.keyring import Sealer, SealError
+from p2p.stream import StreamError, encode_frame, read_frame
 
 MAX_FRAME = rw.MAX_DATAGRAM + 1024
 CHUNK = 64 * 1024
@@ -52,7 +52,7 @@ class FrameLink:
             raise
         except (asyncio.IncompleteReadError, OSError, ValueError) as exc:
             raise LinkClosed(str(exc) or type(exc).__name__) from None
-        except Exception as exc:  # FrameTooLarge and friends: the peer's fault
+        except StreamError as exc:  # FrameTooLarge: the peer's fault
             raise LinkClosed(str(exc)) from None
         self.bytes_in += len(frame) + 4
         try:

@@ -59,9 +59,9 @@ from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
 from rmap2p.identity_conflict import DaemonClaim, this_daemon_yields
 from rmap2p.join import JoinLoop, JoinTimings, KnownEdges, Seeds, edges_in
 from rmap2p.relay_agent import NodePort, RelayAgent, RelayTimings
-from services.routing import connect_host
 from services.handle import RequestCounter
 from services.log_limits import LogLimiter, suppressed_note
+from services.routing import connect_host
 
 log = logging.getLogger(__name__)
 

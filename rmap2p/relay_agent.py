@@ -43,12 +43,18 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from membership import MemberView, Status, wire
+from membership import MemberView, RemoteProtocolError, Status, wire
 from membership.messages import PushPull, PushPullReply
 from p2p import identity as ident
 from p2p.discovery import format_host_port
 from p2p.keyring import Sealer
-from p2p.relay_client import HelloSigner, RelayClient, RelayedDatagrams, RelayError, StreamHandler
+from p2p.relay_client import (
+    HelloSigner,
+    RelayClient,
+    RelayedDatagrams,
+    RelayError,
+    StreamHandler,
+)
 from p2p.stream import StreamError, request, stream_aad
 
 log = logging.getLogger(__name__)
@@ -109,7 +115,7 @@ async def edges_from_seed(addr: Addr, sealer: Sealer, cluster: str, timeout: flo
     reply = await request(addr, frame, sealer, timeout=timeout, aad=stream_aad(cluster))
     try:
         msg = wire.decode_frame(reply or b"")
-    except Exception as exc:
+    except RemoteProtocolError as exc:
         raise StreamError(f"{format_host_port(*addr)}: bad push-pull reply: {exc}") from None
     if not isinstance(msg, PushPullReply) or msg.cluster != cluster:
         raise StreamError(f"{format_host_port(*addr)}: not a push-pull reply of cluster {cluster!r}")
@@ -120,7 +126,8 @@ async def edges_from_seed(addr: Addr, sealer: Sealer, cluster: str, timeout: flo
             continue
         try:
             meta = a.meta
-        except Exception:
+        except RemoteProtocolError as exc:
+            log.debug("seed %s: record of %s has bad metadata: %s", format_host_port(*addr), a.node, exc)
             continue
         out.append(MemberView(a.node, st.status, st.incarnation, a.addr, meta, meta.load, None, None))
     return out
@@ -226,6 +233,7 @@ class RelayAgent:
             for c in (self.primary, self.standby):
                 if c is not None:
                     c.close()
+                    await c.wait_streams()
             for t in list(self._tasks):
                 t.cancel()
             if self._tasks:

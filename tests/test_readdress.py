@@ -13,8 +13,7 @@ import msgpack
 import pytest
 from cluster import Cluster
 
-from membership import EventKind, NodeMeta, Status, SwimConfig
-from membership import wire
+from membership import EventKind, NodeMeta, Status, SwimConfig, wire
 from membership.errors import RemoteProtocolError
 
 RELAYED = 3

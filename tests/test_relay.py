@@ -232,7 +232,6 @@ async def test_sealed_relay_refuses_another_keyring_and_a_forged_hello(http_serv
                 await other.client.connect()
         # A hello signed by one key in another node's name does not verify.
         impostor = Node(server, http_server, sealer=ring)
-        impostor.identity.__class__  # a real identity, but we present someone else's id
         victim_id = good.identity.node_id
         real = impostor.identity
 

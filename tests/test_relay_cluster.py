@@ -89,8 +89,7 @@ def test_a_relayed_node_is_alive_everywhere_serves_through_a_gateway_and_survive
     wait_for(relayed_alive_everywhere, 30, "r alive at a relay address in every view")
     before = d.view()["r"]
     assert before["http"] != r.http, "peers reach r's HTTP through its relay too"
-    host, port = before["address"].rsplit(":", 1)
-    assert host == "127.0.0.1"
+    assert before["address"].rsplit(":", 1)[0] == "127.0.0.1"
 
     # r runs the CPU services (as echo servers); d's gateway forwards to r through the relay.
     def served() -> bool:
@@ -149,7 +148,7 @@ def test_two_relayed_nodes_in_a_keyed_pool_reach_each_other(tmp_path: Path) -> N
     import sys
 
     ring = tmp_path / "cluster.keys"
-    out = subprocess.run([sys.executable, "-m", "rmap2p", "keygen", "--key-file", str(ring)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "rmap2p", "keygen", "--key-file", str(ring)], capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     key = ["--key-file", str(ring)]
     nodes = {
