@@ -72,6 +72,8 @@ from p2p.relay_link import FrameLink, LinkClosed, splice
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
+LOG_EVERY = 10.0
+"""Seconds between two log lines about one member's drops or refusals of one kind."""
 Verify = Callable[[str, bytes, bytes, bytes], bool]
 
 
@@ -183,11 +185,23 @@ class _Carried:
     pending: dict[int, tuple[bytes, asyncio.Future[_Attached]]] = field(default_factory=dict)
     active_streams: int = 0
     closed: bool = False
+    _logged: dict[str, float] = field(default_factory=dict)
+
+    def note(self, what: str, msg: str, *args: object) -> None:
+        """Log a refusal or drop for this member at most once per LOG_EVERY seconds per kind."""
+        now = asyncio.get_running_loop().time()
+        if now - self._logged.get(what, -LOG_EVERY) >= LOG_EVERY:
+            self._logged[what] = now
+            log.warning(msg, *args)
 
     def from_pool(self, data: bytes, src: Addr) -> None:
         now = asyncio.get_running_loop().time()
         if not self.inbound.take(len(data), now):
             self.stats.dropped_rate += 1
+            self.note(
+                "rate-in", "%s: dropping datagrams to node %s: over %.0f B/s (%d dropped so far)",
+                self.server.name, self.node_id, self.inbound.rate, self.stats.dropped_rate,
+            )
             return
         if self.link.backlog > self.server.limits.max_backlog:
             self.stats.dropped_backlog += 1
@@ -200,6 +214,10 @@ class _Carried:
         now = asyncio.get_running_loop().time()
         if not self.outbound.take(len(msg.data), now):
             self.stats.dropped_rate += 1
+            self.note(
+                "rate-out", "%s: dropping datagrams from node %s: over %.0f B/s (%d dropped so far)",
+                self.server.name, self.node_id, self.outbound.rate, self.stats.dropped_rate,
+            )
             return
         try:
             ipaddress.ip_address(msg.host.split("%", 1)[0])
@@ -492,8 +510,8 @@ class RelayServer:
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
         if carried.active_streams >= self.limits.max_streams:
             carried.stats.streams_refused += 1
-            log.warning(
-                "%s: refused a %s stream from %s to node %s: %d streams open (max_streams)",
+            carried.note(
+                "streams", "%s: refused a %s stream from %s to node %s: %d streams open (max_streams)",
                 self.name, kind, format_host_port(str(peer[0]), int(peer[1])), carried.node_id, carried.active_streams,
             )
             writer.transport.abort()

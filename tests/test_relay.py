@@ -261,3 +261,28 @@ async def test_the_client_notices_a_dead_relay(http_server: int) -> None:
     await server.close()
     reason = await asyncio.wait_for(node.runner, 5)
     assert "connection lost" in reason or "keepalives" in reason
+
+
+async def test_streams_beyond_max_streams_are_refused_and_counted(http_server: int) -> None:
+    server = await relay(RelayLimits(max_streams=1))
+    node = Node(server, http_server)
+    try:
+        await node.start()
+        alloc = node.client.allocation
+        assert alloc is not None
+        r1, w1 = await asyncio.open_connection(LO, alloc.gossip_port)
+        w1.write(b"first")
+        assert await asyncio.wait_for(r1.readexactly(5), 5) == b"first"  # attached and open
+        r2, w2 = await asyncio.open_connection(LO, alloc.http_port)
+        try:
+            got = await asyncio.wait_for(r2.read(), 5)
+        except ConnectionResetError:
+            got = b""
+        assert got == b"", "the second stream is closed at once"
+        stats = server.carried()[node.identity.node_id]
+        assert stats.streams == 1 and stats.streams_refused == 1
+        w1.close()
+        w2.close()
+    finally:
+        await node.stop()
+        await server.close()
