@@ -588,6 +588,14 @@ class Node:
         self._relay_http = None
         return self._direct_gossip, self._advertised_http()
 
+    def set_reachable(self, reachable: bool | None) -> None:
+        """The reachability check's verdict on this node (None: unknown). With ``--relay auto`` a
+        False makes the node find relays and re-advertise through them; True goes back to direct
+        (``rmap2p.relay_agent.relay_needed`` decides). No effect with ``--relay never``."""
+        if self.relay_agent is not None and self.relay_agent.reachable != reachable:
+            self.relay_agent.reachable = reachable
+            self.relay_agent.wake()
+
     def relay_readdress(self, gossip: Addr, http: str, relays: tuple[str, ...]) -> None:
         """We are reached at ``gossip`` and ``http`` now (a relay's allocations, or our own when ``relays`` is empty)."""
         machine = self._require_machine()
