@@ -43,6 +43,16 @@ async def test_a_verdict_of_unreachable_moves_an_auto_node_onto_a_relay_and_back
         assert edge.relay_server is not None
         assert edge.relay_server.allocation_of(me) == (addr[1], int(http.rsplit(":", 1)[1]))
 
+        # A push-pull (TCP) to the relayed address crosses the relay and is served by the
+        # node's own StreamServer, with the real peer: frames in and out there.
+        before = auto.tcp_stats()
+        observer.machine.push_pull(addr, observer._now())
+        observer._flush()  # what the daemon's pump does after every call into the machine
+        await until(
+            lambda: auto.tcp_stats()["frames_out"] > before["frames_out"] and auto.tcp_stats()["accepted"] > before["accepted"],
+            10, "a push-pull through the relay answered by the node",
+        )
+
         auto.set_reachable(True)
         await until(lambda: seen() == (direct_addr, (), direct_http), 10, "auto back at its own address")
         await until(lambda: edge.relay_server is not None and edge.relay_server.carried() == {}, 10, "the edge to free the allocation")
