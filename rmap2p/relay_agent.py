@@ -47,7 +47,7 @@ from membership import MemberView, RemoteProtocolError, Status, wire
 from membership.messages import PushPull, PushPullReply
 from p2p import identity as ident
 from p2p.discovery import format_host_port
-from p2p.keyring import Sealer
+from p2p.keyring import NullSealer, Sealer
 from p2p.relay_client import (
     HelloSigner,
     RelayClient,
@@ -310,6 +310,11 @@ class RelayAgent:
             self.identity.node_id, primary.relay_node, format_host_port(*primary.gossip_addr), primary.http_addr,
             self.standby.relay_node if self.standby else "none", why,
         )
+        if isinstance(self.sealer, NullSealer) and not self.routed.is_set():
+            log.warning(
+                "node %s: no cluster keyring: the relay tunnels are authenticated by this node's signature "
+                "only, not encrypted (start the pool with --key-file to seal them)", self.identity.node_id,
+            )
         self.port.readdress(primary.gossip_addr, primary.http_addr, relays)
         self.routed.set()
 
