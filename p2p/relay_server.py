@@ -21,7 +21,9 @@ over it:
   receive path as if from ``S``. The node sends *all* its gossip datagrams
   as ``DGRAM_OUT(D, bytes)`` and the relay sends them from the allocation, so
   every peer sees one consistent address for it (an ack from an unexpected
-  address would look like a second daemon to ``membership.machine``).
+  address would look like a second daemon to ``membership.machine``). ``D``
+  must be a member's gossip address in the relay's own view
+  (``destinations``): a relay is no UDP reflector towards other hosts.
 - **streams**: a TCP connection to an allocation makes the relay send
   ``OPEN(id, kind, token, peer)``; the node dials a fresh connection to the
   listener, sends ``ATTACH(node, id, token)``, and the relay splices the two
@@ -133,6 +135,8 @@ class CarriedStats:
     """Bytes from the member towards the pool."""
     dropped_rate: int = 0
     dropped_backlog: int = 0
+    dropped_destination: int = 0
+    """Datagrams the member asked us to send to an address that is no member's (see ``destinations``)."""
     streams: int = 0
     streams_refused: int = 0
     control_bytes_in: int = 0
@@ -223,6 +227,14 @@ class _Carried:
             ipaddress.ip_address(msg.host.split("%", 1)[0])
         except ValueError:
             return  # peers' addresses are IP literals; a name would block in sendto
+        dest = (msg.host, msg.port)
+        if self.server.destinations is not None and not self.server.destinations(dest):
+            self.stats.dropped_destination += 1
+            self.note(
+                "dest", "%s: dropping datagrams from node %s to %s: not a member's address",
+                self.server.name, self.node_id, format_host_port(*dest),
+            )
+            return
         if self.udp is not None and not self.udp.is_closing():
             self.udp.sendto(msg.data, (msg.host, msg.port))
             self.stats.datagrams_out += 1
@@ -263,6 +275,7 @@ class RelayServer:
         limits: RelayLimits | None = None,
         name: str = "",
         rng: random.Random | None = None,
+        destinations: Callable[[Addr], bool] | None = None,
     ) -> None:
         self.host = host
         self.public_host = public_host
@@ -272,6 +285,9 @@ class RelayServer:
         self.aad = rw.relay_aad(cluster)
         self.limits = limits or RelayLimits()
         self.name = name or "relay"
+        self.destinations = destinations
+        """Where carried members may send datagrams (the daemon: any member's gossip address);
+        None: anywhere. Keeps a relay from being a UDP reflector towards arbitrary hosts."""
         self.stats = RelayStats()
         self._rng = rng or random.Random()
         self._server: asyncio.Server | None = None

@@ -163,6 +163,7 @@ class Node:
         """Our side of being relayed (None with ``--relay never``)."""
         self._relayed_dgrams: RelayedDatagrams | None = None
         self._relay_http: str | None = None
+        self._member_addrs: set[Addr] | None = None
         self.relayed_http_peers: dict[Addr, Addr] = {}
         """Our end of each HTTP connection a relay attached (loopback, ephemeral port) -> the peer the
         relay saw: the HTTP guard judges such a request by that peer, never as one from loopback."""
@@ -287,6 +288,7 @@ class Node:
             self.relay_server = RelayServer(
                 host, self.gossip_addr[0], ident.verify, self.sealer,
                 cluster=cfg.cluster, limits=cfg.relay_limits, name=f"node {self.identity.node_id}",
+                destinations=self._is_member_address,
             )
             try:
                 await self.relay_server.start()
@@ -425,6 +427,7 @@ class Node:
             self._save_incarnation()
         events = machine.take_events()
         if events:
+            self._member_addrs = None  # a member came, went or moved: rebuilt on the next use
             for ev in events:
                 self._log_event(ev)
             if self._known_edges is not None:
@@ -587,6 +590,16 @@ class Node:
         assert self._direct_gossip is not None
         self._relay_http = None
         return self._direct_gossip, self._advertised_http()
+
+    def _is_member_address(self, addr: Addr) -> bool:
+        """Whether ``addr`` is the gossip address of a member we know (any status): where our relay
+        lets carried members send datagrams. The set is rebuilt when the view changed."""
+        machine = self.machine
+        if machine is None:
+            return False
+        if self._member_addrs is None:
+            self._member_addrs = {m.addr for m in machine.members()}
+        return addr in self._member_addrs
 
     def set_reachable(self, reachable: bool | None) -> None:
         """The reachability check's verdict on this node (None: unknown). With ``--relay auto`` a

@@ -286,3 +286,31 @@ async def test_streams_beyond_max_streams_are_refused_and_counted(http_server: i
     finally:
         await node.stop()
         await server.close()
+
+
+async def test_a_member_may_send_datagrams_only_to_the_addresses_the_relay_allows(http_server: int) -> None:
+    member, stranger = udp_socket(), udp_socket()
+    allowed = member.getsockname()
+    server = RelayServer(LO, LO, ident.verify, destinations=lambda addr: addr == allowed, name="test-relay")
+    await server.start()
+    node = Node(server, http_server)
+    loop = asyncio.get_running_loop()
+    try:
+        await node.start()
+        assert node.client.send_datagram(b"to a member", allowed)
+        assert node.client.send_datagram(b"to anyone", stranger.getsockname())
+        data, _ = await asyncio.wait_for(loop.sock_recvfrom(member, 2048), 5)
+        assert data == b"to a member"
+        for _ in range(50):
+            if server.carried()[node.identity.node_id].dropped_destination:
+                break
+            await asyncio.sleep(0.02)
+        stats = server.carried()[node.identity.node_id]
+        assert stats.dropped_destination == 1 and stats.datagrams_out == 1
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop.sock_recvfrom(stranger, 2048), 0.3)
+    finally:
+        member.close()
+        stranger.close()
+        await node.stop()
+        await server.close()
