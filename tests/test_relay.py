@@ -314,3 +314,21 @@ async def test_a_member_may_send_datagrams_only_to_the_addresses_the_relay_allow
         stranger.close()
         await node.stop()
         await server.close()
+
+
+async def test_a_port_range_holds_the_listener_and_every_allocation(http_server: int) -> None:
+    from rmap2p.local_ports import free_port
+
+    lo = free_port()
+    hi = min(lo + 40, 65535)
+    server = await relay(RelayLimits(port_range=(lo, hi)))
+    node = Node(server, http_server)
+    try:
+        assert server.local_addr[1] == lo
+        await node.start()
+        alloc = node.client.allocation
+        assert alloc is not None
+        assert lo < alloc.gossip_port <= hi and lo < alloc.http_port <= hi and alloc.gossip_port != alloc.http_port
+    finally:
+        await node.stop()
+        await server.close()
