@@ -25,6 +25,7 @@ have in a small pool.
 
     python -m simulations.bench_relay                      # lan profile, 30 s idle, 400 requests
     python -m simulations.bench_relay --profile local --idle 20 --json
+    python -m simulations.bench_relay --keyring           # sealed gossip and relay frames
 """
 
 from __future__ import annotations
@@ -119,12 +120,17 @@ def p90(xs: list[float]) -> float:
 def run(args: argparse.Namespace) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     p = args.profile
+    key: list[str] = []
+    if args.keyring:
+        ring = root / "cluster.keys"
+        subprocess.run([sys.executable, "-m", "rmap2p", "keygen", "--key-file", str(ring)], check=True, capture_output=True)
+        key = ["--key-file", str(ring)]
     nodes = [
-        Daemon("e1", root, ["--type", "edge", "--ephemeral-service-ports", "--echo-services"], p),
-        Daemon("e2", root, ["--type", "edge", "--ephemeral-service-ports", "--echo-services"], p),
-        Daemon("g", root, ["--type", "storage", "--no-services"], p),
-        *[Daemon(f"d{i}", root, ["--type", "storage", "--no-services"], p) for i in range(args.direct)],
-        Daemon("r", root, ["--type", "cpu", "--relay", "always", "--ephemeral-service-ports", "--echo-services"], p),
+        Daemon("e1", root, ["--type", "edge", "--ephemeral-service-ports", "--echo-services", *key], p),
+        Daemon("e2", root, ["--type", "edge", "--ephemeral-service-ports", "--echo-services", *key], p),
+        Daemon("g", root, ["--type", "storage", "--no-services", *key], p),
+        *[Daemon(f"d{i}", root, ["--type", "storage", "--no-services", *key], p) for i in range(args.direct)],
+        Daemon("r", root, ["--type", "cpu", "--relay", "always", "--ephemeral-service-ports", "--echo-services", *key], p),
     ]
     by = {n.name: n for n in nodes}
     try:
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         med_r, med_d = statistics.median(relayed), statistics.median(direct)
         return {
             "profile": p,
+            "keyring": bool(key),
             "members": len(nodes),
             "idle_seconds": round(took, 1),
             "relay_bytes_per_s_payload": idle["payload"],
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle membership to measure (default 30)")
     ap.add_argument("--requests", type=int, default=400, help="requests in all, half each way (default 400)")
     ap.add_argument("--direct", type=int, default=3, help="extra plain members (default 3)")
+    ap.add_argument("--keyring", action="store_true", help="run the pool with a cluster keyring (sealed gossip and relay frames)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the daemons' logs")
     args = ap.parse_args(argv)
