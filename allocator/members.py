@@ -42,6 +42,7 @@ def node_view(m: MemberView) -> NodeView:
         gpu_utilization=float(m.load.gpu_utilization),
         active_requests=m.load.active_requests,
         healthy_services=meta.healthy_services,
+        relayed=meta.relayed,
     )
 
 

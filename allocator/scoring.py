@@ -11,6 +11,16 @@ The table, exactly as the seed gives it::
     GPU utilization (GPU nodes only)          −20 · gpu_utilization/100 (0..100)
     tie-break                                 + rng.uniform(0, 5)
 
+One rule the seed does not have (issue 16)::
+
+    reached through a relay                   −8
+
+A relayed member (behind NAT, carried by an edge) costs every request an extra
+network hop and the edge's bandwidth; 8 points rank it below an equal direct
+node even after the tie-break (at most 5) and after one request more in flight
+on the direct node (5), but never above the tier, health or model rules: a
+relayed GPU with the model loaded still beats a direct CPU.
+
 ``active_requests`` is the node's own gossiped count, seconds old; ``in_flight``
 is what the forwarding node knows first hand: requests it has sent to that
 node and not yet seen answered. They add, because the gossiped count cannot
@@ -39,6 +49,7 @@ CPU_LOAD_PER_UNIT = 30.0
 PER_ACTIVE_REQUEST = 5.0
 GPU_UTIL_PER_100 = 20.0
 TIE_BREAK_MAX = 5.0
+RELAYED = 8.0
 
 # Names under which workers declare a specialization (WORKER_SPECIALIZATION)
 # or clients name a service (/service/ocr/...), mapped to the catalog name.
@@ -125,6 +136,8 @@ def score(
     points -= PER_ACTIVE_REQUEST * (max(0, node.active_requests) + max(0, in_flight))
     if node.worker_type == "gpu":
         points -= GPU_UTIL_PER_100 * _clamp(node.gpu_utilization, 0.0, 100.0) / 100.0
+    if node.relayed:
+        points -= RELAYED
     return points + rng.uniform(0.0, TIE_BREAK_MAX)
 
 

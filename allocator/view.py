@@ -40,7 +40,8 @@ class NodeView:
     run (None: every service of its worker type). The load fields feed only
     request scoring: ``current_load`` is CPU load 0..1, ``gpu_utilization``
     0..100 percent, ``active_requests`` the node's own gossiped count, and
-    ``healthy_services`` the services it reports healthy.
+    ``healthy_services`` the services it reports healthy, ``relayed`` whether
+    peers reach it through an edge's relay.
     """
 
     node_id: str
@@ -55,6 +56,8 @@ class NodeView:
     gpu_utilization: float = 0.0
     active_requests: int = 0
     healthy_services: tuple[str, ...] = ()
+    relayed: bool = False
+    """Reached through a relay on an edge node (request scoring charges the extra hop)."""
 
     @property
     def is_alive(self) -> bool:

@@ -102,6 +102,8 @@ def _load_key(node: str) -> str:
     return node + "/load"
 
 _MAX_PENDING_STREAMS = 256
+PAST_ADDRS_KEPT = 8
+"""Addresses remembered after a readdress (a relayed node moves once per relay failure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,7 @@ class MembershipStats:
     last_chance_checks: int = 0
     load_summaries: int = 0
     refutations: int = 0
+    readdresses: int = 0
     push_pulls: int = 0
     gossip_messages: int = 0
 
@@ -240,6 +243,9 @@ class Membership:
         self._identity_checks: dict[int, Alive] = {}
         self._corrections: dict[tuple[Addr, str], float] = {}
         self._pinged_by: dict[str, float] = {}
+        # Addresses we gave up with readdress(): an older record of ours there is our own past,
+        # not a copy of us, so it is never answered with an identity check.
+        self._past_addrs: deque[Addr] = deque(maxlen=PAST_ADDRS_KEPT)
         self.rtt: float | None = None
         """Smoothed round trip of our direct probes, in seconds (None before the first ack)."""
         self._n_down = 0  # members dead or left: kept as a count so N is O(1)
@@ -430,6 +436,34 @@ class Membership:
         self._gossiped_load = meta.load
         self._last_load_gossip = now
         self.incarnation += 1
+        self._announce(now)
+
+    def readdress(self, addr: Addr, now: float, meta: NodeMeta | None = None) -> None:
+        """We are now reached at ``addr`` (a relay allocation changed): bump and gossip our alive.
+
+        Members apply an alive record of a higher incarnation whatever its address (the
+        state table compares incarnations only), so the new address replaces the old one
+        everywhere gossip reaches, and a suspicion raised against the old incarnation is
+        refuted by the same record. ``meta``, when given, changes in the same bump (the
+        relayed node's ``http`` and ``relays`` move with its address). The address given up
+        is remembered: our older records still carrying it are our past, not a second daemon.
+        """
+        if self.leaving:
+            return
+        if addr == self._addr and (meta is None or meta == self._meta):
+            return
+        if addr != self._addr:
+            if addr in self._past_addrs:
+                self._past_addrs.remove(addr)
+            self._past_addrs.append(self._addr)
+            self._addr = addr
+        if meta is not None:
+            self._meta = meta
+            self._load = meta.load
+            self._gossiped_load = meta.load
+            self._last_load_gossip = now
+        self.incarnation += 1
+        self.stats.readdresses += 1
         self._announce(now)
 
     def update_load(self, load: Load, now: float) -> None:
@@ -703,7 +737,11 @@ class Membership:
                 if not self._verify(a.node, a.public_key, a.signed_payload(), a.signature):
                     raise RemoteProtocolError("unsigned alive in our name")
                 self._event(EventKind.CONFLICT, self.id, a.incarnation, now, f"{a.host}:{a.port}", record=a)
-            elif a.addr not in self._identity_checks.values() and len(self._identity_checks) < 16:
+            elif (
+                a.addr not in self._past_addrs
+                and a.addr not in self._identity_checks.values()
+                and len(self._identity_checks) < 16
+            ):
                 # An older record of ours elsewhere: a past life (that address is silent now)
                 # or a copy of us that started earlier. Ask that address for our own id.
                 seq = self._next_seq()

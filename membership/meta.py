@@ -117,9 +117,11 @@ class NodeMeta:
     replication: tuple[ReplicationClaim, ...] = ()
     """One claim per stateful service this node holds a copy of (``services.replication``)."""
     relay: str = ""
-    """An edge's relay listener "host:port" for members that cannot be reached; "" if it offers none."""
+    """``host:port`` of this node's relay listener when it offers to carry unreachable members
+    (an edge node, ``p2p.relay_server``); "" when it does not."""
     relays: tuple[str, ...] = ()
-    """Node ids of the edges carrying this member (issue 16); empty: it is reached directly."""
+    """Node ids of the edges carrying this member, the one its address is allocated on first;
+    empty: the member is reached directly (``rmap2p.relay_agent``)."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -205,6 +207,11 @@ class NodeMeta:
             relay=relay,
             relays=tuple(relays),
         )
+
+    @property
+    def relayed(self) -> bool:
+        """Whether peers reach this member through a relay (its address is an allocation on an edge)."""
+        return bool(self.relays)
 
     @property
     def service_names(self) -> tuple[str, ...]:

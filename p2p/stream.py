@@ -231,6 +231,18 @@ class StreamServer:
     ) -> None:
         await self.close()
 
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Addr) -> None:
+        """Serve one exchange on a connection accepted elsewhere (a relay's attached stream).
+
+        ``peer`` is the real remote end as the relay saw it. The caller's task owns the
+        connection (the relay bounds how many it opens); the writer is closed at the end.
+        """
+        self.stats.accepted += 1
+        try:
+            await self._serve(reader, writer, peer)
+        finally:
+            writer.close()
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # asyncio runs this callback in a task of its own; on Python 3.11 that
         # task must not end cancelled (its done-callback calls task.exception()

@@ -178,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
         "also once at start; 0: never (env RMAP2P_REACH_INTERVAL; default 300)",
     )
     join.add_argument(
+        "--relay",
+        choices=config_file.RELAY_MODES,
+        help="be carried by edge nodes' relays (for a machine behind NAT that nobody can reach): always, never, "
+        "or auto = when the reachability check (--reach-interval) finds this node unreachable "
+        "(env RMAP2P_RELAY; default auto)",
+    )
+    join.add_argument(
+        "--relay-ports",
+        metavar="LO-HI",
+        help="edge nodes: port range for the relay listener (LO) and the ports allocated to relayed members "
+        "(env RMAP2P_RELAY_PORTS; default: ports the OS picks)",
+    )
+    join.add_argument(
+        "--no-relay-offer", action="store_true", default=None,
+        help="as an edge node, do not carry unreachable members (edges offer relaying by default)",
+    )
+    join.add_argument(
         "--profile",
         choices=("lan", "local"),
         help="protocol timing preset (lan: memberlist LAN defaults; local: faster, for one machine) "

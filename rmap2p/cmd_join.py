@@ -17,6 +17,7 @@ from allocator.catalog import by_name
 from allocator.replicas import REPLICATED
 from membership import SwimConfig
 from p2p.discovery import format_host_port, parse_host_port
+from p2p.relay_server import RelayLimits, parse_port_range
 from rmap2p import config_file
 from rmap2p.daemon import Node, NodeConfig, StartupError
 from rmap2p.edge import EdgeTimings
@@ -43,6 +44,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     advertise = addr("--advertise", args.advertise) if args.advertise else None
     joins = tuple(addr("--join", j, default_port=7946) for j in args.join)
     swim = SwimConfig.local() if args.profile == "local" else SwimConfig.lan()
+    try:
+        relay_limits = RelayLimits(port_range=parse_port_range(args.relay_ports) if args.relay_ports else None)
+    except ValueError as exc:
+        raise ValueError(f"--relay-ports {args.relay_ports!r}: {exc}") from None
     if not args.edge_window > 0:
         raise ValueError(f"--edge-window {args.edge_window}: must be > 0 seconds")
     if not args.reach_interval >= 0:
@@ -67,6 +72,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         swim=swim,
         edge=EdgeTimings(window=args.edge_window, hold=args.edge_window),
         reach_interval=args.reach_interval,
+        relay=args.relay,
+        relay_offer=not args.no_relay_offer,
+        relay_limits=relay_limits,
     )
 
 

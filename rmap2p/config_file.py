@@ -51,6 +51,7 @@ class Setting:
 
 WORKER_TYPES = ("auto", "gpu", "cpu", "storage", "edge")
 PROFILES = ("lan", "local")
+RELAY_MODES = ("auto", "always", "never")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("bind", "str", "0.0.0.0:7946", "RMAP2P_BIND"),
@@ -73,6 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("edge-window", "float", 60.0, "RMAP2P_EDGE_WINDOW"),
     Setting("reach-interval", "float", 300.0, "RMAP2P_REACH_INTERVAL"),
     Setting("profile", "str", "lan", "RMAP2P_PROFILE", PROFILES),
+    Setting("relay", "str", "auto", "RMAP2P_RELAY", RELAY_MODES),
+    Setting("relay-ports", "str", None, "RMAP2P_RELAY_PORTS"),
+    Setting("no-relay-offer", "bool", False),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

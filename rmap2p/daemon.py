@@ -37,6 +37,9 @@ from p2p import identity as ident
 from p2p.discovery import format_host_port
 from p2p.keyring import Keyring, NullSealer, Sealer, load_keyring, save_keyring
 from p2p.mdns import MdnsDiscovery
+from p2p.relay_client import RelayedDatagrams
+from p2p.relay_link import splice
+from p2p.relay_server import RelayLimits, RelayServer
 from p2p.stream import AuthRefused, StreamError, StreamServer, request, stream_aad
 from p2p.transport import (
     DatagramTransport,
@@ -57,8 +60,10 @@ from rmap2p.edge import EdgeEvidence, EdgeState, EdgeTimings, next_edge_state
 from rmap2p.identity_conflict import DaemonClaim, this_daemon_yields
 from rmap2p.join import JoinLoop, JoinTimings, KnownEdges, Seeds, edges_in
 from rmap2p.reach_monitor import ReachMonitor
+from rmap2p.relay_agent import NodePort, RelayAgent, RelayTimings
 from services.handle import RequestCounter
 from services.log_limits import LogLimiter, suppressed_note
+from services.routing import connect_host
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,12 @@ class NodeConfig:
     """Evidence window and hold time of edge promotion/demotion for ``--type auto`` (rmap2p/edge.py)."""
     reach_interval: float = 300.0
     """Seconds between reachability checks by edge nodes (rmap2p/reach_monitor.py); 0: never check."""
+    relay: str = "auto"
+    """``--relay auto|always|never``: whether this node may be carried by edges' relays
+    (rmap2p/relay_agent.py ``relay_needed``)."""
+    relay_offer: bool = True
+    """An edge node carries unreachable members (p2p/relay_server.py); ``--no-relay-offer`` turns it off."""
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
 
 
 async def udp_transport(host: str, port: int, max_size: int) -> DatagramTransport:
@@ -150,6 +161,17 @@ class Node:
         self._warned_loopback_http = False
         self._saved_incarnation = -1
         self.edge_candidate = False
+        self.relay_server: RelayServer | None = None
+        """Our relay for unreachable members, on an edge (or an edge candidate) that offers one."""
+        self.relay_agent: RelayAgent | None = None
+        """Our side of being relayed (None with ``--relay never``)."""
+        self._relayed_dgrams: RelayedDatagrams | None = None
+        self._relay_http: str | None = None
+        self._member_addrs: set[Addr] | None = None
+        self.relayed_http_peers: dict[Addr, Addr] = {}
+        """Our end of each HTTP connection a relay attached (loopback, ephemeral port) -> the peer the
+        relay saw: the HTTP guard judges such a request by that peer, never as one from loopback."""
+        self._direct_gossip: Addr | None = None
         self.edge_state = EdgeState()
         self._fallback_type = config.worker_type
         self.dropped_outbound = 0
@@ -162,6 +184,8 @@ class Node:
         self.exit_error = False
         """True when the node stopped because of a problem (the CLI exits 1), not on request."""
         self.reach = ReachMonitor(self, config.reach_interval)
+        # --relay auto: the reachability verdict is what decides whether relays carry us.
+        self.reach.on_change(lambda verdict: self.set_reachable(verdict.reachable))
 
     @property
     def reachability(self) -> Reachability:
@@ -218,7 +242,9 @@ class Node:
                 tg.create_task(self._receive_loop())
                 tg.create_task(self._send_loop())
                 assert self._joiner is not None
-                tg.create_task(self._joiner.run())
+                tg.create_task(self._join())
+                if self.relay_agent is not None:
+                    tg.create_task(self.relay_agent.run())
                 tg.create_task(self._load_loop())
                 if self.edge_candidate:
                     tg.create_task(self._edge_loop())
@@ -261,6 +287,9 @@ class Node:
             raw = await self._transport_factory(host, port, cfg.swim.max_datagram + 64)
         except OSError as exc:
             raise StartupError(f"cannot bind UDP {format_host_port(host, port)}: {exc.strerror or exc}") from None
+        if cfg.relay != "never":
+            # Datagrams may go through a relay later: every send then takes that path.
+            raw = self._relayed_dgrams = RelayedDatagrams(raw)
         self._udp = SealedTransport(raw, self.sealer, cluster=cfg.cluster, on_unauthenticated=self._unauthenticated)
         port = self._udp.local_addr[1]
         self._tcp = StreamServer(
@@ -272,7 +301,17 @@ class Node:
             await self._tcp.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on TCP {format_host_port(host, port)}: {exc.strerror or exc}") from None
-        self.gossip_addr = cfg.advertise or (advertise_host(host), port)
+        self.gossip_addr = self._direct_gossip = cfg.advertise or (advertise_host(host), port)
+        if cfg.relay_offer and (self.worker_type == "edge" or self.edge_candidate):
+            self.relay_server = RelayServer(
+                host, self.gossip_addr[0], ident.verify, self.sealer,
+                cluster=cfg.cluster, limits=cfg.relay_limits, name=f"node {self.identity.node_id}",
+                destinations=self._is_member_address,
+            )
+            try:
+                await self.relay_server.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen for relaying on {host}: {exc.strerror or exc} (see --relay-ports)") from None
         self.machine = Membership(
             cfg.swim,
             self.identity,
@@ -285,6 +324,14 @@ class Node:
             cluster=cfg.cluster,
         )
         self._known_edges = KnownEdges.load(data_dir)
+        if self._relayed_dgrams is not None:
+            self.relay_agent = RelayAgent(
+                NodePort(self.members, self._seed_addrs, self.relay_readdress, self._direct_address),
+                self.identity, self._relayed_dgrams, self._serve_relayed_stream, self.sealer, cfg.cluster, cfg.relay,
+                # Keepalives well inside one failure detection: a dead relay is replaced
+                # before any suspicion of us can time out (suspicion >= 3 probe intervals).
+                RelayTimings(keepalive=cfg.swim.probe_interval / 2, dead_after=2 * cfg.swim.probe_interval),
+            )
         self._save_incarnation()
         if cfg.mdns:
             self._mdns = MdnsDiscovery(self.machine.id, cfg.cluster, self.gossip_addr)
@@ -315,7 +362,14 @@ class Node:
             specialization=cfg.specialization,
             edge_public=bool(self.hardware and self.hardware.public_ip),
             started_at=int(self.started_at),
+            relay=self._relay_offer(),
         )
+
+    def _relay_offer(self) -> str:
+        """``meta.relay``: our relay listener while we are an edge that runs one."""
+        if self.relay_server is None or self.worker_type != "edge":
+            return ""
+        return self.relay_server.advertised
 
     def set_http_addr(self, addr: Addr) -> None:
         """The HTTP server is listening here (known only once it has bound)."""
@@ -329,6 +383,8 @@ class Node:
         return http
 
     def _advertised_http(self) -> str:
+        if self._relay_http is not None:
+            return self._relay_http  # the HTTP allocation on our relay
         return advertised_http(self._http_bind(), self.config.bind[0], self.gossip_addr)
 
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
@@ -356,6 +412,8 @@ class Node:
             await self._mdns.close()
         if self._tcp is not None:
             await self._tcp.close()
+        if self.relay_server is not None:
+            await self.relay_server.close()
         if self._udp is not None:
             self._udp.close()
             await self._udp.wait_closed()
@@ -387,6 +445,7 @@ class Node:
             self._save_incarnation()
         events = machine.take_events()
         if events:
+            self._member_addrs = None  # a member came, went or moved: rebuilt on the next use
             for ev in events:
                 self._log_event(ev)
             if self._known_edges is not None:
@@ -538,6 +597,73 @@ class Node:
         self._flush()
         return reply
 
+    # ------------------------------------------------------------ relaying (rmap2p/relay_agent.py)
+
+    async def _join(self) -> None:
+        assert self._joiner is not None
+        if self.relay_agent is not None:
+            # Relayed from the start: join with the allocation as our address, so the pool
+            # never holds a record of ours at an address it cannot reach.
+            await self.relay_agent.wait_routed()
+        await self._joiner.run()
+
+    async def _seed_addrs(self) -> list[Addr]:
+        assert self._joiner is not None
+        return await self._joiner.seeds.resolved()
+
+    def _direct_address(self) -> tuple[Addr, str]:
+        assert self._direct_gossip is not None
+        self._relay_http = None
+        return self._direct_gossip, self._advertised_http()
+
+    def _is_member_address(self, addr: Addr) -> bool:
+        """Whether ``addr`` is the gossip address of a member we know (any status): where our relay
+        lets carried members send datagrams. The set is rebuilt when the view changed."""
+        machine = self.machine
+        if machine is None:
+            return False
+        if self._member_addrs is None:
+            self._member_addrs = {m.addr for m in machine.members()}
+        return addr in self._member_addrs
+
+    def set_reachable(self, reachable: bool | None) -> None:
+        """The reachability check's verdict on this node (None: unknown). With ``--relay auto`` a
+        False makes the node find relays and re-advertise through them; True goes back to direct
+        (``rmap2p.relay_agent.relay_needed`` decides). No effect with ``--relay never``."""
+        if self.relay_agent is not None and self.relay_agent.reachable != reachable:
+            self.relay_agent.reachable = reachable
+            self.relay_agent.wake()
+
+    def relay_readdress(self, gossip: Addr, http: str, relays: tuple[str, ...]) -> None:
+        """We are reached at ``gossip`` and ``http`` now (a relay's allocations, or our own when ``relays`` is empty)."""
+        machine = self._require_machine()
+        self._relay_http = http if relays else None
+        self.gossip_addr = gossip
+        machine.readdress(gossip, self._now(), replace(machine.meta, http=http, relays=relays))
+        self._flush()
+
+    async def _serve_relayed_stream(
+        self, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Addr
+    ) -> None:
+        """A TCP connection that arrived at one of our relay allocations, attached to us by the relay."""
+        if kind == "gossip":
+            assert self._tcp is not None
+            await self._tcp.serve_connection(reader, writer, peer)
+            return
+        host, port = self._http_bind()
+        try:
+            local = await asyncio.open_connection(connect_host(host), port)
+        except OSError as exc:
+            log.debug("node %s: relayed HTTP from %s: cannot reach our HTTP server: %s", self._require_machine().id, peer, exc)
+            return
+        mine = local[1].get_extra_info("sockname")
+        key = (str(mine[0]), int(mine[1]))
+        self.relayed_http_peers[key] = peer
+        try:
+            await splice((reader, writer), local)
+        finally:
+            self.relayed_http_peers.pop(key, None)
+
     async def _edge_loop(self) -> None:
         """Promote this candidate to edge, and demote it again, by the rule in rmap2p/edge.py."""
         machine = self._require_machine()
@@ -562,8 +688,8 @@ class Node:
                     machine.id, self.edge_state.reason, self._fallback_type,
                 )
                 self.worker_type = self._fallback_type
-            kind = self.worker_type
-            self.update_meta(lambda m: replace(m, worker_type=kind))
+            kind, offer = self.worker_type, self._relay_offer()
+            self.update_meta(lambda m: replace(m, worker_type=kind, relay=offer))
 
     async def _load_loop(self) -> None:
         sampler = hardware.LoadSampler()

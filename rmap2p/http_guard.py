@@ -2,6 +2,11 @@
 
 Every request passes these aiohttp middlewares, outermost first:
 
+0. **relayed**: a request that reached a relayed node through its relay
+   arrives on a connection the node itself opened from loopback (the splice
+   of ``p2p.relay_client``); its ``remote`` becomes the address the relay saw,
+   and never a loopback one (the relay's host is not ours), so nothing below
+   mistakes a stranger on the relay for this host's operator.
 1. **errors**: any refusal aiohttp raises (404, 405, 413 body too large...)
    becomes ``{"error": ...}`` JSON; a JSON body nested too deeply for the
    parser becomes a 400; a bug of ours becomes a logged 500 with a JSON body.
@@ -118,6 +123,10 @@ class GuardStats:
             "coordinator_refused": self.coordinator_refused,
             "bad_requests": self.bad_requests,
         }
+
+
+RELAYED_LOCAL = "relay-host"
+"""``remote`` of a request a relay carried from a client on the relay's own host: not loopback, not ours."""
 
 
 class NodeLike(Protocol):
@@ -238,7 +247,25 @@ class Guard:
 
     @property
     def middlewares(self) -> list[Any]:
-        return [self.errors, self.routes, self.coordinator, self.clients, self.operator, self.json_bodies]
+        return [self.relayed, self.errors, self.routes, self.coordinator, self.clients, self.operator, self.json_bodies]
+
+    @web.middleware
+    async def relayed(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        peers = getattr(self.node, "relayed_http_peers", None)
+        if not peers:
+            return await handler(request)
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if not isinstance(peer, tuple) or len(peer) < 2:
+            return await handler(request)
+        seen = peers.get((str(peer[0]), int(peer[1])))
+        if seen is None:
+            return await handler(request)
+        remote = seen[0]
+        if is_loopback(remote) or self.from_this_host(remote):
+            # A client on the relay's own host: no address of ours, whatever it looks like here.
+            remote = RELAYED_LOCAL
+        return await handler(request.clone(remote=remote))
 
     # ------------------------------------------------------------ helpers
 

@@ -25,6 +25,11 @@ Exported families (all prefixed ``rmap2p_``):
   histogram ``request_duration_seconds{service}`` (what the gateway
   reported through ``services.request_metrics``);
 - leadership: ``leader_term``, ``leader_is_primary``;
+- relays (issue 16): on an edge, ``relay_carried_members`` and
+  ``relay_bytes_total{member,direction,layer}`` (``payload``: bytes at the
+  member's allocations, ``to_member``/``from_member``; ``control``: the
+  framed control connection, datagrams with their framing); on a relayed
+  node, ``relayed`` (1 while carried) and ``relay_failovers_total``;
 - ``uptime_seconds``, ``dashboard_clients`` (open live-update streams).
 """
 
@@ -138,9 +143,29 @@ class NodeCollector(Collector):
 
         yield from self._services(members)
         yield from self._leaders(members)
+        yield from self._relays()
         hub = self.app.get(SSE_HUB) if self.app is not None else None
         if hub is not None:
             yield _gauge("dashboard_clients", "Open dashboard live-update streams.", len(hub.clients))
+
+    def _relays(self) -> Iterator[Metric]:
+        node = self.node
+        if node.relay_server is not None:
+            carried = node.relay_server.carried()
+            yield _gauge("relay_carried_members", "Members this edge's relay carries now.", len(carried))
+            fam = CounterMetricFamily(
+                PREFIX + "relay_bytes", "Bytes this relay moved per carried member.", labels=["member", "direction", "layer"]
+            )
+            for member, st in carried.items():
+                fam.add_metric([member, "to_member", "payload"], st.bytes_in)
+                fam.add_metric([member, "from_member", "payload"], st.bytes_out)
+                fam.add_metric([member, "to_member", "control"], st.control_bytes_out)
+                fam.add_metric([member, "from_member", "control"], st.control_bytes_in)
+            yield fam
+        agent = node.relay_agent
+        if agent is not None:
+            yield _gauge("relayed", "1 while this node is reached through a relay.", 1 if agent.primary is not None else 0)
+            yield _counter("relay_failovers", "Times this node moved to its standby relay.", agent.failovers)
 
     def _services(self, members: list[MemberView]) -> Iterator[Metric]:
         machine = self.node.machine

@@ -19,7 +19,11 @@ gateway, the *router*, orders the candidates and tries them in turn:
    differently": gossip is a hint, first-hand figures the truth), and
    ``allocator.scoring.rank`` orders them by the seed-003 score with
    ``in_flight`` = this router's own requests in flight per target and a
-   ``random.Random`` seeded from the node id for the tie-break;
+   ``random.Random`` seeded from the node id for the tie-break; a member
+   reached through a relay (its metadata names ``relays``, issue 16) scores
+   ``allocator.scoring.RELAYED`` points less for the extra hop, and is
+   forwarded to at its advertised ``http``, the relay's allocation, like any
+   other member;
 3. that order is then stably partitioned: alive members first, suspect ones
    next, members this router failed to connect to in the last
    ``UNREACHABLE_FOR`` seconds last. A suspect is usually alive, so it stays
