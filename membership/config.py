@@ -58,6 +58,12 @@ class SwimConfig:
     gaps up to the normal period: the seed may not yet know everyone who joined with us, and a
     joiner re-gossips nothing it learns from its seed (that would make each join cost N
     broadcasts)."""
+    join_seed_follow_up: float = 0.25
+    """After a join, push-pull once more with the seed itself within this many seconds (0: never):
+    nodes that joined through the same seed at the same moment reached it just after our join
+    reply left, so the seed is the one member sure to know them all by then. Without it a wave
+    of 15 simultaneous joiners of a 16-node pool waited for gossip and the first random catch-up
+    (median 1.4 s, up to 3.8 s in the simulator; 4.4 s and 13 s with the local profile)."""
     reconnect_interval: float = 30.0
     """Every this many seconds push-pull with one random dead (not left) member: heals partitions."""
     reap_after: float = 4 * 3600.0

@@ -175,6 +175,8 @@ class _PendingStream:
     join: bool = False
     quiet: bool = False
     """Merge the reply without re-gossiping it: a join, or a joiner's catch-up."""
+    seed_follow_up: bool = False
+    """The push-pull with our seed just after the join: its outcome does not end catching up."""
 
 
 _Rank = tuple[int, Status]
@@ -263,6 +265,7 @@ class Membership:
         self._joined = False  # a join reply has come back (or we started from a view)
         # Seeds whose join failed while we were not alone: retried by us (see _join_failed).
         self._rejoin: dict[Addr, tuple[float, float]] = {}  # addr -> (when, gap)
+        self._seed_follow_up: tuple[Addr, float] | None = None  # (seed, when): see join_seed_follow_up
         self._next_reconnect = now + config.reconnect_interval
         self._announce(now)
 
@@ -332,7 +335,10 @@ class Membership:
                 # What a joiner learns from its seed the pool already knows: re-gossiping it would
                 # make every join cost N broadcasts, and a join wave O(N^2 log N) messages.
                 self._merge(msg.states, now, gossip=not pending.quiet)
-                if pending.quiet and not pending.join and not msg.states and not msg.digest and self._catch_up > 0:
+                if (
+                    pending.quiet and not pending.join and not pending.seed_follow_up
+                    and not msg.states and not msg.digest and self._catch_up > 0
+                ):
                     # A catch-up that found our two views equal: we have caught up. Back to the
                     # normal period (from now, at a random phase) rather than more doubling gaps.
                     # Equal, not merely "nothing we lacked": while a join storm is still
@@ -352,6 +358,9 @@ class Membership:
                     gap = self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
                     self._catch_up = 2 * gap
                     self._next_push_pull = min(self._next_push_pull, now + gap)
+                    if self.config.join_seed_follow_up > 0:
+                        when = now + self._rng.uniform(0.5, 1.0) * self.config.join_seed_follow_up
+                        self._seed_follow_up = (pending.addr, when)
                 wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
                 if wanted:
                     self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, StreamKind.STATES)
@@ -527,6 +536,8 @@ class Membership:
         for when, _ in self._rejoin.values():
             if when < d:
                 d = when
+        if self._seed_follow_up is not None and self._seed_follow_up[1] < d:
+            d = self._seed_follow_up[1]
         return d
 
     def tick(self, now: float) -> None:
@@ -559,6 +570,12 @@ class Membership:
             self._reconnect(now)
         if self._rejoin:
             self._retry_joins(now)
+        if self._seed_follow_up is not None and now >= self._seed_follow_up[1]:
+            seed, self._seed_follow_up = self._seed_follow_up[0], None
+            token = self._push_pull(seed, now, join=False, quiet=True)
+            pending = self._pending_streams.get(token)
+            if pending is not None:
+                pending.seed_follow_up = True
         while self._reap_queue and self._reap_queue[0][0] + self.config.reap_after <= now:
             self._reap(*self._reap_queue.popleft())
 

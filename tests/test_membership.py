@@ -663,6 +663,35 @@ def test_catch_ups_merge_quietly_and_end_once_the_two_views_agree() -> None:
     assert t4 - t3 >= 0.5 * period
 
 
+def test_a_joiner_asks_its_seed_again_soon_for_those_who_joined_with_it() -> None:
+    # Nodes that join through the same seed at the same moment reach it just after our join
+    # reply left: the seed is the one member sure to know them all a moment later.
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=10.0)
+    seed = ("10.0.0.3", 1)
+    reply = PushPullReply("rmap2p", (), tuple(MemberState(alive(f"p{i}", 1), Status.ALIVE, 1) for i in range(5)))
+    token = m.join(seed, 10.0)
+    assert m.stream_reply(token, wire.encode_frame(reply), 10.0)
+    m.take_streams()
+    pulls: list = []
+    t = 10.0
+    while not pulls:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        pulls = [r for r in m.take_streams() if r.kind == "push-pull"]
+    assert 10.0 < t <= 10.0 + cfg.join_seed_follow_up
+    (follow,) = pulls
+    assert follow.addr == seed and not wire.decode_frame(follow.payload).join
+    # It brings one who joined with us; merged quietly (the seed gossips it), and an answer
+    # equal to our view does not end catching up: the seed's view is ours of a moment ago.
+    before = m.broadcasts_queued()
+    news = PushPullReply("rmap2p", (), (MemberState(alive("twin", 1), Status.ALIVE, 1),))
+    assert m.stream_reply(follow.token, wire.encode_frame(news), t)
+    assert m.status_of("twin") is Status.ALIVE and m.broadcasts_queued() == before
+    assert m._catch_up > 0  # type: ignore[attr-defined]
+
+
 def test_a_suspicion_learned_by_push_pull_names_no_witness() -> None:
     # In a cold start every join reply carries the suspicions of the moment. Were each merging
     # node to accuse in its own name, one lost ack would gather hundreds of "independent"
