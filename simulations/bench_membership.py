@@ -127,7 +127,7 @@ def cases() -> list[Case]:
         )
     # The same cold start over a link that drops 10 % of datagrams (issue 15): it must converge
     # and declare no running node dead, on every seed. Seeds 7-9 are the issue's.
-    for n, secs, seeds in ((200, 120, tuple(range(1, 21))), (1000, 300, (7, 8, 9, 10))):
+    for n, secs, seeds in ((200, 120, tuple(range(1, 21))), (1000, 300, (7, 8, 9))):
         out.append(
             Case(
                 f"join-n{n}-loss10",
