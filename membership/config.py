@@ -24,8 +24,13 @@ class SwimConfig:
     """Seconds between probes of one member; stretched by awareness (``× (score + 1)``)."""
     probe_timeout: float = 0.5
     """Seconds to wait for a direct ack before asking ``indirect_checks`` members; also stretched."""
-    indirect_checks: int = 3
-    """k: members asked to ping-req a target that missed its direct ack."""
+    indirect_checks: int = 5
+    """k: members asked to ping-req a target that missed its direct ack (memberlist: 3). Each
+    relay path is four datagrams, lost with probability 0.34 at 10 % loss; five relays instead of
+    three cut false suspicions ten-fold (0.024 % → 0.0025 % of probe rounds, 100 nodes, 20 min),
+    and every false suspicion costs the pool a suspicion and a refutation gossiped to all N
+    nodes: at 1,000 nodes and 10 % loss that was two thirds of the traffic. The extra ping-reqs
+    go out only when a direct ack was missed (never without loss)."""
     direct_retry: bool = True
     """At the ack timeout, ping the target directly once more alongside the indirect checks
     (not in memberlist): halves false suspicions' main cause on lossy links for one datagram."""

@@ -126,7 +126,8 @@ def test_forged_alive_is_rejected_and_counted() -> None:
 
 
 def test_probe_deadlines_are_exact_and_indirect_probe_follows_a_missed_ack() -> None:
-    m = machine()
+    assert SwimConfig.lan().indirect_checks == 5
+    m = machine(config=SwimConfig.lan(indirect_checks=3))
     for i in range(5):
         feed(m, alive(f"p{i}", 1, port=8000 + i))
     t = quiet(m)
