@@ -262,6 +262,7 @@ class Membership:
         self._next_gossip = now + config.gossip_interval
         self._next_push_pull = now + rng.uniform(0, config.push_pull_interval)
         self._catch_up = 0.0  # while > 0: the next anti-entropy gap of a node that just joined
+        self._catch_up_until = 0.0  # catching up ends by then, views equal or not
         self._joined = False  # a join reply has come back (or we started from a view)
         # Seeds whose join failed while we were not alone: retried by us (see _join_failed).
         self._rejoin: dict[Addr, tuple[float, float]] = {}  # addr -> (when, gap)
@@ -357,6 +358,7 @@ class Membership:
                     # storm gossip is backlogged for minutes; anti-entropy is not.
                     gap = self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
                     self._catch_up = 2 * gap
+                    self._catch_up_until = now + self.config.push_pull_period(self.num_active())
                     self._next_push_pull = min(self._next_push_pull, now + gap)
                     if self.config.join_seed_follow_up > 0:
                         when = now + self._rng.uniform(0.5, 1.0) * self.config.join_seed_follow_up
@@ -1179,9 +1181,13 @@ class Membership:
         # own reply, so it is merged without re-gossip (else every catch-up turns the hundreds
         # of records a joiner lacks into broadcasts, and a join storm into minutes of backlog).
         catching_up = self._catch_up > 0
-        if 0 < self._catch_up < period:
+        if catching_up and now + self._catch_up < self._catch_up_until:
+            # Doubling gaps, but at most 2 x join_follow_up apart until the views agree (or one
+            # normal period has passed since the join): in a join storm the records the bounded
+            # queues dropped reach early joiners only this way, and with gaps doubled up to the
+            # period (20-40 s by then) one such node still lacked 19 members 20 s after the rest.
             self._next_push_pull = now + self._catch_up
-            self._catch_up *= 2
+            self._catch_up = min(2 * self._catch_up, 2 * self.config.join_follow_up)
         else:
             self._catch_up = 0.0
             self._next_push_pull = now + period
