@@ -10,9 +10,13 @@ through node 0 (``--join``/``seeds``). A poller per process asks its view every
 ``--poll`` seconds (rmap2p: ``GET /api/admin/workers``; kinship: a tiny HTTP endpoint this
 module serves around ``kinship.Cluster.members()``, so both are observed the same way). A
 process is *ready* at its first answer; a view is *full* once it lists all N members alive.
-Reported per run: the time from the last process ready, and from the last process start,
-until the last view became full (each view must stay full to the end of the run). The
-figures carry the poll interval as their resolution.
+Reported per run: the time from the last process ready, from the last process *joined* (its
+own view first lists another member), and from the last process start, until the last view
+became full (each view must stay full for ``--hold`` seconds). The figures carry the poll
+interval as their resolution. kinship's node answers only once ``Cluster.start()`` has joined
+its seed, so for it "ready" and "joined" coincide; an rmap2p daemon answers HTTP before its
+join loop has run, so its "ready" includes its own join and "joined" is the like-for-like
+figure.
 
 Both systems run with the same-named preset (``lan``: rmap2p's default, memberlist's
 DefaultLANConfig; ``local``: DefaultLocalConfig). Serf is not measured: its Go binary is not
@@ -52,6 +56,8 @@ class Proc:
     popen: subprocess.Popen[bytes]
     started: float
     ready: float | None = None
+    joined: float | None = None
+    """First answer whose view lists another member: this process's own join is done."""
     full_since: float | None = None
     """When this view last became full (None while it is not)."""
     polls: int = 0
@@ -73,7 +79,7 @@ def _poll(p: Proc, system: str, n: int, interval: float, stop: threading.Event) 
     while not stop.is_set():
         t0 = time.monotonic()
         try:
-            _, alive = _view(url, system, 2.0)
+            listed, alive = _view(url, system, 2.0)
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             if p.popen.poll() is not None:
                 p.errors.append(f"exited with {p.popen.returncode}")
@@ -84,6 +90,8 @@ def _poll(p: Proc, system: str, n: int, interval: float, stop: threading.Event) 
             p.polls += 1
             if p.ready is None:
                 p.ready = t0
+            if p.joined is None and listed > 1:
+                p.joined = t0
             if alive >= n:
                 if p.full_since is None:
                     p.full_since = t0
@@ -152,10 +160,12 @@ def one_run(system: str, n: int, profile: str, poll: float, timeout: float, hold
             if not all(p.full_since is not None and p.full_since <= converged for p in procs):
                 converged = None
         last_ready = max((p.ready for p in procs if p.ready is not None), default=None)
+        last_joined = max((p.joined for p in procs if p.joined is not None), default=None)
         result: dict[str, object] = {
             "converged": converged is not None,
             "from_last_ready_s": round(converged - last_ready, 3) if converged is not None and last_ready else None,
             "from_last_start_s": round(converged - last_start, 3) if converged is not None else None,
+            "from_last_joined_s": round(converged - last_joined, 3) if converged is not None and last_joined else None,
             "ready_spread_s": round(last_ready - min(p.ready for p in procs if p.ready), 3) if last_ready else None,
             "polls": sum(p.polls for p in procs),
             "errors": {p.name: p.errors for p in procs if p.errors},
@@ -254,23 +264,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not a.json:
             print(
                 f"run {r + 1}: {'converged' if res['converged'] else 'NOT converged'}; from last ready "
-                f"{res['from_last_ready_s']} s, from last start {res['from_last_start_s']} s "
+                f"{res['from_last_ready_s']} s, from last joined {res['from_last_joined_s']} s, "
+                f"from last start {res['from_last_start_s']} s "
                 f"(ready spread {res['ready_spread_s']} s){' errors ' + str(res['errors']) if res['errors'] else ''}",
                 flush=True,
             )
     ready = [float(r["from_last_ready_s"]) for r in runs if r["from_last_ready_s"] is not None]  # type: ignore[arg-type]
     start = [float(r["from_last_start_s"]) for r in runs if r["from_last_start_s"] is not None]  # type: ignore[arg-type]
+    joined = [float(r["from_last_joined_s"]) for r in runs if r["from_last_joined_s"] is not None]  # type: ignore[arg-type]
     summary = {
         "system": a.system, "nodes": a.nodes, "profile": a.profile, "poll_s": a.poll, "runs": runs,
         "converged": sum(1 for r in runs if r["converged"]),
-        "from_last_ready": _summary(ready), "from_last_start": _summary(start),
+        "from_last_ready": _summary(ready), "from_last_joined": _summary(joined), "from_last_start": _summary(start),
     }
     if a.json:
         print(json.dumps(summary, indent=1))
     else:
         print(
             f"{a.system} ({a.profile}), {a.nodes} processes, {summary['converged']}/{a.runs} converged; "
-            f"from last ready: {summary['from_last_ready']}; from last start: {summary['from_last_start']}"
+            f"from last ready: {summary['from_last_ready']}; from last joined: {summary['from_last_joined']}; "
+            f"from last start: {summary['from_last_start']}"
         )
     return 0 if summary["converged"] == a.runs else 1
 

@@ -122,6 +122,16 @@ def test_lossy_cold_start_converges_without_false_deaths(seed: int) -> None:
     assert f.stuck_deadlines == 0, replay(sim)
 
 
+def test_bytes_by_kind_add_up_to_the_bandwidth_and_change_nothing_else() -> None:
+    kw = dict(nodes=30, seconds=40, seed=2, start="warm", network=NetworkOptions(loss=0.10))
+    _, plain = run(**kw)
+    _, split = run(**kw, by_kind=True)
+    assert plain.bytes_by_kind is None and split.bytes_by_kind
+    assert split.events_hash == plain.events_hash, "counting decodes datagrams; it must not change the run"
+    assert sum(split.bytes_by_kind.values()) == pytest.approx(split.bytes_per_node_per_s)
+    assert {"udp Ping", "udp Ack", "udp header+seal"} <= set(split.bytes_by_kind)
+
+
 def test_warm_start_is_converged_and_stays_so() -> None:
     sim, f = run(nodes=25, seconds=30, seed=5, start="warm")
     assert f.join_convergence_s is None and sim.rec.first_converged_at == 0.0
