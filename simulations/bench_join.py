@@ -61,25 +61,38 @@ class Proc:
     full_since: float | None = None
     """When this view last became full (None while it is not)."""
     polls: int = 0
+    flaps: int = 0
+    """Times this view stopped being full again (a member suspected or lost after the join)."""
     errors: list[str] = field(default_factory=list)
 
 
-def _view(url: str, system: str, timeout: float) -> tuple[int, int]:
-    """(members listed, members alive) in one process's view."""
+def _get(url: str, timeout: float) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
-        doc = json.load(resp)
-    if system == "rmap2p":
-        workers = doc["workers"]
-        return len(workers), sum(1 for w in workers if w["status"] == "alive")
-    return len(doc["members"]), sum(1 for m in doc["members"] if m["state"] == "ALIVE")
+        return json.load(resp)
+
+
+def _view(base: str, system: str, n: int, timeout: float) -> tuple[int, int]:
+    """(members listed, members alive) in one process's view."""
+    if system == "kinship":
+        doc = _get(base + "/view", timeout)
+        return len(doc["members"]), sum(1 for m in doc["members"] if m["state"] == "ALIVE")
+    # /health is cheap (counts only); the full worker list costs the daemon a few ms per call,
+    # and polling it 20 times a second in 16 daemons on two cores starved the daemons themselves.
+    # So the list is fetched only to confirm a view that /health says may be full.
+    health = _get(base + "/health", timeout)
+    listed, active = int(health["members_known"]), int(health["members_alive"])
+    if listed < n or active < n:
+        return listed, min(active, listed)
+    workers = _get(base + "/api/admin/workers", timeout)["workers"]
+    return len(workers), sum(1 for w in workers if w["status"] == "alive")
 
 
 def _poll(p: Proc, system: str, n: int, interval: float, stop: threading.Event) -> None:
-    url = f"http://127.0.0.1:{p.http}" + ("/api/admin/workers" if system == "rmap2p" else "/view")
+    base = f"http://127.0.0.1:{p.http}"
     while not stop.is_set():
         t0 = time.monotonic()
         try:
-            listed, alive = _view(url, system, 2.0)
+            listed, alive = _view(base, system, n, 2.0)
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             if p.popen.poll() is not None:
                 p.errors.append(f"exited with {p.popen.returncode}")
@@ -96,6 +109,8 @@ def _poll(p: Proc, system: str, n: int, interval: float, stop: threading.Event) 
                 if p.full_since is None:
                     p.full_since = t0
             else:
+                if p.full_since is not None:
+                    p.flaps += 1
                 p.full_since = None
         stop.wait(max(0.0, interval - (time.monotonic() - t0)))
 
@@ -103,7 +118,7 @@ def _poll(p: Proc, system: str, n: int, interval: float, stop: threading.Event) 
 def _argv(system: str, name: str, gossip: int, http: int, data: Path, profile: str, seed: int | None) -> list[str]:
     if system == "rmap2p":
         argv = [
-            sys.executable, "-m", "rmap2p", "join", "--bind", f"127.0.0.1:{gossip}", "--http", f"127.0.0.1:{http}",
+            sys.executable, "-m", "rmap2p", *(["-v"] if os.environ.get("BENCH_JOIN_VERBOSE") else []), "join", "--bind", f"127.0.0.1:{gossip}", "--http", f"127.0.0.1:{http}",
             "--data-dir", str(data), "--name", name, "--no-mdns", "--no-services", "--profile", profile,
         ]
         return argv + (["--join", f"127.0.0.1:{seed}"] if seed is not None else [])
@@ -168,7 +183,11 @@ def one_run(system: str, n: int, profile: str, poll: float, timeout: float, hold
             "from_last_joined_s": round(converged - last_joined, 3) if converged is not None and last_joined else None,
             "ready_spread_s": round(last_ready - min(p.ready for p in procs if p.ready), 3) if last_ready else None,
             "polls": sum(p.polls for p in procs),
+            "flaps": sum(p.flaps for p in procs),
             "errors": {p.name: p.errors for p in procs if p.errors},
+            "full_after_last_ready_s": {
+                p.name: round(p.full_since - last_ready, 3) for p in procs if p.full_since is not None and last_ready
+            },
         }
         return result
     finally:
@@ -260,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not a.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
         res["run"] = r + 1
+        if a.keep:
+            res["workdir"] = str(workdir)
         runs.append(res)
         if not a.json:
             print(

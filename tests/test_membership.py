@@ -693,6 +693,49 @@ def test_a_joiner_asks_its_seed_again_soon_for_those_who_joined_with_it() -> Non
     assert m._catch_up > 0  # type: ignore[attr-defined]
 
 
+def test_a_joiner_announces_itself_to_the_members_its_seed_named() -> None:
+    # The pool hears of a join from the seed's gossip, a few datagrams a tick: when a dozen
+    # nodes join within a second, a member could miss one until its next catch-up.
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=10.0)
+    seed = ("10.0.0.3", 1)
+    def joined(m: Membership, pool: int) -> set:
+        states = tuple(MemberState(alive(f"p{i}", 1, port=8000 + i), Status.ALIVE, 1) for i in range(pool))
+        token = m.join(seed, 10.0)
+        assert m.stream_reply(token, wire.encode_frame(PushPullReply("rmap2p", (), states)), 10.0)
+        sent = m.take_datagrams()
+        return {a for d, a in sent if any(isinstance(x, Alive) and x.node == "me" for x in wire.decode_datagram(d))}
+
+    to = joined(m, 20)
+    assert len(to) == 20 and seed not in to, "a small pool: every member hears of us at once"
+    # A big pool relies on gossip: 32 announcements per join crowded the queues of a join storm.
+    assert not joined(machine(config=cfg, now=10.0), cfg.join_announce + 1)
+    assert not joined(machine(config=SwimConfig.lan(join_announce=0), now=10.0), 20)
+
+
+def test_a_seed_catches_up_after_serving_a_join() -> None:
+    # In a join storm the bounded queues drop joins that only anti-entropy carries: the pool's
+    # first node, which never joins, must pull them too.
+    from membership.messages import PushPull
+
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=100.0)
+    for i in range(40):
+        feed(m, alive(f"p{i}", 1, port=8000 + i), now=100.0)
+    m._next_push_pull = 1000.0  # type: ignore[attr-defined]
+    digest = (make_digest_entry(("joiner", 0, Status.ALIVE)),)
+    reply = m.handle_stream(wire.encode_frame(PushPull("rmap2p", True, digest)), ("10.0.0.9", 1), 100.0)
+    assert reply is not None
+    t = 100.0
+    pulls: list = []
+    while not pulls and t < 100.0 + cfg.join_follow_up:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        pulls = [r for r in m.take_streams() if r.kind == "push-pull"]
+    assert pulls and 100.0 < t <= 100.0 + cfg.join_follow_up
+
+
 def test_a_suspicion_learned_by_push_pull_names_no_witness() -> None:
     # In a cold start every join reply carries the suspicions of the moment. Were each merging
     # node to accuse in its own name, one lost ack would gather hundreds of "independent"
