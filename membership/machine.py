@@ -333,9 +333,16 @@ class Membership:
             if pending.kind is StreamKind.PUSH_PULL and isinstance(msg, PushPullReply):
                 if msg.cluster != self.cluster:
                     raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
+                # Members we knew before our first join got through joined through us while ours
+                # was under way (a slow TCP connect): they hold our view of then, just us, and end
+                # their catch-ups on it, an island the pool does not know. Told below.
+                island = [self._alive[n].addr for n in self._ids[:8]] if pending.join and not self._joined else []
                 # What a joiner learns from its seed the pool already knows: re-gossiping it would
                 # make every join cost N broadcasts, and a join wave O(N^2 log N) messages.
                 self._merge(msg.states, now, gossip=not pending.quiet)
+                for addr in island:
+                    if addr != pending.addr:
+                        self._push_pull(addr, now, join=False)
                 if (
                     pending.quiet and not pending.join and not pending.seed_follow_up
                     and not msg.states and not msg.digest and self._catch_up > 0

@@ -800,6 +800,9 @@ def test_a_lost_join_is_retried_by_the_machine_once_someone_joined_through_us() 
     reply = PushPullReply("rmap2p", (), (MemberState(alive("p0", 1), Status.ALIVE, 1),))
     assert m.stream_reply(again[0].token, wire.encode_frame(reply), t)
     assert not m._rejoin  # type: ignore[attr-defined]
+    # Those who joined through us hold our view of then: we push-pull them the pool at once.
+    told = {r.addr for r in m.take_streams() if r.kind == "push-pull"}
+    assert len(told) == 8 and told <= {("10.0.0.2", 8000 + i) for i in range(30)}
 
 
 def test_an_unconfirmed_suspicion_gets_a_last_direct_check_before_death() -> None:
