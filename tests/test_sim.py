@@ -320,8 +320,12 @@ def test_stall_schedule_releases_at_the_end_of_a_stall() -> None:
 
 def test_tcp_fails_across_a_partition_and_to_a_crashed_node() -> None:
     part = Partition(start_s=5.0, end_s=None, nodes=(0,))
-    sim = Simulation(SimOptions(nodes=6, seconds=60, start="warm", updates=0, network=NetworkOptions(partitions=(part,))))
-    sim.run_until(60.0)
+    # 90 s: the cut-off node's own probes all fail, so Lifeguard stretches its probe interval
+    # to 8 s (awareness saturates); its last first probe of a member may come ~40 s after the
+    # cut, then 24 s of unconfirmed suspicion and a last check (with five relays per probe the
+    # probe order falls so that the last one is still suspect at 60 s).
+    sim = Simulation(SimOptions(nodes=6, seconds=90, start="warm", updates=0, network=NetworkOptions(partitions=(part,))))
+    sim.run_until(90.0)
     # Node 0 is cut off for good: everyone else declares it dead, and it declares everyone dead.
     assert all(sim.status(o, 0) is Status.DEAD for o in range(1, 6)), replay(sim)
     assert all(sim.status(0, s) is Status.DEAD for s in range(1, 6)), replay(sim)
