@@ -35,8 +35,14 @@ tick to ``gossip_nodes`` members while any are queued: random ones, except
 that news goes first to our successors on the ring of sorted ids. Push-pull
 exchanges digests over TCP and sends only what differs; what a joiner learns
 from its seed is not re-gossiped (the pool has it), and the joiner catches
-up by push-pull with random members at doubling gaps instead, merging those
-quietly too, until one brings nothing new.
+up by push-pull instead, merging those quietly too: once with its seed a
+moment later (others joining at the same time), then with random members at
+gaps doubling up to 10 s until one finds the two views equal (a seed that
+served a join does the same). In a pool of at most ``join_announce`` others a
+joiner also sends its alive straight to each member. A lost join is retried
+by the machine once others have joined through it, and a node whose join got
+through late pushes the pool to them. A suspicion learned by push-pull names
+no witness (the suspect as its own accuser) and never confirms one.
 
 Departures from memberlist, each for a measured reason (simulations/RESULTS.md):
 the direct retry and the last check (false suspicions and deaths at 10 %
