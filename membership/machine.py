@@ -35,8 +35,14 @@ tick to ``gossip_nodes`` members while any are queued: random ones, except
 that news goes first to our successors on the ring of sorted ids. Push-pull
 exchanges digests over TCP and sends only what differs; what a joiner learns
 from its seed is not re-gossiped (the pool has it), and the joiner catches
-up by push-pull with random members at doubling gaps instead, merging those
-quietly too, until one brings nothing new.
+up by push-pull instead, merging those quietly too: once with its seed a
+moment later (others joining at the same time), then with random members at
+gaps doubling up to 10 s until one finds the two views equal (a seed that
+served a join does the same). In a pool of at most ``join_announce`` others a
+joiner also sends its alive straight to each member. A lost join is retried
+by the machine once others have joined through it, and a node whose join got
+through late pushes the pool to them. A suspicion learned by push-pull names
+no witness (the suspect as its own accuser) and never confirms one.
 
 Departures from memberlist, each for a measured reason (simulations/RESULTS.md):
 the direct retry and the last check (false suspicions and deaths at 10 %
@@ -55,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -177,6 +184,8 @@ class _PendingStream:
     join: bool = False
     quiet: bool = False
     """Merge the reply without re-gossiping it: a join, or a joiner's catch-up."""
+    seed_follow_up: bool = False
+    """The push-pull with our seed just after the join: its outcome does not end catching up."""
 
 
 _Rank = tuple[int, Status]
@@ -265,6 +274,11 @@ class Membership:
         self._next_gossip = now + config.gossip_interval
         self._next_push_pull = now + rng.uniform(0, config.push_pull_interval)
         self._catch_up = 0.0  # while > 0: the next anti-entropy gap of a node that just joined
+        self._catch_up_until = 0.0  # catching up ends by then, views equal or not
+        self._joined = False  # a join reply has come back (or we started from a view)
+        # Seeds whose join failed while we were not alone: retried by us (see _join_failed).
+        self._rejoin: dict[Addr, tuple[float, float]] = {}  # addr -> (when, gap)
+        self._seed_follow_up: tuple[Addr, float] | None = None  # (seed, when): see join_seed_follow_up
         self._next_reconnect = now + config.reconnect_interval
         self._announce(now)
 
@@ -319,7 +333,11 @@ class Membership:
     def stream_reply(self, token: int, data: bytes | None, now: float) -> bool:
         """The outcome of one of our TCP requests; True if a valid reply was used."""
         pending = self._pending_streams.pop(token, None)
-        if pending is None or data is None:
+        if pending is None:
+            return False
+        if data is None:
+            if pending.join:
+                self._join_failed(pending.addr, now)
             return False
         self.stats.stream_bytes_in += len(data)
         try:
@@ -327,23 +345,49 @@ class Membership:
             if pending.kind is StreamKind.PUSH_PULL and isinstance(msg, PushPullReply):
                 if msg.cluster != self.cluster:
                     raise RemoteProtocolError(f"peer is in cluster {msg.cluster!r}, not ours")
+                # Members we knew before our first join got through joined through us while ours
+                # was under way (a slow TCP connect): they hold our view of then, just us, and end
+                # their catch-ups on it, an island the pool does not know. Told below.
+                island = [self._alive[n].addr for n in self._ids[:8]] if pending.join and not self._joined else []
                 # What a joiner learns from its seed the pool already knows: re-gossiping it would
                 # make every join cost N broadcasts, and a join wave O(N^2 log N) messages.
                 self._merge(msg.states, now, gossip=not pending.quiet)
-                if pending.quiet and not pending.join and not msg.states and self._catch_up > 0:
-                    # A catch-up that found nothing we lacked: we have caught up. Back to the
+                for addr in island:
+                    if addr != pending.addr:
+                        self._push_pull(addr, now, join=False)
+                if (
+                    pending.quiet and not pending.join and not pending.seed_follow_up
+                    and not msg.states and not msg.digest and self._catch_up > 0
+                ):
+                    # A catch-up that found our two views equal: we have caught up. Back to the
                     # normal period (from now, at a random phase) rather than more doubling gaps.
+                    # Equal, not merely "nothing we lacked": while a join storm is still
+                    # spreading, a peer that lacks what we have likely lacks what we lack too
+                    # (at 300 nodes and 10 % loss a node stopped at 13 s missing one member that
+                    # its peer had not heard of either, and waited 85 s for the next push-pull).
                     self._catch_up = 0.0
                     period = self.config.push_pull_period(self.num_active())
                     self._next_push_pull = now + self._rng.uniform(0.5, 1.0) * period
                 if pending.join:
+                    self._joined = True
+                    self._rejoin.clear()
                     # Nobody re-gossips what a joiner learned, so whatever its seed had not
                     # heard of yet (others joining at the same time) it pulls from random
                     # members: soon, then at doubling gaps up to the normal period. In a join
                     # storm gossip is backlogged for minutes; anti-entropy is not.
-                    gap = self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
-                    self._catch_up = 2 * gap
-                    self._next_push_pull = min(self._next_push_pull, now + gap)
+                    self._start_catching_up(now)
+                    if self.num_active() <= self.config.join_announce + 1:
+                        # A small pool: tell every member at once. (In a big one, 32 such seeds
+                        # of the epidemic only crowded the bounded queues in a join storm: a
+                        # 1,000-node cold start took 54 s instead of 31.)
+                        own = wire.encode_message(self._alive[self.id])
+                        for node in self._random_members(self.config.join_announce, now):
+                            addr = self._alive[node].addr
+                            if addr != pending.addr:  # the seed has our record from this exchange
+                                self._emit(addr, [own])  # alone: our queued alive still gets gossiped
+                    if self.config.join_seed_follow_up > 0:
+                        when = now + self._rng.uniform(0.5, 1.0) * self.config.join_seed_follow_up
+                        self._seed_follow_up = (pending.addr, when)
                 wanted = [self._state_of(e.node) for e in msg.digest if e.node in self._alive]
                 if wanted:
                     self._stream(pending.addr, PushPullStates(self.cluster, tuple(wanted)), False, StreamKind.STATES)
@@ -354,7 +398,31 @@ class Membership:
         except RemoteProtocolError as exc:
             self.stats.rejected += 1
             log.debug("%s: bad stream reply from %s: %s", self.id, pending.addr, exc)
+        if pending.join:
+            self._join_failed(pending.addr, now)
         return False
+
+    def _start_catching_up(self, now: float) -> None:
+        gap = self._rng.uniform(0.5, 1.0) * self.config.join_follow_up
+        self._catch_up = 2 * gap
+        self._catch_up_until = now + self.config.push_pull_period(self.num_active())
+        self._next_push_pull = min(self._next_push_pull, now + gap)
+
+    def _join_failed(self, addr: Addr, now: float) -> None:
+        """A join push-pull got no valid reply: try that seed again later unless a join succeeds.
+
+        A driver retries its seeds while we are alone, but not once someone has joined through
+        us: a node whose join was lost (10 % loss: a TCP connect fails now and then) while
+        later joiners already used it as their seed becomes an island that knows only them,
+        and they only it (caught up with each other, they stop). Nobody re-gossips what a
+        join brings, so the island and the pool would meet only by chance at a push-pull
+        period. So we retry the seed ourselves, at doubling gaps, until a join gets through.
+        """
+        if self._joined or (addr not in self._rejoin and len(self._rejoin) >= 8):
+            return
+        _, gap = self._rejoin.get(addr, (0.0, 0.5 * self.config.join_follow_up))
+        gap = min(2 * gap, self.config.push_pull_interval)
+        self._rejoin[addr] = (now + self._rng.uniform(0.5, 1.0) * gap, gap)
 
     def join(self, addr: Addr, now: float) -> int:
         """Start a push-pull with a seed address; returns the stream token."""
@@ -420,6 +488,7 @@ class Membership:
         self._probe_index = 0
         # Our own alive, queued at construction, is in every member's view already.
         self._broadcasts.clear()
+        self._joined = True
         self._ring, self._ring_shared = view.ring, True
         if next_push_pull is None:
             next_push_pull = now + self._rng.uniform(0, self.config.push_pull_period(len(view)))
@@ -525,6 +594,11 @@ class Membership:
                 d = r
         if self._n_down and self._next_reconnect < d:
             d = self._next_reconnect
+        for when, _ in self._rejoin.values():
+            if when < d:
+                d = when
+        if self._seed_follow_up is not None and self._seed_follow_up[1] < d:
+            d = self._seed_follow_up[1]
         return d
 
     def tick(self, now: float) -> None:
@@ -555,6 +629,14 @@ class Membership:
             self._periodic_push_pull(now)
         if now >= self._next_reconnect:
             self._reconnect(now)
+        if self._rejoin:
+            self._retry_joins(now)
+        if self._seed_follow_up is not None and now >= self._seed_follow_up[1]:
+            seed, self._seed_follow_up = self._seed_follow_up[0], None
+            token = self._push_pull(seed, now, join=False, quiet=True)
+            pending = self._pending_streams.get(token)
+            if pending is not None:
+                pending.seed_follow_up = True
         while self._reap_queue and self._reap_queue[0][0] + self.config.reap_after <= now:
             self._reap(*self._reap_queue.popleft())
 
@@ -850,9 +932,11 @@ class Membership:
             if not self.leaving:
                 self._refute(s.incarnation, now)
             return
+        # A suspicion with the suspect as its accuser names no witness: it came by anti-entropy.
+        witness = None if s.accuser == s.node else s.accuser
         if verdict is Verdict.CONFIRM:
             timer = self._suspicions.get(s.node)
-            if timer is not None and timer.confirm(s.accuser) and gossip:
+            if witness is not None and timer is not None and timer.confirm(witness) and gossip:
                 self._broadcasts.queue(s.node, wire.encode_message(s), keep=True)
             return
         self._set_down(s.node, Status.SUSPECT, s.incarnation, now)
@@ -866,7 +950,7 @@ class Membership:
             longest = self.config.suspicion_max_mult * base
         else:
             k, longest = 0, base
-        self._suspicions[s.node] = Suspicion.begin(s.incarnation, s.accuser, now, k, base, longest)
+        self._suspicions[s.node] = Suspicion.begin(s.incarnation, witness, now, k, base, longest)
         if gossip:
             # Suspicions and deaths are never dropped from a full queue (see broadcast.py).
             self._broadcasts.queue(s.node, wire.encode_message(s), keep=True)
@@ -1160,15 +1244,31 @@ class Membership:
         # own reply, so it is merged without re-gossip (else every catch-up turns the hundreds
         # of records a joiner lacks into broadcasts, and a join storm into minutes of backlog).
         catching_up = self._catch_up > 0
-        if 0 < self._catch_up < period:
+        if catching_up and now + self._catch_up < self._catch_up_until:
+            # Doubling gaps, but at most 2 x join_follow_up apart until the views agree (or one
+            # normal period has passed since the join): in a join storm the records the bounded
+            # queues dropped reach early joiners only this way, and with gaps doubled up to the
+            # period (20-40 s by then) one such node still lacked 19 members 20 s after the rest.
             self._next_push_pull = now + self._catch_up
-            self._catch_up *= 2
+            self._catch_up = min(2 * self._catch_up, 2 * self.config.join_follow_up)
         else:
             self._catch_up = 0.0
             self._next_push_pull = now + period
         peers = self._random_members(1, now)
         if peers:
             self._push_pull(self._alive[peers[0]].addr, now, join=False, quiet=catching_up)
+
+    def _retry_joins(self, now: float) -> None:
+        for addr, (when, gap) in list(self._rejoin.items()):
+            if when > now:
+                continue
+            if self.num_active() <= 1:
+                # Alone: the driver retries its seeds itself; we only look again later.
+                self._rejoin[addr] = (now + gap, gap)
+                continue
+            # In flight: its failure schedules it again at a doubled gap, its reply clears it.
+            self._rejoin[addr] = (math.inf, gap)
+            self._push_pull(addr, now, join=True)
 
     def _reconnect(self, now: float) -> None:
         """Push-pull with one random dead member: after a partition heals, this merges the halves."""
@@ -1199,6 +1299,12 @@ class Membership:
     def _serve_push_pull(self, msg: PushPull, src: Addr, now: float) -> PushPullReply | None:
         if msg.cluster != self.cluster:
             raise RemoteProtocolError(f"push-pull from cluster {msg.cluster!r}")
+        if msg.join and self._catch_up == 0:
+            # Someone joins through us: a join storm may be under way, in which the bounded queues
+            # drop joins that only anti-entropy then carries. A joiner catches up; so does its
+            # seed (the pool's first node never joins at all: in a 1,000-node cold start it
+            # lacked 11 members for minutes after everyone else had them all).
+            self._start_catching_up(now)
         # Ranks are compared as (incarnation, status) tuples; this loop runs once per member per
         # exchange, so the lookups are inlined rather than calling _rank.
         theirs = {e.node: (e.incarnation, e.status) for e in msg.digest}
@@ -1231,8 +1337,14 @@ class Membership:
             try:
                 self._on_alive(st.alive, now, gossip)
                 if st.status is Status.SUSPECT or st.status is Status.DEAD:
-                    # One peer's "dead" is only grounds for suspicion here (see state.py).
-                    self._on_suspect(Suspect(st.alive.node, st.incarnation, self.id), now, gossip)
+                    # One peer's "dead" is only grounds for suspicion here (see state.py). It names
+                    # no witness (the member as its own accuser, see _on_suspect): in a cold start
+                    # every join reply and catch-up carries the suspicions of the moment, and when
+                    # each merging node accused in its own name, hundreds of "independent"
+                    # confirmations of one lost ack cut the timer to its minimum before the suspect
+                    # had heard of it (false deaths at 1,000 nodes and 10 % loss).
+                    node = st.alive.node
+                    self._on_suspect(Suspect(node, st.incarnation, node), now, gossip)
                 elif st.status is Status.LEFT:
                     self._on_dead(Dead(st.alive.node, st.incarnation, st.alive.node), now, gossip)
             except RemoteProtocolError as exc:

@@ -135,6 +135,9 @@ def signed_load_payload(node: str, incarnation: int, seq: int, load: Load) -> by
 
 @dataclass(frozen=True, slots=True)
 class Suspect:
+    """``accuser == node`` names no witness: a suspicion passed on from anti-entropy, which
+    starts a timer but never counts as an independent confirmation."""
+
     node: str
     incarnation: int
     accuser: str

@@ -64,16 +64,18 @@ class Suspicion:
 
     @classmethod
     def begin(
-        cls, incarnation: int, accuser: str, now: float, k: int, min_timeout: float, max_timeout: float
+        cls, incarnation: int, accuser: str | None, now: float, k: int, min_timeout: float, max_timeout: float
     ) -> Suspicion:
+        """Start the timer. ``accuser`` None: the suspicion came by anti-entropy, with no witness
+        named; the first accuser heard of later is then the claim, not a confirmation."""
         # The first accuser does not count as a confirmation: it is the claim itself.
-        s = cls(incarnation, now, k, min_timeout, max_timeout, {accuser})
+        s = cls(incarnation, now, k, min_timeout, max_timeout, set() if accuser is None else {accuser})
         s.deadline = now + remaining_suspicion_time(0, k, 0.0, min_timeout, max_timeout)
         return s
 
     @property
     def confirmations(self) -> int:
-        return len(self.confirmed_by) - 1
+        return max(0, len(self.confirmed_by) - 1)
 
     def confirm(self, accuser: str) -> bool:
         """Record an independent accusation; True when it is new information.
@@ -84,6 +86,8 @@ class Suspicion:
         if self.confirmations >= self.k or accuser in self.confirmed_by:
             return False
         self.confirmed_by.add(accuser)
+        if len(self.confirmed_by) == 1:
+            return True  # the claim of a suspicion that came by anti-entropy: news, not a confirmation
         self.deadline = self.start + remaining_suspicion_time(
             self.confirmations, self.k, 0.0, self.min_timeout, self.max_timeout
         )

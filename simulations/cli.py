@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object of figures on stdout")
+    out.add_argument("--by-kind", action="store_true", help="break the bandwidth down by message kind (decodes every datagram: slower)")
     out.add_argument("--plot", metavar="FILE.png", default=None, help="plot membership over time (needs matplotlib)")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal and not --json)")
     out.add_argument("--check-determinism", action="store_true", help="run twice and compare events_hash; exit 1 if they differ")
@@ -179,6 +180,7 @@ def options_from_args(a: argparse.Namespace) -> SimOptions:
         meta_interval_s=a.meta_interval,
         network=network,
         allocator=a.allocator,
+        by_kind=a.by_kind,
     )
 
 
@@ -239,6 +241,8 @@ def summary(f: Figures, options: SimOptions) -> str:
         f"(UDP {_fmt(f.udp_bytes_per_node_per_s, '', 1)}, TCP {_fmt(f.tcp_bytes_per_node_per_s, '', 1)}) from t={f.measure_from_s:.1f} s",
         f"  messages                {_fmt(f.msgs_per_node_per_period)} per node per protocol period",
     ]
+    if f.bytes_by_kind:
+        lines.append("  by kind (B/s per node)  " + ", ".join(f"{k} {v:.1f}" for k, v in f.bytes_by_kind.items()))
     if f.partition_merge_s is not None or net.partitions:
         lines.append(f"  partition merged after  {_fmt(f.partition_merge_s, ' s')} from the heal")
     if f.services_moved is not None:

@@ -62,6 +62,7 @@ from membership import (
     Status,
     StreamRequest,
 )
+from membership import wire
 from membership.signing import UnsignedIdentity, accept_unsigned
 from simulations.services import NodeServices, ServiceEmulation
 from simulations.metrics import Figures, Recorder, UpdateCause, percentile
@@ -150,6 +151,9 @@ class Simulation:
         self.tcp_bytes = [0] * n
         self.msgs = [0] * n
         self.node_seconds = 0.0
+        # Bytes by message kind inside the bandwidth window (only with options.by_kind).
+        self._by_kind: dict[str, int] | None = {} if options.by_kind else None
+        self._kind_memo = wire.AliveMemo()
         self._window_start: float | None = None
         self._window_base = (0, 0, 0)
         self._node_seconds_mark = 0.0
@@ -529,6 +533,8 @@ class Simulation:
                     heapq.heappush(heap, (now + d, next(seq), _DGRAM, dst, data, src_addr))
             self.udp_bytes[i] += nbytes
             self.msgs[i] += len(out)
+            if self._by_kind is not None and self._window_start is not None:
+                self._count_kinds(out)
         streams = m.take_streams()
         if streams:
             for req in streams:
@@ -553,6 +559,19 @@ class Simulation:
             self.armed[i] = d
             heapq.heappush(self._heap, (d, next(self._seq), _TICK, i, self.gen[i]))
 
+    def _count_kinds(self, out: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Attribute each datagram's bytes to the messages in it (piggybacked gossip included)."""
+        kinds = self._by_kind
+        assert kinds is not None
+        for data, _ in out:
+            parts = 0
+            for msg in wire.decode_datagram(data, self._kind_memo):
+                size = len(wire.encode_message(msg))
+                parts += size
+                key = f"udp {type(msg).__name__}"
+                kinds[key] = kinds.get(key, 0) + size
+            kinds["udp header+seal"] = kinds.get("udp header+seal", 0) + len(data) - parts + self.seal
+
     def _send_stream(self, i: int, req: StreamRequest) -> None:
         size = len(req.payload) + self.seal
         dst = self.addr_index.get(req.addr)
@@ -570,6 +589,9 @@ class Simulation:
             return
         # Only a connection that opens carries the request: a failed connect costs a few SYNs.
         self.tcp_bytes[i] += size
+        if self._by_kind is not None and self._window_start is not None:
+            key = f"tcp {req.kind.value}"
+            self._by_kind[key] = self._by_kind.get(key, 0) + size
         self.msgs[i] += 1
         t += net.transfer_time(i, dst, size, now)
         self._push(now + t, _SREQ, dst, i, self.gen[i], req)
@@ -587,6 +609,9 @@ class Simulation:
         if reply is not None:
             size = len(reply) + self.seal
             self.tcp_bytes[dst] += size
+            if self._by_kind is not None and self._window_start is not None:
+                key = f"tcp {req.kind.value} reply"
+                self._by_kind[key] = self._by_kind.get(key, 0) + size
             self.msgs[dst] += 1
         self._drain(dst, m)
         if req.expect_reply:
@@ -804,6 +829,9 @@ class Simulation:
             tcp_bw = tcp / self.node_seconds
             bw = udp_bw + tcp_bw
             msgs = (sum(self.msgs) - m0) / self.node_seconds * self.config.probe_interval
+        by_kind = None
+        if self._by_kind is not None and self.node_seconds > 0:
+            by_kind = {k: v / self.node_seconds for k, v in sorted(self._by_kind.items(), key=lambda kv: -kv[1])}
         rounds = rec.update_rounds
         uncovered = covered_s = moved = None
         if self.services is not None:
@@ -852,4 +880,5 @@ class Simulation:
             services_moved=moved,
             uncovered_at_end=uncovered,
             stuck_deadlines=self.stuck_deadlines,
+            bytes_by_kind=by_kind,
         )

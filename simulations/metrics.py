@@ -145,6 +145,9 @@ class Figures:
     services_covered_s: float | None = None
     services_moved: int | None = None
     uncovered_at_end: int | None = None
+    bytes_by_kind: dict[str, float] | None = None
+    """With ``by_kind``: bytes/node/s sent in the bandwidth window, by message kind (sealed;
+    UDP headers and seals under their own key, each TCP frame under its request's kind)."""
     stuck_deadlines: int = 0
     """Ticks after which a machine's deadline was still due (<= now): a protocol bug, 0 in every run.
     Such a machine is not re-armed until its next input (re-arming at once would spin)."""
@@ -154,6 +157,8 @@ class Figures:
         for key, value in out.items():
             if isinstance(value, float):
                 out[key] = round(value, 6)
+            elif isinstance(value, dict):
+                out[key] = {k: round(v, 3) for k, v in value.items()}
         return out
 
 

@@ -118,6 +118,8 @@ class SimOptions:
     service_start_s: float = 5.0
     """With the allocator: how long a newly assigned service takes to report healthy."""
     swim: tuple[tuple[str, object], ...] = ()
+    by_kind: bool = False
+    """Also break the bandwidth down by message kind (decodes every datagram: slower)."""
     """Overrides of SwimConfig fields, as (name, value) pairs."""
 
     def __post_init__(self) -> None:

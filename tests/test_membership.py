@@ -13,7 +13,7 @@ from membership import ConvergedView, EventKind, LocalProtocolError, Membership,
 from membership.meta import Load
 from membership import wire
 from membership.broadcast import BroadcastQueue, retransmit_limit
-from membership.messages import Ack, Alive, Dead, IndirectPing, MemberState, Nack, Ping, PushPullReply, Suspect
+from membership.messages import Ack, Alive, Dead, IndirectPing, MemberState, Nack, Ping, PushPullReply, Suspect, make_digest_entry
 from membership.signing import UnsignedIdentity, accept_unsigned
 
 
@@ -126,7 +126,8 @@ def test_forged_alive_is_rejected_and_counted() -> None:
 
 
 def test_probe_deadlines_are_exact_and_indirect_probe_follows_a_missed_ack() -> None:
-    m = machine()
+    assert SwimConfig.lan().indirect_checks == 5
+    m = machine(config=SwimConfig.lan(indirect_checks=3))
     for i in range(5):
         feed(m, alive(f"p{i}", 1, port=8000 + i))
     t = quiet(m)
@@ -619,7 +620,7 @@ def test_a_joiner_regossips_nothing_from_its_seed_and_asks_a_second_member_soon(
     assert m.broadcasts_queued() == before + 1
 
 
-def test_catch_ups_merge_quietly_and_end_once_one_brings_nothing_new() -> None:
+def test_catch_ups_merge_quietly_and_end_once_the_two_views_agree() -> None:
     cfg = SwimConfig.lan()
     m = machine(config=cfg)
     seed = PushPullReply("rmap2p", (), tuple(MemberState(alive(f"p{i}", 1), Status.ALIVE, 1) for i in range(40)))
@@ -646,14 +647,162 @@ def test_catch_ups_merge_quietly_and_end_once_one_brings_nothing_new() -> None:
     assert m.stream_reply(token, wire.encode_frame(late), t1)
     assert m.status_of("late") is Status.ALIVE and m.broadcasts_queued() == before
 
-    # Second catch-up, at a doubled gap: nothing new. Catching up is over, and the next
-    # push-pull is a periodic one, at least half a normal period away.
+    # Second catch-up, at a doubled gap: nothing new for us, but the peer lacks a member we hold.
+    # Its view is behind ours, so likely behind the pool's too: not proof we have caught up.
     t2, token = next_push_pull(t1)
     assert t2 - t1 > 0.5 * cfg.join_follow_up
-    assert m.stream_reply(token, wire.encode_frame(PushPullReply("rmap2p", (), ())), t2)
+    behind = PushPullReply("rmap2p", (make_digest_entry(("p3", 1, Status.ALIVE)),), ())
+    assert m.stream_reply(token, wire.encode_frame(behind), t2)
+    t3, token = next_push_pull(t2)
+    assert t3 - t2 > cfg.join_follow_up and t3 - t2 < 0.5 * cfg.push_pull_period(m.num_active())
+
+    # Third catch-up: the two views are equal. Catching up is over, and the next
+    # push-pull is a periodic one, at least half a normal period away.
+    assert m.stream_reply(token, wire.encode_frame(PushPullReply("rmap2p", (), ())), t3)
     period = cfg.push_pull_period(m.num_active())
-    t3, _ = next_push_pull(t2)
-    assert t3 - t2 >= 0.5 * period
+    t4, _ = next_push_pull(t3)
+    assert t4 - t3 >= 0.5 * period
+
+
+def test_a_joiner_asks_its_seed_again_soon_for_those_who_joined_with_it() -> None:
+    # Nodes that join through the same seed at the same moment reach it just after our join
+    # reply left: the seed is the one member sure to know them all a moment later.
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=10.0)
+    seed = ("10.0.0.3", 1)
+    reply = PushPullReply("rmap2p", (), tuple(MemberState(alive(f"p{i}", 1), Status.ALIVE, 1) for i in range(5)))
+    token = m.join(seed, 10.0)
+    assert m.stream_reply(token, wire.encode_frame(reply), 10.0)
+    m.take_streams()
+    pulls: list = []
+    t = 10.0
+    while not pulls:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        pulls = [r for r in m.take_streams() if r.kind == "push-pull"]
+    assert 10.0 < t <= 10.0 + cfg.join_seed_follow_up
+    (follow,) = pulls
+    assert follow.addr == seed and not wire.decode_frame(follow.payload).join
+    # It brings one who joined with us; merged quietly (the seed gossips it), and an answer
+    # equal to our view does not end catching up: the seed's view is ours of a moment ago.
+    before = m.broadcasts_queued()
+    news = PushPullReply("rmap2p", (), (MemberState(alive("twin", 1), Status.ALIVE, 1),))
+    assert m.stream_reply(follow.token, wire.encode_frame(news), t)
+    assert m.status_of("twin") is Status.ALIVE and m.broadcasts_queued() == before
+    assert m._catch_up > 0  # type: ignore[attr-defined]
+
+
+def test_a_joiner_announces_itself_to_the_members_its_seed_named() -> None:
+    # The pool hears of a join from the seed's gossip, a few datagrams a tick: when a dozen
+    # nodes join within a second, a member could miss one until its next catch-up.
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=10.0)
+    seed = ("10.0.0.3", 1)
+    def joined(m: Membership, pool: int) -> set:
+        states = tuple(MemberState(alive(f"p{i}", 1, port=8000 + i), Status.ALIVE, 1) for i in range(pool))
+        token = m.join(seed, 10.0)
+        assert m.stream_reply(token, wire.encode_frame(PushPullReply("rmap2p", (), states)), 10.0)
+        sent = m.take_datagrams()
+        return {a for d, a in sent if any(isinstance(x, Alive) and x.node == "me" for x in wire.decode_datagram(d))}
+
+    to = joined(m, 20)
+    assert len(to) == 20 and seed not in to, "a small pool: every member hears of us at once"
+    # A big pool relies on gossip: 32 announcements per join crowded the queues of a join storm.
+    assert not joined(machine(config=cfg, now=10.0), cfg.join_announce + 1)
+    assert not joined(machine(config=SwimConfig.lan(join_announce=0), now=10.0), 20)
+
+
+def test_a_seed_catches_up_after_serving_a_join() -> None:
+    # In a join storm the bounded queues drop joins that only anti-entropy carries: the pool's
+    # first node, which never joins, must pull them too.
+    from membership.messages import PushPull
+
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=100.0)
+    for i in range(40):
+        feed(m, alive(f"p{i}", 1, port=8000 + i), now=100.0)
+    m._next_push_pull = 1000.0  # type: ignore[attr-defined]
+    digest = (make_digest_entry(("joiner", 0, Status.ALIVE)),)
+    reply = m.handle_stream(wire.encode_frame(PushPull("rmap2p", True, digest)), ("10.0.0.9", 1), 100.0)
+    assert reply is not None
+    t = 100.0
+    pulls: list = []
+    while not pulls and t < 100.0 + cfg.join_follow_up:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        pulls = [r for r in m.take_streams() if r.kind == "push-pull"]
+    assert pulls and 100.0 < t <= 100.0 + cfg.join_follow_up
+
+
+def test_a_suspicion_learned_by_push_pull_names_no_witness() -> None:
+    # In a cold start every join reply carries the suspicions of the moment. Were each merging
+    # node to accuse in its own name, one lost ack would gather hundreds of "independent"
+    # confirmations and cut the timer to its minimum before the suspect heard of it.
+    m = machine()
+    for i in range(30):
+        feed(m, alive(f"p{i}", 1, port=8000 + i))
+    token = m.push_pull(("10.0.0.3", 1), 0.0)
+    reply = PushPullReply("rmap2p", (), (MemberState(alive("p0", 1), Status.SUSPECT, 1),))
+    assert m.stream_reply(token, wire.encode_frame(reply), 0.0)
+    timer = m._suspicions["p0"]  # type: ignore[attr-defined]
+    assert m.status_of("p0") is Status.SUSPECT and timer.confirmations == 0
+    longest = timer.deadline
+    gossiped = [x for d, _ in m.take_datagrams() for x in wire.decode_datagram(d) if isinstance(x, Suspect)]
+    m.tick(m._next_gossip)  # type: ignore[attr-defined]
+    gossiped += [x for d, _ in m.take_datagrams() for x in wire.decode_datagram(d) if isinstance(x, Suspect)]
+    assert gossiped and all(x.accuser == "p0" for x in gossiped), "passed on as no one's accusation"
+    # Another merged copy confirms nothing; the first real accuser is the claim, the second confirms.
+    feed(m, Suspect("p0", 1, "p0"))
+    feed(m, Suspect("p0", 1, "a"))
+    assert timer.confirmations == 0 and timer.deadline == longest
+    feed(m, Suspect("p0", 1, "b"))
+    assert timer.confirmations == 1 and timer.deadline < longest
+
+    # A peer's suspect about us, passed on by push-pull, is still refuted.
+    inc = m.incarnation
+    feed(m, Suspect("me", inc, "me"))
+    assert m.incarnation == inc + 1
+
+
+def test_a_lost_join_is_retried_by_the_machine_once_someone_joined_through_us() -> None:
+    cfg = SwimConfig.lan()
+    m = machine(config=cfg, now=10.0)
+    seed = ("10.0.0.3", 1)
+    token = m.join(seed, 10.0)
+    m.take_streams()
+    for i in range(30):  # nodes that joined through us while our own join was under way
+        feed(m, alive(f"later{i}", 1, port=8000 + i), now=10.5)
+    # The connection to the seed times out.
+    assert not m.stream_reply(token, None, 20.0)
+    sent = []
+    t = 20.0
+    while t < 20.0 + 2 * cfg.join_follow_up:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        sent += [(t, r) for r in m.take_streams() if r.kind == "push-pull" and r.addr == seed]
+    assert sent, "the seed is asked again: an island of late joiners must not stay one"
+    (t1, retry), *_ = sent
+    assert wire.decode_frame(retry.payload).join
+    # It fails again: the next try waits longer. A reply ends the retries.
+    assert not m.stream_reply(retry.token, None, t1)
+    t2 = min(w for w, _ in m._rejoin.values())  # type: ignore[attr-defined]
+    assert t2 - t1 >= cfg.join_follow_up, "the gap doubles"
+    while True:
+        t = m.next_deadline()  # type: ignore[assignment]
+        m.tick(t)
+        m.take_datagrams()
+        again = [r for r in m.take_streams() if r.kind == "push-pull" and r.addr == seed]
+        if again:
+            break
+    reply = PushPullReply("rmap2p", (), (MemberState(alive("p0", 1), Status.ALIVE, 1),))
+    assert m.stream_reply(again[0].token, wire.encode_frame(reply), t)
+    assert not m._rejoin  # type: ignore[attr-defined]
+    # Those who joined through us hold our view of then: we push-pull them the pool at once.
+    told = {r.addr for r in m.take_streams() if r.kind == "push-pull"}
+    assert len(told) == 8 and told <= {("10.0.0.2", 8000 + i) for i in range(30)}
 
 
 def test_an_unconfirmed_suspicion_gets_a_last_direct_check_before_death() -> None:
