@@ -80,7 +80,8 @@ class SoakConfig:
     storage: bool = False
     """Storage nodes run the real redis-server (replicated), reached through --service-proxy; the pool gets a keyring."""
     storage_rate: float = 2.0
-    request_timeout: float = 10.0
+    request_timeout: float = 30.0
+    """The client's patience per request: longer than the gateway's hold (RMAP2P_GATEWAY_HOLD, 15 s)."""
     settle_timeout: float = 120.0
     poll_interval: float = 1.0
     progress: Callable[[str], None] | None = None
@@ -555,7 +556,7 @@ class Soak:
 def _config_doc(cfg: SoakConfig) -> dict[str, Any]:
     return {
         "nodes": cfg.nodes, "duration_s": cfg.duration, "kill_every_s": cfg.kill_every, "down_s": cfg.down,
-        "loss": cfg.loss, "seed": cfg.seed, "rate": cfg.rate, "mix": list(cfg.mix), "types": list(cfg.types),
+        "loss": cfg.loss, "seed": cfg.seed, "rate": cfg.rate, "request_timeout_s": cfg.request_timeout, "mix": list(cfg.mix), "types": list(cfg.types),
         "services": "real" if cfg.real_services else "echo", "storage": cfg.storage, "transport": "loopback", "profile": "local",
     }
 
@@ -613,7 +614,7 @@ def run(args: Any) -> int:
     cfg = SoakConfig(
         types=types, mix=mix, nodes=args.nodes, duration=args.duration, kill_every=args.kill_every, down=args.down, loss=args.loss,
         seed=args.seed, rate=args.rate, real_services=args.real_services, storage=args.storage,
-        request_timeout=60.0 if args.real_services else 10.0,
+        request_timeout=args.request_timeout or (60.0 if args.real_services else 30.0),
         progress=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()),
     )
     try:
