@@ -54,8 +54,8 @@ from p2p.keyring import Keyring
 from p2p.tokens import Token, TokenError, derive_token_key, verify_token
 from rmap2p import operator
 from rmap2p.ratelimit import RateLimit, RateLimiter
-from services.routing import HOLD_FOR
 from services.route_auth import HOPS_HEADER, ROUTE_HEADER, WINDOW, RouteVerifier
+from services.routing import HOLD_FOR
 
 log = logging.getLogger(__name__)
 

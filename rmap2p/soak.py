@@ -171,6 +171,9 @@ class Soak:
             raise ValueError("--nodes must be at least 2")
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
+        # The victims have a generator of their own: the client draws from ``rng`` at a rate that depends
+        # on timing, and the victim sequence must follow from the seed alone (the same kills on a re-run).
+        self.chaos_rng = random.Random(f"{cfg.seed}/chaos")
         self.workdir = Path(tempfile.mkdtemp(prefix="rmap2p-soak-"))
         port_rng = random.Random()  # ports must not repeat between runs with the same seed
         self.daemons = [
@@ -386,7 +389,7 @@ class Soak:
             if len(candidates) < 2:
                 self.say("chaos: fewer than two nodes up, no kill this round")
                 continue
-            victim = self.rng.choice(candidates)
+            victim = self.chaos_rng.choice(candidates)
             kill = Kill(node=victim.name, at=self.now())
             victim.kill()
             self.record.kills.append(kill)

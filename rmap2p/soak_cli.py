@@ -55,7 +55,7 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
                       help="share of gossip datagrams dropped (default 0); on loopback this needs root and iptables "
                       "(a statistic DROP rule on each daemon's gossip port, removed at the end)")
     soak.add_argument("--rate", type=_positive(float), default=5.0, help="client requests per second (default 5)")
-    soak.add_argument("--seed", type=int, default=1, help="seed of the victim choice and the client's entry nodes (default 1)")
+    soak.add_argument("--seed", type=int, default=1, help="seed of the victim sequence (the same seed kills the same nodes in the same order) and of the client's entry nodes (default 1)")
     soak.add_argument("--types", default=None, metavar="T,T,...",
                       help="worker types cycled over the nodes (default edge,gpu,cpu,gpu,gpu,cpu,storage,edge)")
     soak.add_argument("--mix", default=None, metavar="SERVICE,...",

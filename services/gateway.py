@@ -62,10 +62,10 @@ from services.responses import json_error
 from services.route_auth import SIGNATURE_HEADER, sign_route_headers
 from services.routing import (
     ATTEMPTS_HEADER,
-    HOP_LIMIT,
     HOLD_FOR,
     HOLD_POLL,
     HOLD_RETRY,
+    HOP_LIMIT,
     HOPS_HEADER,
     LOAD_HEADER,
     MAX_HELD,
@@ -347,7 +347,7 @@ class Gateway:
             self._changed = asyncio.Event()
         try:
             await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _on_view_change(self, events: Sequence[MemberEvent]) -> None:
