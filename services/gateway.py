@@ -284,7 +284,13 @@ class Gateway:
                 if ranked:
                     self.book.saw_service(service, now)
                 # A runner that failed this request waits HOLD_RETRY; one that restarted since is new.
-                due = [v for v in ranked if now - tried.get((v.node_id, v.incarnation), -HOLD_RETRY) >= HOLD_RETRY]
+                due = [v for v in ranked if now - tried.get((v.node_id, v.incarnation), float("-inf")) >= HOLD_RETRY]
+                if now < deadline - HOLD_RETRY:
+                    # A runner still starting (a model loading answers 503) waits for the hold's last
+                    # second: until then it may report healthy, or a failed runner come back. One
+                    # reported unhealthy is tried at once, as before: it may never recover.
+                    starting = {m.node for m in members if dict(m.meta.services).get(service) == "starting"}
+                    due = [v for v in due if v.node_id not in starting]
                 for view in due[:MAX_ATTEMPTS]:
                     number += 1
                     outcome = await self._attempt(request, service, targets[view.node_id], hops, body, number)
@@ -292,13 +298,14 @@ class Gateway:
                         if attempts:
                             log.warning(
                                 "node %s: %s %s answered by node %s after %s%s", me, service, request.path, view.node_id,
-                                _describe(attempts), f" (held {loop.time() - deadline + self.hold:.1f} s)" if held else "",
+                                _describe(attempts[-MAX_ATTEMPTS:]),
+                                f" (held {loop.time() - deadline + self.hold:.1f} s)" if held else "",
                             )
                         return outcome
                     attempts.append(outcome)
                     tried[(view.node_id, view.incarnation)] = loop.time()
                     if not outcome.retryable or (body is not None and not body.replayable):
-                        log.warning("node %s: %s %s failed: %s", me, service, request.path, _describe(attempts))
+                        log.warning("node %s: %s %s failed: %s", me, service, request.path, _describe(attempts[-MAX_ATTEMPTS:]))
                         return json_error(
                             502, f"no node could serve {service} ({len(attempts)} attempted)",
                             service=service, attempts=[a.to_json() for a in attempts[-MAX_ATTEMPTS:]],

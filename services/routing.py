@@ -11,9 +11,10 @@ alias such as ``ocr``) reaches whichever gateway the client knows. That
 gateway, the *router*, orders the candidates and tries them in turn:
 
 1. candidates are the alive or suspect members that list the service and
-   advertise a port for it; those reporting it ``healthy`` if there are any,
-   otherwise the ones still starting (or unhealthy): a request that may work
-   beats a certain 503;
+   advertise a port for it; those reporting it ``healthy`` if there are any
+   that this router has not failed to reach in the last ``UNREACHABLE_FOR``
+   seconds, otherwise all of them, the ones still starting (or unhealthy)
+   too: a request that may work beats a certain 503;
 2. each candidate's gossiped load is replaced by what the router saw first
    hand, if less than ``FIRST_HAND_MAX_AGE`` old (DESIGN "Load travels
    differently": gossip is a hint, first-hand figures the truth), and
@@ -48,7 +49,10 @@ router reached a runner of it moments ago) it holds the request for at most
 ``RMAP2P_GATEWAY_HOLD``), looks again at every view change and every
 ``HOLD_POLL`` seconds, and tries a runner that already failed this request
 again after ``HOLD_RETRY`` seconds, or at once when its incarnation changed
-(it restarted). Only then does it answer 503 with ``Retry-After``. A service
+(it restarted). A runner reported ``starting`` (a new runner loading its
+model answers 503) is tried only in the last ``HOLD_RETRY`` seconds of the
+hold: until then it may report healthy. Only
+then does it answer 503 with ``Retry-After``. A service
 that nothing in the pool can run is answered 503 at once. At most
 ``MAX_HELD`` requests are held at a time; beyond that the answer is
 immediate. This is a per-router decision from first-hand evidence, never a
@@ -205,17 +209,21 @@ def order_candidates(
     ``unreachable`` maps a node to the loop time of its last failed connect.
     """
     name = canonical_service(service)
+
+    def recently_failed(v: NodeView) -> bool:
+        failed_at = unreachable.get(v.node_id)
+        return failed_at is not None and 0.0 <= now - failed_at < UNREACHABLE_FOR
+
     running = [v for v in views if v.is_alive and name in v.services]
     healthy = [v for v in running if name in v.healthy_services]
-    pool = [apply_first_hand(v, first_hand.get(v.node_id), now) for v in (healthy or running)]
+    # A runner that says healthy but just failed a connect is worth less than one still starting:
+    # the starting ones stay candidates unless a healthy runner has not failed.
+    pool = [
+        apply_first_hand(v, first_hand.get(v.node_id), now)
+        for v in (healthy if any(not recently_failed(v) for v in healthy) else running)
+    ]
     ranked = rank(pool, name, required_model, in_flight, rng)
-
-    def tier(v: NodeView) -> tuple[bool, bool]:
-        failed_at = unreachable.get(v.node_id)
-        recently_failed = failed_at is not None and 0.0 <= now - failed_at < UNREACHABLE_FOR
-        return recently_failed, v.status != "alive"
-
-    return sorted(ranked, key=tier)  # stable: the score order survives within each group
+    return sorted(ranked, key=lambda v: (recently_failed(v), v.status != "alive"))  # stable: score order within a group
 
 
 def retry_safe(method: str, service: str) -> bool:

@@ -124,6 +124,9 @@ def test_candidates_healthy_first_then_alive_then_suspect_then_unreachable() -> 
     assert _order(views) == ["a", "b", "c"]
     assert _order(views, unreachable={"a": 99.0}) == ["b", "c", "a"]
     assert _order(views, unreachable={"a": 99.0 - rt.UNREACHABLE_FOR}) == ["a", "b", "c"], "the mark expires"
+    starting, failed = _cpu("s", healthy=False), _cpu("f", specialization="ner")
+    assert _order([starting, failed]) == ["f"]
+    assert _order([starting, failed], unreachable={"f": 99.0}) == ["s", "f"], "a starting runner beats one that refused"
 
 
 @pytest.mark.parametrize(
@@ -358,6 +361,34 @@ async def test_a_request_with_no_reachable_runner_is_held_until_one_appears(trio
     assert int(headers[rt.ATTEMPTS_HEADER]) >= 3, "d and l failed first"
     assert 0.6 <= took < HOLD, f"answered {took:.2f} s after it was sent, before the hold ran out"
     assert trio["router"]._held == 0
+
+
+async def test_a_held_request_waits_for_a_starting_runner_to_report_healthy(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    l_http = f"127.0.0.1:{trio['l_port']}"
+    port = trio["service"].port
+    starting = NodeMeta(name="t", worker_type="cpu", http=l_http, services=((SERVICE, "starting"),),
+                        service_ports=((SERVICE, port),))
+    _advertise(trio, "l", starting)  # l's runner is loading its model; d refuses
+
+    async def ask() -> tuple[int, dict[str, str]]:
+        async with client.post(trio["r"] + "/api/service/ner/extract", data=b"x") as resp:
+            return resp.status, dict(resp.headers)
+
+    t0 = time.monotonic()
+    pending = asyncio.create_task(ask())
+    await asyncio.sleep(0.5)
+    assert not pending.done(), "not sent to a runner that may still answer 'loading'"
+    _advertise(trio, "l", _meta(l_http, port))
+    status, headers = await asyncio.wait_for(pending, HOLD)
+    assert status == 200 and headers[rt.NODE_HEADER] == "l"
+    assert 0.5 <= time.monotonic() - t0 < HOLD - rt.HOLD_RETRY, "sent once l reported healthy, not at the end of the hold"
+    # A runner that never reports healthy is still better than a 503: tried in the hold's last second.
+    _advertise(trio, "l", starting)
+    t0 = time.monotonic()
+    status, headers = await ask()
+    assert status == 200 and headers[rt.NODE_HEADER] == "l"
+    assert HOLD - rt.HOLD_RETRY - 0.1 <= time.monotonic() - t0 < HOLD + 0.5
 
 
 async def _reset_server() -> tuple[asyncio.AbstractServer, int]:
