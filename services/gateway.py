@@ -190,6 +190,7 @@ class Gateway:
         self.hold = hold
         """Longest wait for a runner when none can be reached (services.routing, "Holding a request")."""
         self._held = 0
+        self._holding: dict[str, tuple[float, bool]] = {}
         self._changed: asyncio.Event | None = None
         node.on_view_change(self._on_view_change)
         self.book = RouterBook()
@@ -311,9 +312,7 @@ class Gateway:
                             service=service, attempts=[a.to_json() for a in attempts[-MAX_ATTEMPTS:]],
                         )
                 now = loop.time()
-                if now >= deadline or not worth_holding(
-                    [node_view(m) for m in members], service, self.book.reached_within(service, now, self.hold),
-                ):
+                if now >= deadline or not self._worth_holding(members, service, now):
                     break
                 if not held:
                     if self._held >= MAX_HELD:
@@ -325,6 +324,16 @@ class Gateway:
             if held:
                 self._held -= 1
         return self._unavailable(request, service, members, attempts, held)
+
+    def _worth_holding(self, members: list[MemberView], service: str, now: float) -> bool:
+        # worth_holding may run the allocation over the whole view: once per service per HOLD_POLL,
+        # however many requests are held (keys: catalog services only).
+        cached = self._holding.get(service)
+        if cached is not None and 0.0 <= now - cached[0] < HOLD_POLL:
+            return cached[1]
+        worth = worth_holding([node_view(m) for m in members], service, self.book.reached_within(service, now, self.hold))
+        self._holding[service] = (now, worth)
+        return worth
 
     def _unavailable(
         self, request: web.Request, service: str, members: list[MemberView], attempts: list[Attempt], held: bool
