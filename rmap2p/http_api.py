@@ -227,7 +227,7 @@ def make_app(node: Node, policy: HttpPolicy | None = None, operator_token: str |
     app.router.add_post("/api/admin/leave", admin_leave)
     app.router.add_get("/api/admin/keys", keys_get)
     app.router.add_post("/api/admin/keys", keys_post)
-    gateway.add_routes(app, NodeHandle(node))  # gateway hook: forwarding and job broadcast live in services/gateway.py
+    gateway.add_routes(app, NodeHandle(node), hold=policy.gateway_hold)  # gateway hook: forwarding and job broadcast live in services/gateway.py
     dashboard.add_routes(app, node)  # GET /, /dashboard, /static/*, /api/dashboard, /api/events (SSE)
     metrics.add_routes(app, node)  # GET /metrics
     return app
@@ -242,7 +242,7 @@ async def serve(node: Node) -> None:
     except OSError as exc:
         log.warning("node %s: cannot write the operator token (%s); operator actions only from loopback", me, exc)
         token = None
-    # The daemon's composition root has no rate-limit setting yet: the environment carries it.
+    # The daemon's composition root has no rate-limit or hold setting yet: the environment carries them.
     policy = HttpPolicy.from_env(os.environ)
     app = make_app(node, policy, token)
     if node.keyring is None:

@@ -39,6 +39,7 @@ Every request passes these aiohttp middlewares, outermost first:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -59,6 +60,7 @@ from p2p.tokens import Token, TokenError, derive_token_key, verify_token
 from rmap2p import operator
 from rmap2p.ratelimit import RateLimit, RateLimiter
 from services.route_auth import HOPS_HEADER, ROUTE_HEADER, WINDOW, RouteVerifier
+from services.routing import HOLD_FOR
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +94,30 @@ class HttpPolicy:
     max_body: int = MAX_BODY
     """Bytes of a request body this node reads itself (``/api/service`` bodies stream through)."""
     max_json_depth: int = MAX_JSON_DEPTH
+    gateway_hold: float = HOLD_FOR
+    """Seconds the gateway holds a request for a service with no reachable runner (services.routing,
+    "Holding a request"); ``RMAP2P_GATEWAY_HOLD`` in the daemon's environment, 0 answers at once."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HttpPolicy:
         text = env.get("RMAP2P_RATE_LIMIT", "").strip()
-        return cls(rate_limit=RateLimit.parse(text)) if text else cls()
+        policy = cls(rate_limit=RateLimit.parse(text)) if text else cls()
+        hold = env.get("RMAP2P_GATEWAY_HOLD", "").strip()
+        return dataclasses.replace(policy, gateway_hold=parse_hold(hold)) if hold else policy
+
+
+MAX_GATEWAY_HOLD = 300.0
+
+
+def parse_hold(text: str) -> float:
+    """``RMAP2P_GATEWAY_HOLD``: seconds, 0 to ``MAX_GATEWAY_HOLD``; ValueError says what is wrong."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"RMAP2P_GATEWAY_HOLD must be a number of seconds, not {text!r}") from None
+    if not 0.0 <= value <= MAX_GATEWAY_HOLD:  # also refuses nan and inf
+        raise ValueError(f"RMAP2P_GATEWAY_HOLD must be between 0 and {MAX_GATEWAY_HOLD:g} seconds, not {text!r}")
+    return value
 
 
 @dataclass(slots=True)

@@ -80,7 +80,8 @@ class SoakConfig:
     storage: bool = False
     """Storage nodes run the real redis-server (replicated), reached through --service-proxy; the pool gets a keyring."""
     storage_rate: float = 2.0
-    request_timeout: float = 10.0
+    request_timeout: float = 30.0
+    """The client's patience per request: longer than the gateway's hold (RMAP2P_GATEWAY_HOLD, 15 s)."""
     settle_timeout: float = 120.0
     poll_interval: float = 1.0
     progress: Callable[[str], None] | None = None
@@ -170,6 +171,9 @@ class Soak:
             raise ValueError("--nodes must be at least 2")
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
+        # The victims have a generator of their own: the client draws from ``rng`` at a rate that depends
+        # on timing, and the victim sequence must follow from the seed alone (the same kills on a re-run).
+        self.chaos_rng = random.Random(f"{cfg.seed}/chaos")
         self.workdir = Path(tempfile.mkdtemp(prefix="rmap2p-soak-"))
         port_rng = random.Random()  # ports must not repeat between runs with the same seed
         self.daemons = [
@@ -385,7 +389,7 @@ class Soak:
             if len(candidates) < 2:
                 self.say("chaos: fewer than two nodes up, no kill this round")
                 continue
-            victim = self.rng.choice(candidates)
+            victim = self.chaos_rng.choice(candidates)
             kill = Kill(node=victim.name, at=self.now())
             victim.kill()
             self.record.kills.append(kill)
@@ -555,7 +559,7 @@ class Soak:
 def _config_doc(cfg: SoakConfig) -> dict[str, Any]:
     return {
         "nodes": cfg.nodes, "duration_s": cfg.duration, "kill_every_s": cfg.kill_every, "down_s": cfg.down,
-        "loss": cfg.loss, "seed": cfg.seed, "rate": cfg.rate, "mix": list(cfg.mix), "types": list(cfg.types),
+        "loss": cfg.loss, "seed": cfg.seed, "rate": cfg.rate, "request_timeout_s": cfg.request_timeout, "mix": list(cfg.mix), "types": list(cfg.types),
         "services": "real" if cfg.real_services else "echo", "storage": cfg.storage, "transport": "loopback", "profile": "local",
     }
 
@@ -613,7 +617,7 @@ def run(args: Any) -> int:
     cfg = SoakConfig(
         types=types, mix=mix, nodes=args.nodes, duration=args.duration, kill_every=args.kill_every, down=args.down, loss=args.loss,
         seed=args.seed, rate=args.rate, real_services=args.real_services, storage=args.storage,
-        request_timeout=60.0 if args.real_services else 10.0,
+        request_timeout=args.request_timeout or (60.0 if args.real_services else 30.0),
         progress=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()),
     )
     try:

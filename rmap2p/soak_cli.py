@@ -55,7 +55,7 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
                       help="share of gossip datagrams dropped (default 0); on loopback this needs root and iptables "
                       "(a statistic DROP rule on each daemon's gossip port, removed at the end)")
     soak.add_argument("--rate", type=_positive(float), default=5.0, help="client requests per second (default 5)")
-    soak.add_argument("--seed", type=int, default=1, help="seed of the victim choice and the client's entry nodes (default 1)")
+    soak.add_argument("--seed", type=int, default=1, help="seed of the victim sequence (the same seed kills the same nodes in the same order) and of the client's entry nodes (default 1)")
     soak.add_argument("--types", default=None, metavar="T,T,...",
                       help="worker types cycled over the nodes (default edge,gpu,cpu,gpu,gpu,cpu,storage,edge)")
     soak.add_argument("--mix", default=None, metavar="SERVICE,...",
@@ -69,6 +69,10 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
                       "the client writes a key (SET, WAIT 1) and reads it back through a random node's proxy, and at "
                       "the end reads every acknowledged write back. The pool gets a keyring (storage passwords derive "
                       "from it) and the client a token. Needs redis-server")
+    soak.add_argument("--request-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                      help="the client's timeout per request (default 30, 60 with --real-services): longer than the "
+                      "gateway's hold (RMAP2P_GATEWAY_HOLD, default 15 s), as the README advises clients; answers "
+                      "slower than 1 s and 10 s are counted apart")
     soak.add_argument("--keep-logs", metavar="DIR", default=None, help="copy the daemons' logs to DIR at the end")
     soak.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return soak

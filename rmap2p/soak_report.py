@@ -3,7 +3,10 @@
 Definitions (also in ``rmap2p soak --help`` and simulations/SOAK.md):
 
 - *answered*: HTTP 200 with the right body (an echo server names the service
-  it is); everything else is *failed*, counted by status or error kind.
+  it is) within the client's ``--request-timeout``; everything else is
+  *failed*, counted by status or error kind. *answered after 1 s / 10 s*:
+  answers that took longer (a gateway holds a request while the service has
+  no reachable runner, see services/routing.py).
 - *no healthy runner*: each node's own row in its ``/api/admin/workers`` says
   what it runs; a service has a healthy runner in a poll round when some node
   that is up lists it ``healthy`` in its own row (a node whose poll failed
@@ -227,6 +230,9 @@ def summarize(record: SoakRecord) -> dict[str, Any]:
             "failed_by_status": dict(sorted(failed.items())),
             "failed_with_entry_node_killed": entry_killed,
             "answered_ratio": round(len(answered) / len(reqs), 5) if reqs else None,
+            # Answers a gateway held while a service had no reachable runner show up here, not as failures.
+            "answered_after_1s": sum(1 for v in lat if v > 1.0),
+            "answered_after_10s": sum(1 for v in lat if v > 10.0),
             "rate_per_s": round(len(reqs) / duration, 2),
         },
         "latency_ms": {
@@ -272,7 +278,9 @@ def render_text(f: dict[str, Any]) -> str:
         f"(down {c['down_s']:g} s), loss {c['loss']:g}, {c['services']} services, seed {c['seed']}",
         f"requests: {r['sent']} sent, {r['answered']} answered ({_pct(r['answered_ratio'])}), {r['failed']} failed "
         f"{r['failed_by_status'] or ''} ({r['failed_with_entry_node_killed']} with the entry node killed mid-request)",
-        f"latency through the gateway: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms",
+        f"latency through the gateway: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
+        f"answered after more than 1 s: {r['answered_after_1s']}, 10 s: {r['answered_after_10s']} "
+        f"(client timeout {c.get('request_timeout_s')} s)",
         f"kills: {f['kills']}, back healthy: {f['restarts_healthy']} (restart to healthy {f['restart_to_healthy_s']}); "
         f"first dead in a view after the kill: {f['detection_s']}",
         f"longest window without a healthy runner: {f['longest_no_healthy_runner_max_s']} s {f['longest_no_healthy_runner_s']}",
@@ -294,15 +302,16 @@ def markdown_row(f: dict[str, Any], command: str, date: str) -> str:
     failed = ", ".join(f"{k}: {v}" for k, v in r["failed_by_status"].items()) or "-"
     return (
         f"| {date} | `{command}` | {r['sent']} | {r['answered']} ({_pct(r['answered_ratio'])}) | {failed} | "
-        f"{lat['p50']} / {lat['p99']} | {f['kills']} | {f['longest_no_healthy_runner_max_s']} | "
+        f"{lat['p50']} / {lat['p99']} | {r['answered_after_1s']} / {r['answered_after_10s']} / {lat['max']} | {f['kills']} | {f['longest_no_healthy_runner_max_s']} | "
         f"{f['services_moved_per_failure']} | {f['false_deaths']} | {f['membership_flaps']} | {_storage_cell(f)} |"
     )
 
 
 MARKDOWN_HEADER = (
-    "| date | command | sent | answered | failed by status | p50 / p99 ms | kills | longest no healthy runner s | "
-    "services moved per failure | false deaths | flaps | storage: writes acked / replicated / acked lost |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| date | command | sent | answered | failed by status | p50 / p99 ms | answered > 1 s / > 10 s / max ms | kills | "
+    "longest no healthy runner s | services moved per failure | false deaths | flaps | "
+    "storage: writes acked / replicated / acked lost |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

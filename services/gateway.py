@@ -4,12 +4,17 @@
 an alias such as ``ocr``) reaches whichever gateway the client knows. That
 gateway, the *router*, orders the candidates (``services.routing``: score,
 first-hand load, recent connect failures) and tries them in turn, at most
-``MAX_ATTEMPTS``. It moves on only when nothing reached a service: the
-connect failed, or the target gateway said ``X-Rmap2p-Unserved`` (it could
-not reach its own service) and the request body can still be replayed
-(``ReplayableBody``). Any other failure is a 502 listing the attempts; once
-the response has started, an error aborts the client connection, because a
-truncated body must not look complete. Job broadcast is ``services.jobs``.
+``MAX_ATTEMPTS`` per round. It moves on only when nothing reached a service
+(the connect failed, or the target gateway said ``X-Rmap2p-Unserved``: it
+could not reach its own service), or the connection broke before any
+response byte and the request is safe to repeat (``routing.retry_safe``),
+and only while the request body can still be replayed (``ReplayableBody``).
+When no runner could be reached but one may appear, the request is held for
+at most ``hold`` seconds (``routing``, "Holding a request") and answered 503
+with ``Retry-After`` only after that. Any other failure is a 502 listing the
+attempts; once the response has started, an error aborts the client
+connection, because a truncated body must not look complete. Job broadcast
+is ``services.jobs``.
 
 Hops
 ----
@@ -35,7 +40,7 @@ import logging
 import random
 import time
 from collections import ChainMap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -48,7 +53,7 @@ from allocator.gaps import gaps
 from allocator.members import node_view
 from allocator.scoring import canonical_service, detect_required_model
 from allocator.view import NodeView
-from membership import Load, MemberView
+from membership import Load, MemberEvent, MemberView
 from services.handle import PoolHandle
 from services.jobs import WORKER_JOB_PATH, JobDesk
 from services.log_limits import LogLimiter, suppressed_note
@@ -57,11 +62,16 @@ from services.responses import json_error
 from services.route_auth import SIGNATURE_HEADER, sign_route_headers
 from services.routing import (
     ATTEMPTS_HEADER,
+    HOLD_FOR,
+    HOLD_POLL,
+    HOLD_RETRY,
     HOP_LIMIT,
     HOPS_HEADER,
     LOAD_HEADER,
+    MAX_HELD,
     NODE_HEADER,
     OPERATOR_HEADER,
+    RETRY_AFTER,
     ROUTE_HEADER,
     UNSERVED_HEADER,
     FirstHand,
@@ -72,8 +82,10 @@ from services.routing import (
     order_candidates,
     parse_hops,
     parse_load,
+    retry_safe,
     serving_members,
     split_host_port,
+    worth_holding,
 )
 
 log = logging.getLogger(__name__)
@@ -171,8 +183,16 @@ class _Target:
 class Gateway:
     """The gateway of one node: its routes, its client session and its first-hand book."""
 
-    def __init__(self, node: PoolHandle) -> None:
+    def __init__(self, node: PoolHandle, hold: float = HOLD_FOR) -> None:
+        if hold < 0:
+            raise ValueError(f"hold must be >= 0 seconds, not {hold}")
         self.node = node
+        self.hold = hold
+        """Longest wait for a runner when none can be reached (services.routing, "Holding a request")."""
+        self._held = 0
+        self._holding: dict[str, tuple[float, bool]] = {}
+        self._changed: asyncio.Event | None = None
+        node.on_view_change(self._on_view_change)
         self.book = RouterBook()
         self.jobs = JobDesk(node, self._client)
         self._quiet = LogLimiter()
@@ -242,45 +262,115 @@ class Gateway:
         return await self._route(request, service, hops)
 
     async def _route(self, request: web.Request, service: str, hops: int) -> web.StreamResponse:
+        """Try the ranked runners; while none could be reached and one may appear, hold (routing's "Holding a request")."""
         me = self._me()
-        now = asyncio.get_running_loop().time()
-        members = self.node.members()
-        views, targets = self._candidates(members, service)
-        assert self._rng is not None
-        ranked = order_candidates(
-            views, service, detect_required_model(service, request.match_info.get("path", "")),
-            self.book.in_flight, ChainMap({me: self._own_first_hand(now)}, self.book.first_hand),
-            self.book.unreachable, now, self._rng,
-        )
-        if not ranked:
-            gap = next(e for e in gaps([node_view(m) for m in members])["gaps"] if e["service"] == service)
-            held = self._quiet.allow(("unserved", service), now)
-            if held is not None:
-                log.warning(
-                    "node %s: %s %s: no alive node serves it (%s)%s",
-                    me, service, request.path, gap["status"], suppressed_note(held),
-                )
-            return json_error(503, f"no alive node serves {service}", service=service, gap=gap)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hold
         body = ReplayableBody(request.content) if request.body_exists else None
         attempts: list[Attempt] = []
-        for number, view in enumerate(ranked[:MAX_ATTEMPTS], start=1):
-            target = targets[view.node_id]
-            outcome = await self._attempt(request, service, target, hops, body, number)
-            if isinstance(outcome, web.StreamResponse):
-                if attempts:
-                    log.warning(
-                        "node %s: %s %s answered by node %s after %s", me, service, request.path, view.node_id,
-                        _describe(attempts),
-                    )
-                return outcome
-            attempts.append(outcome)
-            if not outcome.retryable or (body is not None and not body.replayable):
-                break
-        log.warning("node %s: %s %s failed: %s", me, service, request.path, _describe(attempts))
-        return json_error(
-            502, f"no node could serve {service} ({len(attempts)} attempted)",
-            service=service, attempts=[a.to_json() for a in attempts],
-        )
+        tried: dict[tuple[str, int], float] = {}
+        number = 0
+        held = False
+        try:
+            while True:
+                now = loop.time()
+                members = self.node.members()
+                views, targets = self._candidates(members, service)
+                assert self._rng is not None
+                ranked = order_candidates(
+                    views, service, detect_required_model(service, request.match_info.get("path", "")),
+                    self.book.in_flight, ChainMap({me: self._own_first_hand(now)}, self.book.first_hand),
+                    self.book.unreachable, now, self._rng,
+                )
+                if ranked:
+                    self.book.saw_service(service, now)
+                # A runner that failed this request waits HOLD_RETRY; one that restarted since is new.
+                due = [v for v in ranked if now - tried.get((v.node_id, v.incarnation), float("-inf")) >= HOLD_RETRY]
+                if now < deadline - HOLD_RETRY:
+                    # A runner still starting (a model loading answers 503) waits for the hold's last
+                    # second: until then it may report healthy, or a failed runner come back. One
+                    # reported unhealthy is tried at once, as before: it may never recover.
+                    starting = {m.node for m in members if dict(m.meta.services).get(service) == "starting"}
+                    due = [v for v in due if v.node_id not in starting]
+                for view in due[:MAX_ATTEMPTS]:
+                    number += 1
+                    outcome = await self._attempt(request, service, targets[view.node_id], hops, body, number)
+                    if isinstance(outcome, web.StreamResponse):
+                        if attempts:
+                            log.warning(
+                                "node %s: %s %s answered by node %s after %s%s", me, service, request.path, view.node_id,
+                                _describe(attempts[-MAX_ATTEMPTS:]),
+                                f" (held {loop.time() - deadline + self.hold:.1f} s)" if held else "",
+                            )
+                        return outcome
+                    attempts.append(outcome)
+                    tried[(view.node_id, view.incarnation)] = loop.time()
+                    if not outcome.retryable or (body is not None and not body.replayable):
+                        log.warning("node %s: %s %s failed: %s", me, service, request.path, _describe(attempts[-MAX_ATTEMPTS:]))
+                        return json_error(
+                            502, f"no node could serve {service} ({len(attempts)} attempted)",
+                            service=service, attempts=[a.to_json() for a in attempts[-MAX_ATTEMPTS:]],
+                        )
+                now = loop.time()
+                if now >= deadline or not self._worth_holding(members, service, now):
+                    break
+                if not held:
+                    if self._held >= MAX_HELD:
+                        break
+                    held = True
+                    self._held += 1
+                await self._view_change(min(HOLD_POLL, deadline - now))
+        finally:
+            if held:
+                self._held -= 1
+        return self._unavailable(request, service, members, attempts, held)
+
+    def _worth_holding(self, members: list[MemberView], service: str, now: float) -> bool:
+        # worth_holding may run the allocation over the whole view: once per service per HOLD_POLL,
+        # however many requests are held (keys: catalog services only).
+        cached = self._holding.get(service)
+        if cached is not None and 0.0 <= now - cached[0] < HOLD_POLL:
+            return cached[1]
+        worth = worth_holding([node_view(m) for m in members], service, self.book.reached_within(service, now, self.hold))
+        self._holding[service] = (now, worth)
+        return worth
+
+    def _unavailable(
+        self, request: web.Request, service: str, members: list[MemberView], attempts: list[Attempt], held: bool
+    ) -> web.StreamResponse:
+        """The 503 after nothing could be reached: at once, or after holding (then with Retry-After)."""
+        me = self._me()
+        retry = {"Retry-After": str(RETRY_AFTER)} if held else None
+        waited = f" after holding it {self.hold:g} s" if held else ""
+        if attempts:
+            log.warning("node %s: %s %s failed%s: %s", me, service, request.path, waited, _describe(attempts[-MAX_ATTEMPTS:]))
+            return json_error(
+                503, f"no node could serve {service}{waited} ({len(attempts)} attempted)", retry,
+                service=service, attempts=[a.to_json() for a in attempts[-MAX_ATTEMPTS:]],
+            )
+        gap = next(e for e in gaps([node_view(m) for m in members])["gaps"] if e["service"] == service)
+        quiet = self._quiet.allow(("unserved", service), asyncio.get_running_loop().time())
+        if quiet is not None:
+            log.warning(
+                "node %s: %s %s: no alive node serves it (%s)%s%s",
+                me, service, request.path, gap["status"], waited, suppressed_note(quiet),
+            )
+        return json_error(503, f"no alive node serves {service}", retry, service=service, gap=gap)
+
+    async def _view_change(self, timeout: float) -> None:
+        """Return at the next view change, or after ``timeout`` seconds."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
+        except TimeoutError:
+            pass
+
+    def _on_view_change(self, events: Sequence[MemberEvent]) -> None:
+        # Wake every held request, then arm a fresh event for the next change.
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _candidates(self, members: list[MemberView], service: str) -> tuple[list[NodeView], dict[str, _Target]]:
         """Views of the members that advertise a port for ``service``, and where to send each one's requests."""
@@ -336,10 +426,13 @@ class Gateway:
         outcome = await self._exchange(request, service, target, url, headers, body, serve_here=True, attempt=0)
         if isinstance(outcome, web.StreamResponse):
             return outcome
-        log.warning(
-            "node %s: %s %s (routed here by another node): local service at %s: %s",
-            me, service, request.path, target.where, outcome.error,
-        )
+        # A router holding a request retries every HOLD_RETRY seconds: one line per service and interval.
+        quiet = self._quiet.allow(("routed-unreachable", service), asyncio.get_running_loop().time())
+        if quiet is not None:
+            log.warning(
+                "node %s: %s %s (routed here by another node): local service at %s: %s%s",
+                me, service, request.path, target.where, outcome.error, suppressed_note(quiet),
+            )
         if outcome.retryable:
             # Nothing reached the service and we read nothing of the body: the router may try elsewhere.
             return json_error(
@@ -410,8 +503,16 @@ class Gateway:
                 )
                 _abort(request)
                 return started
+            # The connection broke before any byte of an answer: the request may have reached the
+            # service, so only a request that is safe to repeat goes to another runner. A break
+            # (not a slow answer) is also first-hand evidence against the node, as a refused connect is.
+            broke = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+            if broke and not serve_here:
+                self.book.saw_unreachable(target.node, loop.time())
             log.debug("node %s: %s %s -> node %s at %s failed: %r", me, service, request.path, target.node, target.where, exc)
-            return Attempt(target.node, target.where, f"{type(exc).__name__}: {exc}", False)
+            return Attempt(
+                target.node, target.where, f"{type(exc).__name__}: {exc}", broke and retry_safe(request.method, service),
+            )
         finally:
             if serve_here:
                 self.node.requests.end()
@@ -431,9 +532,9 @@ def _suffix(request: web.Request) -> tuple[str, str]:
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
 
-def add_routes(app: web.Application, node: PoolHandle) -> Gateway:
-    """Register the gateway's routes and its session's lifetime on ``app``."""
-    gateway = Gateway(node)
+def add_routes(app: web.Application, node: PoolHandle, hold: float = HOLD_FOR) -> Gateway:
+    """Register the gateway's routes and its session's lifetime on ``app``; ``hold`` as in ``Gateway``."""
+    gateway = Gateway(node, hold)
     gateway.metrics = request_metrics(app)
     app[GATEWAY_KEY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)

@@ -11,9 +11,10 @@ alias such as ``ocr``) reaches whichever gateway the client knows. That
 gateway, the *router*, orders the candidates and tries them in turn:
 
 1. candidates are the alive or suspect members that list the service and
-   advertise a port for it; those reporting it ``healthy`` if there are any,
-   otherwise the ones still starting (or unhealthy): a request that may work
-   beats a certain 503;
+   advertise a port for it; those reporting it ``healthy`` if there are any
+   that this router has not failed to reach in the last ``UNREACHABLE_FOR``
+   seconds, otherwise all of them, the ones still starting (or unhealthy)
+   too: a request that may work beats a certain 503;
 2. each candidate's gossiped load is replaced by what the router saw first
    hand, if less than ``FIRST_HAND_MAX_AGE`` old (DESIGN "Load travels
    differently": gossip is a hint, first-hand figures the truth), and
@@ -30,12 +31,37 @@ gateway, the *router*, orders the candidates and tries them in turn:
    a candidate, but a dead one would cost a connect timeout per request until
    SWIM declares it; the first-hand connect failure is fresher than gossip.
 
-The router tries at most ``MAX_ATTEMPTS`` candidates. It moves on only when
-nothing reached a service: the connect failed, or the target gateway said
-``X-Rmap2p-Unserved`` (it could not reach its own service) and the request
-body can still be replayed (``ReplayableBody``). Any other failure is a 502
-listing the attempts; once the response has started, an error aborts the
-client connection, because a truncated body must not look complete.
+The router tries at most ``MAX_ATTEMPTS`` candidates per round. It moves on
+only when nothing reached a service (the connect failed, or the target
+gateway said ``X-Rmap2p-Unserved``: it could not reach its own service), or
+when the connection broke before the first response byte and the request is
+``retry_safe`` (an idempotent method, or a service without side effects),
+and only while the request body can still be replayed (``ReplayableBody``).
+Any other failure is a 502 listing the attempts; once the response has
+started, an error aborts the client connection, because a truncated body
+must not look complete.
+
+Holding a request
+-----------------
+A refused connect to the only runner, or no runner at all in the view, is
+what a client sees for a few seconds after a runner's node dies: until SWIM
+declares it dead, then until the allocator's new runner is healthy. The
+router does not pass that on at once. While ``worth_holding`` (some up member
+runs the service or the allocation on this view gives it to one, or this
+router reached a runner of it moments ago) it holds the request for at most
+``hold`` seconds (``HOLD_FOR`` by default; the daemon reads
+``RMAP2P_GATEWAY_HOLD``), looks again at every view change and every
+``HOLD_POLL`` seconds, and tries a runner that already failed this request
+again after ``HOLD_RETRY`` seconds, or at once when its incarnation changed
+(it restarted). A runner reported ``starting`` (a new runner loading its
+model answers 503) is tried only in the last ``HOLD_RETRY`` seconds of the
+hold: until then it may report healthy. Only
+then does it answer 503 with ``Retry-After``. A service
+that nothing in the pool can run is answered 503 at once. At most
+``MAX_HELD`` requests are held at a time; beyond that the answer is
+immediate. This is a per-router decision from first-hand evidence, never a
+membership verdict: the member stays alive in every view until SWIM says
+otherwise.
 
 First-hand load
 ---------------
@@ -55,6 +81,7 @@ from dataclasses import dataclass, field, replace
 
 from multidict import CIMultiDict
 
+from allocator.allocate import allocate
 from allocator.scoring import canonical_service, rank
 from allocator.view import NodeView
 from membership import Load, MemberView, RemoteProtocolError
@@ -75,6 +102,23 @@ FIRST_HAND_MAX_AGE = 5.0
 """Load seen in a response header overrides gossip for this long (the sampler runs every 2 s)."""
 UNREACHABLE_FOR = 5.0
 """After a failed connect, the node is tried last for this long (or until it answers again)."""
+HOLD_FOR = 15.0
+"""Default longest wait, in seconds, for a runner when a service has none the router can reach: one
+failure detection (about 5 s with ``--profile local``, about 10 s on a LAN) plus a restart."""
+HOLD_POLL = 0.25
+"""A held request looks at the view at least this often (and at every view change)."""
+HOLD_RETRY = 1.0
+"""A runner that failed a held request is tried again after this long (at once if it restarted)."""
+MAX_HELD = 1024
+"""Requests held at a time per gateway; more are answered at once."""
+RETRY_AFTER = 5
+"""Seconds in the ``Retry-After`` of a 503 given after holding."""
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""RFC 9110 §9.2.2: repeating one of these has the effect of sending it once."""
+SIDE_EFFECT_FREE = frozenset({"rag-embeddings", "ner-extraction", "document-processing", "vision-ocr"})
+"""Services whose every endpoint computes an answer from the request alone (no state, no job is
+queued): a POST to them may be sent again. LLM calls are left out (costly, and not repeatable
+answers); storage services change state."""
 MAX_BOOK_ENTRIES = 4096
 """Bound on per-node first-hand records (one per member; stale ones go first)."""
 HOP_BY_HOP = frozenset(
@@ -169,17 +213,43 @@ def order_candidates(
     ``unreachable`` maps a node to the loop time of its last failed connect.
     """
     name = canonical_service(service)
+
+    def recently_failed(v: NodeView) -> bool:
+        failed_at = unreachable.get(v.node_id)
+        return failed_at is not None and 0.0 <= now - failed_at < UNREACHABLE_FOR
+
     running = [v for v in views if v.is_alive and name in v.services]
     healthy = [v for v in running if name in v.healthy_services]
-    pool = [apply_first_hand(v, first_hand.get(v.node_id), now) for v in (healthy or running)]
+    # A runner that says healthy but just failed a connect is worth less than one still starting:
+    # the starting ones stay candidates unless a healthy runner has not failed.
+    pool = [
+        apply_first_hand(v, first_hand.get(v.node_id), now)
+        for v in (healthy if any(not recently_failed(v) for v in healthy) else running)
+    ]
     ranked = rank(pool, name, required_model, in_flight, rng)
+    return sorted(ranked, key=lambda v: (recently_failed(v), v.status != "alive"))  # stable: score order within a group
 
-    def tier(v: NodeView) -> tuple[bool, bool]:
-        failed_at = unreachable.get(v.node_id)
-        recently_failed = failed_at is not None and 0.0 <= now - failed_at < UNREACHABLE_FOR
-        return recently_failed, v.status != "alive"
 
-    return sorted(ranked, key=tier)  # stable: the score order survives within each group
+def retry_safe(method: str, service: str) -> bool:
+    """May a request whose connection broke before any response byte be sent to another runner?"""
+    return method.upper() in IDEMPOTENT_METHODS or canonical_service(service) in SIDE_EFFECT_FREE
+
+
+def worth_holding(views: Iterable[NodeView], service: str, recently_reached: bool) -> bool:
+    """Is a runner of ``service`` likely to appear soon (see "Holding a request")?
+
+    True when an up member lists the service (it may be starting, or dead and
+    not yet declared), when ``allocate`` on this view gives it to an up member
+    (a runner is about to start), or when ``recently_reached`` says this router
+    had a runner of it moments ago (its node may be restarting).
+    """
+    if recently_reached:
+        return True
+    name = canonical_service(service)
+    up = [v for v in views if v.is_alive]
+    if any(name in v.services for v in up):
+        return True
+    return any(name in row for row in allocate(up).values())
 
 
 @dataclass(slots=True)
@@ -189,6 +259,8 @@ class RouterBook:
     in_flight: dict[str, int] = field(default_factory=dict)
     first_hand: dict[str, FirstHand] = field(default_factory=dict)
     unreachable: dict[str, float] = field(default_factory=dict)
+    reached: dict[str, float] = field(default_factory=dict)
+    """service -> loop time this router last had a runner of it (answered, or refused: it was there)."""
     max_entries: int = MAX_BOOK_ENTRIES
 
     def sent(self, node: str) -> None:
@@ -207,6 +279,14 @@ class RouterBook:
         self.first_hand[node] = FirstHand(replace(load, active_requests=others), now)
         self.unreachable.pop(node, None)
         self._bound(now)
+
+    def saw_service(self, service: str, now: float) -> None:
+        # Bounded by the catalog: the gateway calls it for catalog services only.
+        self.reached[service] = now
+
+    def reached_within(self, service: str, now: float, window: float) -> bool:
+        at = self.reached.get(service)
+        return at is not None and 0.0 <= now - at <= window
 
     def saw_unreachable(self, node: str, now: float) -> None:
         self.unreachable[node] = now

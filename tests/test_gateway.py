@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -123,6 +124,43 @@ def test_candidates_healthy_first_then_alive_then_suspect_then_unreachable() -> 
     assert _order(views) == ["a", "b", "c"]
     assert _order(views, unreachable={"a": 99.0}) == ["b", "c", "a"]
     assert _order(views, unreachable={"a": 99.0 - rt.UNREACHABLE_FOR}) == ["a", "b", "c"], "the mark expires"
+    starting, failed = _cpu("s", healthy=False), _cpu("f", specialization="ner")
+    assert _order([starting, failed]) == ["f"]
+    assert _order([starting, failed], unreachable={"f": 99.0}) == ["s", "f"], "a starting runner beats one that refused"
+
+
+@pytest.mark.parametrize(
+    ("method", "service", "safe"),
+    [
+        ("GET", "llm", True), ("head", "notes-coa", True), ("PUT", "chromadb", True), ("DELETE", "redis", True),
+        ("POST", "ner", True), ("POST", "embeddings", True), ("POST", "document-processing", True), ("POST", "ocr", True),
+        ("POST", "llm-inference", False), ("POST", "notes-coa", False), ("POST", "chromadb", False), ("PATCH", "ner", True),
+        ("PATCH", "notes", False),
+    ],
+)
+def test_retry_safe(method: str, service: str, safe: bool) -> None:
+    assert rt.retry_safe(method, service) is safe
+
+
+def test_worth_holding_only_while_a_runner_may_appear() -> None:
+    runner = _cpu("a", healthy=False)
+    assert rt.worth_holding([runner], "ner", recently_reached=False), "a runner that is starting"
+    assert rt.worth_holding([_cpu("a", status="dead")], "ner", recently_reached=True), "its node may be restarting"
+    idle_cpu = NodeView("b", "cpu", ())
+    assert rt.worth_holding([idle_cpu], "ner", recently_reached=False), "the allocation on this view gives ner to b"
+    assert not rt.worth_holding([idle_cpu], "redis", recently_reached=False), "no node here can run redis"
+    unable = NodeView("b", "cpu", (), can_run=())
+    assert not rt.worth_holding([unable, _cpu("a", status="dead")], "ner", recently_reached=False)
+    # Seed scenario 1: a lone GPU node runs llm-inference and vision-ocr, never rag-embeddings.
+    gpu = NodeView("g", "gpu", ("llm-inference", "vision-ocr"))
+    assert not rt.worth_holding([gpu], "embeddings", recently_reached=False)
+
+
+def test_book_remembers_when_a_service_last_had_a_runner() -> None:
+    book = rt.RouterBook()
+    assert not book.reached_within("ner-extraction", 10.0, 15.0)
+    book.saw_service("ner-extraction", 10.0)
+    assert book.reached_within("ner-extraction", 25.0, 15.0) and not book.reached_within("ner-extraction", 25.1, 15.0)
 
 
 def test_parse_job_and_capable_nodes() -> None:
@@ -186,12 +224,14 @@ async def test_replayable_body_replays_what_was_read_then_streams_on() -> None:
 # ---------------------------------------------------------------- gateways in one process
 
 SERVICE = "ner-extraction"
+HOLD = 2.0
+"""The trio's routers hold a request this long for a runner (the daemon's default is longer)."""
 
 
-def _meta(http: str, port: int | None, specialization: str = "") -> NodeMeta:
+def _meta(http: str, port: int | None, specialization: str = "", services: tuple[str, ...] = (SERVICE,)) -> NodeMeta:
     return NodeMeta(
-        name="t", worker_type="cpu", http=http, services=((SERVICE, "healthy"),) if port else (),
-        service_ports=((SERVICE, port),) if port else (), specialization=specialization,
+        name="t", worker_type="cpu", http=http, services=tuple((s, "healthy") for s in services) if port else (),
+        service_ports=tuple((s, port) for s in services) if port else (), specialization=specialization,
     )
 
 
@@ -223,11 +263,11 @@ async def trio() -> AsyncIterator[dict[str, Any]]:
     runners: list[web.AppRunner] = []
     try:
         l_app = web.Application()
-        gw.add_routes(l_app, handles["l"])
+        gw.add_routes(l_app, handles["l"], hold=HOLD)
         l_runner, l_port = await _serve(l_app)
         runners.append(l_runner)
         r_app = web.Application()
-        router = gw.add_routes(r_app, handles["r"])
+        router = gw.add_routes(r_app, handles["r"], hold=HOLD)
         r_runner, r_port = await _serve(r_app)
         runners.append(r_runner)
         dead = _closed_port()
@@ -242,7 +282,8 @@ async def trio() -> AsyncIterator[dict[str, Any]]:
         assert cluster.run_until(gossiped, 30.0), "the metadata reaches the router by gossip"
         async with aiohttp.ClientSession() as client:
             yield {"client": client, "r": f"http://127.0.0.1:{r_port}", "l": f"http://127.0.0.1:{l_port}",
-                   "router": router, "l_node": handles["l"], "service": service}
+                   "router": router, "l_node": handles["l"], "service": service, "cluster": cluster,
+                   "handles": handles, "l_port": l_port}
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
@@ -270,11 +311,124 @@ async def test_an_unreachable_service_behind_a_live_gateway_is_retried_elsewhere
     await trio["service"].stop()  # l's gateway is up, its service is not
     async with client.post(trio["l"] + "/api/service/ner-extraction/x", data=b"b", headers={rt.ROUTE_HEADER: "l"}) as resp:
         assert resp.status == 503 and resp.headers.get(rt.UNSERVED_HEADER) == "1"
+    t0 = time.monotonic()
     async with client.post(trio["r"] + "/api/service/ner-extraction/x", data=b"body") as resp:
-        assert resp.status == 502
+        assert resp.status == 503, "nothing reached a service: unavailable, after holding the request"
+        assert resp.headers["Retry-After"] == str(rt.RETRY_AFTER)
         doc = await resp.json()
-    assert doc["service"] == SERVICE
-    assert [a["worker_id"] for a in doc["attempts"]] == ["d", "l"], "both tried, the body replayed for the second"
+    held = time.monotonic() - t0
+    assert HOLD <= held < HOLD + 1.5, f"held {held:.2f} s for a runner, then gave up"
+    assert doc["service"] == SERVICE and "after holding it" in doc["error"]
+    assert {a["worker_id"] for a in doc["attempts"]} == {"d", "l"}, "both tried, the body replayed for the second"
+    router: gw.Gateway = trio["router"]
+    assert router._held == 0, "a request that gave up is no longer counted as held"
+
+
+def _advertise(trio: dict[str, Any], node: str, meta: NodeMeta) -> None:
+    """``node`` gossips ``meta``; returns once the router has it (the manual clock runs the gossip)."""
+    handles = trio["handles"]
+    handles[node].update_meta(lambda m: meta)
+
+    def heard() -> bool:
+        return {m.node: m.meta for m in handles["r"].members()}[node] == meta
+
+    assert trio["cluster"].run_until(heard, 30.0), f"{node}'s metadata reaches the router"
+
+
+async def test_a_request_with_no_reachable_runner_is_held_until_one_appears(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    await trio["service"].stop()  # d refuses, l's service is gone: nothing can answer now
+    fresh = PlaceholderRunner(SERVICE, "127.0.0.1", 0, "l")
+
+    async def ask() -> tuple[int, dict[str, str], Any]:
+        async with client.post(trio["r"] + "/api/service/ner/extract", data=b"held body") as resp:
+            return resp.status, dict(resp.headers), await resp.json()
+
+    t0 = time.monotonic()
+    pending = asyncio.create_task(ask())
+    await asyncio.sleep(0.6)
+    assert not pending.done(), "no 502/503 while a runner may still appear"
+    assert trio["router"]._held == 1
+    await fresh.start()  # l's runner is back on a new port: the view change reaches the held request
+    try:
+        _advertise(trio, "l", _meta(f"127.0.0.1:{trio['l_port']}", fresh.port))
+        status, headers, doc = await asyncio.wait_for(pending, HOLD)
+        took = time.monotonic() - t0
+    finally:
+        await fresh.stop()
+    assert status == 200 and headers[rt.NODE_HEADER] == "l", doc
+    assert doc["bytes"] == len(b"held body"), "the body was replayed to the runner that appeared"
+    assert int(headers[rt.ATTEMPTS_HEADER]) >= 3, "d and l failed first"
+    assert 0.6 <= took < HOLD, f"answered {took:.2f} s after it was sent, before the hold ran out"
+    assert trio["router"]._held == 0
+
+
+async def test_a_held_request_waits_for_a_starting_runner_to_report_healthy(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    l_http = f"127.0.0.1:{trio['l_port']}"
+    port = trio["service"].port
+    starting = NodeMeta(name="t", worker_type="cpu", http=l_http, services=((SERVICE, "starting"),),
+                        service_ports=((SERVICE, port),))
+    _advertise(trio, "l", starting)  # l's runner is loading its model; d refuses
+
+    async def ask() -> tuple[int, dict[str, str]]:
+        async with client.post(trio["r"] + "/api/service/ner/extract", data=b"x") as resp:
+            return resp.status, dict(resp.headers)
+
+    t0 = time.monotonic()
+    pending = asyncio.create_task(ask())
+    await asyncio.sleep(0.5)
+    assert not pending.done(), "not sent to a runner that may still answer 'loading'"
+    _advertise(trio, "l", _meta(l_http, port))
+    status, headers = await asyncio.wait_for(pending, HOLD)
+    assert status == 200 and headers[rt.NODE_HEADER] == "l"
+    assert 0.5 <= time.monotonic() - t0 < HOLD - rt.HOLD_RETRY, "sent once l reported healthy, not at the end of the hold"
+    # A runner that never reports healthy is still better than a 503: tried in the hold's last second.
+    _advertise(trio, "l", starting)
+    t0 = time.monotonic()
+    status, headers = await ask()
+    assert status == 200 and headers[rt.NODE_HEADER] == "l"
+    assert HOLD - rt.HOLD_RETRY - 0.1 <= time.monotonic() - t0 < HOLD + 0.5
+
+
+async def _reset_server() -> tuple[asyncio.AbstractServer, int]:
+    """A 'gateway' that reads the request and drops the connection before any response byte."""
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.transport.abort()  # RST: a process killed while it held the connection
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_connection_broken_before_the_answer_is_retried_only_when_safe_to_repeat(trio: dict[str, Any]) -> None:
+    client: aiohttp.ClientSession = trio["client"]
+    server, port = await _reset_server()
+    both = (SERVICE, "notes-coa")
+    try:
+        # d (ranked first by its specialization) now accepts and drops; l answers both services.
+        _advertise(trio, "l", _meta(f"127.0.0.1:{trio['l_port']}", trio["service"].port, services=both))
+        _advertise(trio, "d", _meta(f"127.0.0.1:{port}", port, "ner", services=both))
+        async with client.post(trio["r"] + "/api/service/ner/extract", data=b"text") as resp:
+            assert resp.status == 200, "NER has no side effects: the POST is sent again to l"
+            assert (resp.headers[rt.NODE_HEADER], resp.headers[rt.ATTEMPTS_HEADER]) == ("l", "2")
+        router: gw.Gateway = trio["router"]
+        assert "d" in router.book.unreachable, "a dropped connection is first-hand evidence, as a refused connect is"
+        router.book.unreachable.clear()
+        _advertise(trio, "d", _meta(f"127.0.0.1:{port}", port, "notes-coa", services=both))  # d first for notes
+        t0 = time.monotonic()
+        async with client.post(trio["r"] + "/api/service/notes/notes", data=b"{}") as resp:
+            assert resp.status == 502, "a POST to notes-coa may have reached it: never sent twice"
+            doc = await resp.json()
+        assert [a["worker_id"] for a in doc["attempts"]] == ["d"]
+        assert time.monotonic() - t0 < HOLD, "a failure that may have reached a service is not held"
+        router.book.unreachable.clear()
+        async with client.get(trio["r"] + "/api/service/notes/status") as resp:
+            assert resp.status == 200 and resp.headers[rt.ATTEMPTS_HEADER] == "2", "a GET is safe to repeat"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_request_routed_to_a_node_that_no_longer_runs_the_service_is_routed_afresh(trio: dict[str, Any]) -> None:
@@ -294,9 +448,11 @@ async def test_hop_limit_and_errors_in_process(trio: dict[str, Any]) -> None:
         assert resp.status == 508
     async with client.get(trio["r"] + "/api/service/ner/x", headers={rt.HOPS_HEADER: "lots"}) as resp:
         assert resp.status == 400
+    t0 = time.monotonic()
     async with client.get(trio["r"] + "/api/service/redis/x") as resp:
-        assert resp.status == 503
+        assert resp.status == 503 and "Retry-After" not in resp.headers
         assert (await resp.json())["gap"]["status"] == "critical"
+    assert time.monotonic() - t0 < HOLD / 2, "no node can run redis here: nothing to wait for"
 
 
 # ---------------------------------------------------------------- real processes

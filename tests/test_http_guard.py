@@ -142,3 +142,17 @@ def test_parser_error(exc: BaseException | None, status: int, says: str) -> None
 def test_policy_from_env(env: dict[str, str], rate: float, burst: int) -> None:
     lim = HttpPolicy.from_env(env).rate_limit
     assert (lim.rate, lim.burst) == (rate, burst)
+
+
+@pytest.mark.parametrize(
+    ("value", "hold"), [(None, 15.0), ("0", 0.0), ("20", 20.0), (" 7.5 ", 7.5), ("", 15.0)],
+)
+def test_gateway_hold_from_env(value: str | None, hold: float) -> None:
+    env = {} if value is None else {"RMAP2P_GATEWAY_HOLD": value}
+    assert HttpPolicy.from_env(env).gateway_hold == hold
+
+
+@pytest.mark.parametrize("bad", ["-1", "301", "soon", "nan", "inf"])
+def test_gateway_hold_refuses_what_is_not_a_wait(bad: str) -> None:
+    with pytest.raises(ValueError, match="RMAP2P_GATEWAY_HOLD"):
+        HttpPolicy.from_env({"RMAP2P_GATEWAY_HOLD": bad})
