@@ -1,0 +1,136 @@
+"""A storage client run inside a lab host: writes, write probes and counts through local ports.
+
+Run as ``python tests/storage_client.py OP --redis-port P --pg-port Q --redis-password A --pg-password B``
+inside a network namespace (``tests/test_netns_storage.py``); it prints one JSON line.
+
+- ``write --n N --offset O``: N Redis SETs ``k{i}`` (batches of 100, each followed by ``WAIT 1 5000``:
+  acknowledged only once a replica has them) and N PostgreSQL rows in ``items`` (one transaction per
+  100 rows; the primary commits synchronously). Prints how many of each were acknowledged.
+- ``probe --timeout T``: one Redis write and one PostgreSQL insert, retried until each succeeds
+  (connections time out after a second); prints ``time.monotonic()`` of each first success.
+  CLOCK_MONOTONIC is one clock for every namespace, so the test compares it with its own.
+- ``count --n N``: keys ``k0..k{N-1}`` holding their values, rows in ``items``, and whether each
+  engine behind the port accepts a write now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.runners.postgres import conninfo, find_bin_dir  # noqa: E402
+from services.runners.resp import RespClient, RespError  # noqa: E402
+from services.stateful import Endpoint  # noqa: E402
+
+HOST = "127.0.0.1"
+REDIS_ERRORS = (TimeoutError, OSError, RespError, ConnectionError, EOFError, asyncio.IncompleteReadError)
+
+
+def psql(args: argparse.Namespace, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    bin_dir = find_bin_dir()
+    assert bin_dir is not None, "PostgreSQL's programs not found"
+    info = conninfo(Endpoint(HOST, args.pg_port), args.pg_password) + " connect_timeout=1"
+    return subprocess.run(
+        [str(bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", script, info],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+async def redis_write(args: argparse.Namespace, n: int, offset: int) -> int:
+    client = await RespClient.connect(HOST, args.redis_port, args.redis_password, timeout=5)
+    acked = 0
+    try:
+        for start in range(offset, offset + n, 100):
+            stop = min(start + 100, offset + n)
+            replies = await client.pipeline([("SET", f"k{i}", f"v{i}") for i in range(start, stop)] + [("WAIT", 1, 5000)])
+            if all(r == "OK" for r in replies[:-1]) and isinstance(replies[-1], int) and replies[-1] >= 1:
+                acked += stop - start
+    finally:
+        await client.close()
+    return acked
+
+
+def pg_write(args: argparse.Namespace, n: int, offset: int) -> int:
+    made = psql(args, "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, body text)")
+    if made.returncode != 0:
+        raise SystemExit(f"postgres: {made.stderr.strip()}")
+    committed = 0
+    for start in range(offset, offset + n, 100):
+        stop = min(start + 100, offset + n)
+        values = ", ".join(f"({i}, 'row {i}')" for i in range(start, stop))
+        if psql(args, f"INSERT INTO items VALUES {values}").returncode == 0:
+            committed += stop - start
+    return committed
+
+
+async def redis_try(args: argparse.Namespace, *command: str) -> object:
+    client = await RespClient.connect(HOST, args.redis_port, args.redis_password, timeout=1)
+    try:
+        return await asyncio.wait_for(client.command(*command), 2)
+    finally:
+        await client.close()
+
+
+def probe(args: argparse.Namespace) -> dict[str, float | None]:
+    first: dict[str, float | None] = {"redis": None, "postgres": None}
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and None in first.values():
+        if first["redis"] is None:
+            try:
+                if asyncio.run(redis_try(args, "SET", "probe", str(time.monotonic()))) == "OK":
+                    first["redis"] = time.monotonic()
+            except REDIS_ERRORS:
+                pass
+        if first["postgres"] is None:
+            sql = "CREATE TABLE IF NOT EXISTS probes (at float8); INSERT INTO probes VALUES (extract(epoch from now()))"
+            if psql(args, sql, timeout=5).returncode == 0:
+                first["postgres"] = time.monotonic()
+        time.sleep(0.05)
+    return first
+
+
+async def redis_count(args: argparse.Namespace, n: int) -> tuple[int, bool]:
+    client = await RespClient.connect(HOST, args.redis_port, args.redis_password, timeout=5)
+    try:
+        replies = await client.pipeline([("GET", f"k{i}") for i in range(n)] + [("SET", "count-probe", "1")])
+    finally:
+        await client.close()
+    return sum(1 for i, r in enumerate(replies[:n]) if r == f"v{i}".encode()), replies[-1] == "OK"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("op", choices=("write", "probe", "count"))
+    parser.add_argument("--redis-port", type=int, default=6379)
+    parser.add_argument("--pg-port", type=int, default=5432)
+    parser.add_argument("--redis-password", required=True)
+    parser.add_argument("--pg-password", required=True)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args()
+    if args.op == "write":
+        out: dict[str, object] = {"redis": asyncio.run(redis_write(args, args.n, args.offset)), "postgres": pg_write(args, args.n, args.offset)}
+    elif args.op == "probe":
+        out = dict(probe(args))
+    else:
+        keys, redis_writable = asyncio.run(redis_count(args, args.n))
+        rows = psql(args, "SELECT count(*) FROM items")
+        pg_writable = psql(args, "INSERT INTO probes VALUES (0)").returncode == 0
+        out = {
+            "redis": keys, "redis_writable": redis_writable,
+            "postgres": int(rows.stdout.strip()) if rows.returncode == 0 else rows.stderr.strip(), "postgres_writable": pg_writable,
+        }  # fmt: skip
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
