@@ -114,6 +114,10 @@ class ReplicaDriver:
                     self._set_claim(Claim(before.epoch, False))
         return self.claim != before
 
+    def abdicate(self) -> None:
+        """No longer primary (a graceful hand-over): keep the epoch of the data, drop the primary claim."""
+        self._set_claim(Claim(self.claim.epoch, False))
+
     def _set_claim(self, claim: Claim) -> None:
         if claim == self.claim:
             return

@@ -9,6 +9,10 @@ inside a network namespace (``tests/test_netns_storage.py``); it prints one JSON
 - ``probe --timeout T``: one Redis write and one PostgreSQL insert, retried until each succeeds
   (connections time out after a second); prints ``time.monotonic()`` of each first success.
   CLOCK_MONOTONIC is one clock for every namespace, so the test compares it with its own.
+- ``stream --duration D``: for D seconds, one Redis ``SET {prefix}{i}`` and one PostgreSQL insert into
+  ``stream_{prefix}`` after another, each on a fresh connection; prints the ids each engine acknowledged
+  and the longest time between two acknowledged writes (the writable gap), with when it began.
+- ``check --ids "redis=1,2;postgres=3"``: how many of those acknowledged stream writes are missing.
 - ``count --n N``: keys ``k0..k{N-1}`` holding their values, rows in ``items``, and whether each
   engine behind the port accepts a write now.
 """
@@ -25,18 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.runners.postgres import conninfo, find_bin_dir  # noqa: E402
-from services.runners.resp import RespClient, RespError  # noqa: E402
-from services.stateful import Endpoint  # noqa: E402
+from services.runners.postgres import conninfo, find_bin_dir
+from services.runners.resp import RespClient, RespError
+from services.stateful import Endpoint
 
-HOST = "127.0.0.1"
 REDIS_ERRORS = (TimeoutError, OSError, RespError, ConnectionError, EOFError, asyncio.IncompleteReadError)
 
 
 def psql(args: argparse.Namespace, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     bin_dir = find_bin_dir()
     assert bin_dir is not None, "PostgreSQL's programs not found"
-    info = conninfo(Endpoint(HOST, args.pg_port), args.pg_password) + " connect_timeout=1"
+    info = conninfo(Endpoint(args.host, args.pg_port), args.pg_password) + " connect_timeout=1"
     return subprocess.run(
         [str(bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", script, info],
         capture_output=True, text=True, timeout=timeout, check=False,
@@ -44,7 +47,7 @@ def psql(args: argparse.Namespace, script: str, timeout: float = 60) -> subproce
 
 
 async def redis_write(args: argparse.Namespace, n: int, offset: int) -> int:
-    client = await RespClient.connect(HOST, args.redis_port, args.redis_password, timeout=5)
+    client = await RespClient.connect(args.host, args.redis_port, args.redis_password, timeout=5)
     acked = 0
     try:
         for start in range(offset, offset + n, 100):
@@ -71,7 +74,7 @@ def pg_write(args: argparse.Namespace, n: int, offset: int) -> int:
 
 
 async def redis_try(args: argparse.Namespace, *command: str) -> object:
-    client = await RespClient.connect(HOST, args.redis_port, args.redis_password, timeout=1)
+    client = await RespClient.connect(args.host, args.redis_port, args.redis_password, timeout=1)
     try:
         return await asyncio.wait_for(client.command(*command), 2)
     finally:
@@ -96,8 +99,48 @@ def probe(args: argparse.Namespace) -> dict[str, float | None]:
     return first
 
 
+def stream(args: argparse.Namespace) -> dict[str, object]:
+    table = f"stream_{args.prefix}"
+    made = psql(args, f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY)")
+    if made.returncode != 0:
+        raise SystemExit(f"postgres: {made.stderr.strip()}")
+    acked: dict[str, list[int]] = {"redis": [], "postgres": []}
+    last: dict[str, float] = {s: time.monotonic() for s in acked}
+    gap: dict[str, tuple[float, float]] = {s: (0.0, 0.0) for s in acked}
+    failed = {s: 0 for s in acked}
+    end = time.monotonic() + args.duration
+    i = 0
+    while time.monotonic() < end:
+        i += 1
+        try:
+            ok = asyncio.run(redis_try(args, "SET", f"{args.prefix}{i}", str(i))) == "OK"
+        except REDIS_ERRORS:
+            ok = False
+        done = {"redis": ok, "postgres": psql(args, f"INSERT INTO {table} VALUES ({i})", timeout=10).returncode == 0}
+        now = time.monotonic()
+        for s, good in done.items():
+            if good:
+                acked[s].append(i)
+                if now - last[s] > gap[s][0]:
+                    gap[s] = (now - last[s], last[s])
+                last[s] = now
+            else:
+                failed[s] += 1
+        time.sleep(0.02)
+    return {"acked": acked, "gap": {s: g[0] for s, g in gap.items()}, "gap_from": {s: g[1] for s, g in gap.items()}, "failed": failed}
+
+
+async def redis_check(args: argparse.Namespace, keys: list[str]) -> int:
+    client = await RespClient.connect(args.host, args.redis_port, args.redis_password, timeout=5)
+    try:
+        replies = await client.pipeline([("GET", k) for k in keys])
+    finally:
+        await client.close()
+    return sum(1 for r in replies if r is not None and not isinstance(r, RespError))
+
+
 async def redis_count(args: argparse.Namespace, n: int) -> tuple[int, bool]:
-    client = await RespClient.connect(HOST, args.redis_port, args.redis_password, timeout=5)
+    client = await RespClient.connect(args.host, args.redis_port, args.redis_password, timeout=5)
     try:
         replies = await client.pipeline([("GET", f"k{i}") for i in range(n)] + [("SET", "count-probe", "1")])
     finally:
@@ -107,7 +150,9 @@ async def redis_count(args: argparse.Namespace, n: int) -> tuple[int, bool]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("op", choices=("write", "probe", "count"))
+    parser.add_argument("op", choices=("write", "probe", "count", "stream", "check"))
+    parser.add_argument("--host", default="127.0.0.1", help="where the engines (or the local proxy) listen")
+    parser.add_argument("--prefix", default="g", help="stream/check: Redis key prefix and PostgreSQL table stream_PREFIX")
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--redis-password", required=True)
@@ -115,9 +160,22 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--ids", default="", help="check: redis=1,2,3;postgres=4,5 (ids from stream)")
     args = parser.parse_args()
     if args.op == "write":
         out: dict[str, object] = {"redis": asyncio.run(redis_write(args, args.n, args.offset)), "postgres": pg_write(args, args.n, args.offset)}
+    elif args.op == "stream":
+        out = stream(args)
+    elif args.op == "check":
+        ids = {part.split("=", 1)[0]: [int(x) for x in part.split("=", 1)[1].split(",") if x] for part in args.ids.split(";") if "=" in part}
+        redis_ids, pg_ids = ids.get("redis", []), ids.get("postgres", [])
+        present = psql(args, f"SELECT id FROM stream_{args.prefix}")
+        rows = {int(x) for x in present.stdout.split()} if present.returncode == 0 else set()
+        out = {
+            "redis_missing": len(redis_ids) - asyncio.run(redis_check(args, [f"{args.prefix}{i}" for i in redis_ids])),
+            "postgres_missing": len(set(pg_ids) - rows),
+        }
     elif args.op == "probe":
         out = dict(probe(args))
     else:

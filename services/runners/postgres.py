@@ -254,6 +254,25 @@ class PostgresRunner(NativeServerRunner):
             self._write_config(self.port)
             await self._run("pg_ctl", "reload", "-D", str(self._pgdata))
 
+    async def quiesce(self, timeout: float) -> bool:
+        """Wait (bounded) until a streaming standby has flushed all WAL written so far; True when one has.
+
+        Writes are not held here: the caller stops the server next, and a
+        fast shutdown sends the standbys every WAL record up to its shutdown
+        checkpoint before it exits. This wait keeps that last step short.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            out = await self.sql(
+                "SELECT coalesce(max(flush_lsn) >= pg_current_wal_lsn(), false) FROM pg_stat_replication WHERE state = 'streaming'"
+            )
+            if out.strip() == "t":
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
     async def replication(self) -> ReplicationState:
         out = await self.sql(
             "SELECT pg_is_in_recovery(), "
