@@ -36,7 +36,7 @@ from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
 from services.runners.stateful import SINGLE_COPY, make_single_copy_runner
-from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices, handover_source
+from services.stateful_manager import FENCING_ENV, SYNCHRONOUS_ENV, StatefulServices, handover_source
 from services.storage_probe import probe_storage
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,10 @@ class ServiceManager:
         self._stateful: StatefulServices | None = None
         if not echo and node.data_dir is not None:
             synchronous = self._env.get(SYNCHRONOUS_ENV, "") == "1"
-            self._stateful = StatefulServices(node, ephemeral_ports=ephemeral_ports or stateful_ephemeral, synchronous=synchronous)
+            fencing = self._env.get(FENCING_ENV, "1") != "0"
+            self._stateful = StatefulServices(
+                node, ephemeral_ports=ephemeral_ports or stateful_ephemeral, synchronous=synchronous, fencing=fencing
+            )
         self._runners: dict[str, Runner] = {}
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()

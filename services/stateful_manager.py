@@ -55,9 +55,11 @@ from allocator.replicas import (
     Claims,
     Roles,
     copies,
+    has_quorum,
     primary_of,
     replicated_actions,
 )
+from allocator.view import NodeView
 from membership import MemberEvent, MemberView, ReplicationClaim
 from services.handle import PoolHandle
 from services.replication import ReplicaDriver, converge, endpoints
@@ -73,6 +75,8 @@ HANDOVER_CATCH_UP = 5.0
 """Seconds a leaving primary waits for its replica to hold every write before it stops anyway."""
 HANDOVER_PROMOTION = 10.0
 """Seconds a leaving primary waits to see its successor claim the role (then it leaves regardless)."""
+FENCING_ENV = "RMAP2P_STORAGE_FENCING"
+"""``0``: no fencing (a primary keeps taking writes on a side of the pool without a majority)."""
 PROXY_RECHECK = 1.0
 """Seconds between proxy retargets when no membership event comes (claims change by gossip too)."""
 
@@ -144,8 +148,9 @@ def _successor(service: str, members: Sequence[MemberView], me: str, epoch: int)
 class StatefulServices:
     """Runners, drivers and claims of this node's copies of replicated services."""
 
-    def __init__(self, node: PoolHandle, *, ephemeral_ports: bool, synchronous: bool = False) -> None:
+    def __init__(self, node: PoolHandle, *, ephemeral_ports: bool, synchronous: bool = False, fencing: bool = True) -> None:
         self.node = node
+        self._fencing = fencing
         self._ephemeral = ephemeral_ports
         self._synchronous = synchronous
         self._drivers: dict[str, ReplicaDriver] = {}
@@ -187,11 +192,14 @@ class StatefulServices:
             driver = ReplicaDriver(service, self.node.node_id, runner, service_dir(data_dir, service), synchronous=self._synchronous)
         roles = await self._converge(service, driver)
         me = self.node.node_id
-        if roles.primary == me or (roles.primary is not None and driver.following is not None):
+        if roles.primary == me and not self._quorum():
+            why = "it would be primary, but this side of the pool has no majority (fencing)"
+        elif roles.primary == me or (roles.primary is not None and driver.following is not None):
             self._drivers[service] = driver
             self._waiting.pop(service, None)
             return True
-        why = "no copy with data is alive" if roles.primary is None else f"the address of its primary {roles.primary} is not known yet"
+        else:
+            why = "no copy with data is alive" if roles.primary is None else f"the address of its primary {roles.primary} is not known yet"
         if self._waiting.get(service) != why:  # once per reason, not every reconcile
             self._waiting[service] = why
             log.info("node %s: %s waits to start: %s", me, service, why)
@@ -225,9 +233,15 @@ class StatefulServices:
         if runner_ep is not None:
             where[self.node.node_id] = runner_ep
         claims = view_claims(members, (service,))[service]
-        roles = await converge(driver, service, views, claims, where)
+        roles = await converge(driver, service, views, claims, where, quorum=self._quorum(views))
         self._roles[service] = roles
         return roles
+
+    def _quorum(self, views: Sequence[NodeView] | None = None) -> bool:
+        """Whether this node's side of the pool may run a writable primary (``has_quorum``; always, without fencing)."""
+        if not self._fencing:
+            return True
+        return has_quorum(views if views is not None else to_node_views(self.node.members()))
 
     def health(self, service: str, engine_health: str) -> str:
         """``engine_health``, held at ``starting`` while the copy does not hold the primary's history."""

@@ -105,6 +105,8 @@ def stream(args: argparse.Namespace) -> dict[str, object]:
     if made.returncode != 0:
         raise SystemExit(f"postgres: {made.stderr.strip()}")
     acked: dict[str, list[int]] = {"redis": [], "postgres": []}
+    acked_at: dict[str, list[float]] = {"redis": [], "postgres": []}
+    refused_at: dict[str, float | None] = {"redis": None, "postgres": None}
     last: dict[str, float] = {s: time.monotonic() for s in acked}
     gap: dict[str, tuple[float, float]] = {s: (0.0, 0.0) for s in acked}
     failed = {s: 0 for s in acked}
@@ -112,22 +114,37 @@ def stream(args: argparse.Namespace) -> dict[str, object]:
     i = 0
     while time.monotonic() < end:
         i += 1
+        done: dict[str, bool] = {}
         try:
-            ok = asyncio.run(redis_try(args, "SET", f"{args.prefix}{i}", str(i))) == "OK"
+            done["redis"] = asyncio.run(redis_try(args, "SET", f"{args.prefix}{i}", str(i))) == "OK"
+        except RespError as exc:
+            done["redis"] = False
+            if "NOREPLICAS" in str(exc) and refused_at["redis"] is None:
+                refused_at["redis"] = time.monotonic()
         except REDIS_ERRORS:
-            ok = False
-        done = {"redis": ok, "postgres": psql(args, f"INSERT INTO {table} VALUES ({i})", timeout=10).returncode == 0}
+            done["redis"] = False
+        try:
+            cp = psql(args, f"INSERT INTO {table} VALUES ({i})", timeout=3)
+            done["postgres"] = cp.returncode == 0
+            if "read-only transaction" in cp.stderr and refused_at["postgres"] is None:
+                refused_at["postgres"] = time.monotonic()
+        except subprocess.TimeoutExpired:
+            done["postgres"] = False  # a commit waiting for a standby is no acknowledgement
         now = time.monotonic()
         for s, good in done.items():
             if good:
                 acked[s].append(i)
+                acked_at[s].append(now)
                 if now - last[s] > gap[s][0]:
                     gap[s] = (now - last[s], last[s])
                 last[s] = now
             else:
                 failed[s] += 1
         time.sleep(0.02)
-    return {"acked": acked, "gap": {s: g[0] for s, g in gap.items()}, "gap_from": {s: g[1] for s, g in gap.items()}, "failed": failed}
+    return {
+        "acked": acked, "acked_at": acked_at, "refused_at": refused_at, "failed": failed,
+        "gap": {s: g[0] for s, g in gap.items()}, "gap_from": {s: g[1] for s, g in gap.items()},
+    }  # fmt: skip
 
 
 async def redis_check(args: argparse.Namespace, keys: list[str]) -> int:

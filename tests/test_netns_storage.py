@@ -21,7 +21,18 @@ ports 6379 and 5432 on its loopback to the current primary.
 ``test_graceful_leave_hands_over_first`` (``rmap2p leave`` of the primary's
 host): the primary stops taking writes, lets its replica catch up and gives
 the role away before the membership leave: the writable gap is bounded by
-``HANDOVER_BOUND`` and no acknowledged write is lost.
+``HANDOVER_BOUND`` and no acknowledged write is lost, neither through h2's
+proxy nor straight at h0's servers.
+
+``test_partition_fences_the_minority_primary``: a partition {h0} | {h1, h2}
+with h0 primary. h1 is promoted on the majority side; h0, without a
+majority, refuses writes (fencing) before that promotion, so nothing it
+acknowledges after its fence exists, PostgreSQL loses no acknowledged
+commit (its synchronous commit stays on), and the few Redis writes h0 took
+between the split and the fence are reported in its log when it rejoins as
+h1's replica after the heal. With ``RMAP2P_STORAGE_FENCING=0`` this test
+fails: h0 keeps acknowledging writes that the heal discards (about 200 of
+each engine in a run of this test).
 
 Skipped without namespaces (fails with RMAP2P_REQUIRE_NETNS=1) or without
 redis-server/PostgreSQL (fails with RMAP2P_REQUIRE_STORAGE=1).
@@ -235,7 +246,7 @@ def test_failover_across_hosts_keeps_every_acknowledged_write(pool: StoragePool)
 
 
 def test_graceful_leave_hands_over_first(pool: StoragePool) -> None:
-    h0, h1, h2 = bring_up(pool)
+    h0, _h1, h2 = bring_up(pool)
     passwords = ["--redis-password", pool.password("redis", h0), "--pg-password", pool.password("postgres", h0)]
     # Two writers on h2: one through its --service-proxy (follows the view: measures the gap), one straight
     # at h0's own servers (a client that does not follow the view: whatever h0 acknowledges must survive).
@@ -284,3 +295,59 @@ def test_graceful_leave_hands_over_first(pool: StoragePool) -> None:
     assert h0_log.index("handed over to") < h0_log.index("leaving the pool"), h0_log[-4000:]
     wait_for(lambda: pool.status(h2, "h0") == "left", 20, "h2 to see h0 left (not dead)")
     assert {s: pool.roles(h2, s) for s in SERVICES} == {s: {"h1": ("primary", "healthy")} for s in SERVICES}
+
+
+def test_partition_fences_the_minority_primary(pool: StoragePool) -> None:
+    h0, h1, h2 = bring_up(pool)
+    passwords = ["--redis-password", pool.password("redis", h0), "--pg-password", pool.password("postgres", h0)]
+    direct = {s: int(pool.endpoints(h2, s)["h0"].rsplit(":", 1)[1]) for s in SERVICES}
+    # A client beside h0 (cut off with it) writes straight at h0; one on h2 writes through h2's proxy.
+    writers = {
+        "minority": h0.popen(
+            [sys.executable, str(CLIENT), "stream", "--duration", "28", "--prefix", "m", "--host", h0.ip,
+             "--redis-port", str(direct["redis"]), "--pg-port", str(direct["postgres"]), *passwords],
+            log_name="stream-minority",
+        ),
+        "majority": h2.popen([sys.executable, str(CLIENT), "stream", "--duration", "28", "--prefix", "g", *passwords], log_name="stream-majority"),
+    }  # fmt: skip
+    time.sleep(3)
+    split_at = time.monotonic()
+    pool.lab.partition([h0], [h1, h2])
+    wait_for(lambda: all(pool.roles(h2, s).get("h1", ("", ""))[0] == "primary" for s in SERVICES), 60, "h1 promoted on the majority side")
+    promoted = time.monotonic() - split_at
+    wait_for(lambda: all(f"{s} fenced" in pool.log(h0) for s in SERVICES), 30, "h0, alone, to fence both primaries")
+    streamed = {}
+    for name, writer in writers.items():
+        assert writer.wait(60) == 0, name
+        where = h0 if name == "minority" else h2
+        streamed[name] = json.loads(where.log_paths(f"stream-{name}")[0].read_text().strip().splitlines()[-1])
+    pool.lab.heal()
+    wait_for(lambda: pool.settled(h2, "h1", "h0"), 120, "h0 back as the replica of h1 after the heal")
+
+    check = {}
+    for name, prefix in (("minority", "m"), ("majority", "g")):
+        acked = streamed[name]["acked"]
+        ids = ";".join(f"{s}={','.join(map(str, acked[s]))}" for s in SERVICES)
+        check[name] = pool.client(h2, "check", "--prefix", prefix, "--ids", ids)
+    minority = streamed["minority"]
+    refused = {s: (minority["refused_at"][s] - split_at) if minority["refused_at"][s] else None for s in SERVICES}
+    def fmt(v: float | None) -> str:
+        return "never" if v is None else f"{v:.1f}"
+
+    after_fence = {s: sum(1 for t in minority["acked_at"][s] if refused[s] is not None and t - split_at > refused[s]) for s in SERVICES}
+    line = (
+        f"netns partition {{h0}} | {{h1, h2}} with h0 primary: h1 promoted {promoted:.1f} s after the split; h0 refused writes "
+        f"after redis {fmt(refused['redis'])} s, postgres {fmt(refused['postgres'])} s; h0 acknowledged after its fence: {after_fence}; "
+        f"lost on heal: minority {check['minority']}, majority {check['majority']}"
+    )
+    print("\n" + line)
+    (Path(pool.lab.log_dir) / "partition.txt").write_text(line + "\n")
+    assert all(refused[s] is not None for s in SERVICES), minority["refused_at"]
+    assert after_fence == {"redis": 0, "postgres": 0}, after_fence
+    assert check["majority"] == {"redis_missing": 0, "postgres_missing": 0}, check
+    # PostgreSQL's synchronous commit stays on behind the fence: nothing h0 acknowledged is lost.
+    assert check["minority"]["postgres_missing"] == 0, check
+    # Redis writes h0 took between the split and its fence (without WAIT) are dropped, and said so.
+    h0_log = pool.log(h0)
+    for s in SERVICES:
+        assert f"{s} was primary at epoch" in h0_log, h0_log[-4000:]

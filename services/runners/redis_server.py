@@ -60,7 +60,11 @@ def find_binary() -> str | None:
     return shutil.which(BINARY)
 
 
-def render_config(*, host: str, port: int, data: Path, password: str, primary: Endpoint | None) -> str:
+FENCE_REPLICAS = 1_000_000
+"""``min-replicas-to-write`` of a fenced primary: more good replicas than can exist, so every write gets NOREPLICAS."""
+
+
+def render_config(*, host: str, port: int, data: Path, password: str, primary: Endpoint | None, fenced: bool = False) -> str:
     """redis.conf for one copy. Pure."""
     lines = [
         f"bind {host}",
@@ -86,6 +90,8 @@ def render_config(*, host: str, port: int, data: Path, password: str, primary: E
     ]
     if primary is not None:
         lines.append(f"replicaof {primary.host} {primary.port}")
+    if fenced:
+        lines += [f"min-replicas-to-write {FENCE_REPLICAS}", "min-replicas-max-lag 10"]
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +162,14 @@ class RedisRunner(NativeServerRunner):
             int(info.get("slave_repl_offset", info.get("master_repl_offset", 0))),
         )  # fmt: skip
 
+    async def set_fenced(self, fenced: bool) -> None:
+        """Refuse every write (``NOREPLICAS``) or take them again; reads go on. Kept across restarts."""
+        self._fenced = fenced
+        if self.supervisor is None or self.port is None:
+            return
+        self._write_config(self.port)
+        await self.command("CONFIG", "SET", "min-replicas-to-write", FENCE_REPLICAS if fenced else 0)
+
     async def quiesce(self, timeout: float) -> bool:
         """Stop taking writes and wait until a replica acknowledged all of them; True when one has (bounded).
 
@@ -198,7 +212,7 @@ class RedisRunner(NativeServerRunner):
     # ------------------------------------------------------------ internals
 
     def _write_config(self, port: int) -> None:
-        text = render_config(host=self._host, port=port, data=(self._dir / "data").resolve(), password=self._password, primary=self._primary)
+        text = render_config(host=self._host, port=port, data=(self._dir / "data").resolve(), password=self._password, primary=self._primary, fenced=self._fenced)
         atomic_write(self._dir / "redis.conf", text.encode(), mode=0o600)
         chown_tree(self._dir / "redis.conf", self._as)
 
