@@ -223,11 +223,11 @@ class ServiceManager:
 
     async def hand_over(self) -> None:
         """Before this node leaves: stop reconciling, hand each primary role to a replica (bounded by the caller)."""
+        self._handing_over = True  # no new reconcile starts from here on
+        if self._stateful is None or not self._stateful.holds_primary():
+            return  # nothing to hand over: do not wait for a reconcile that may be starting a model
         async with self._busy:
-            self._handing_over = True
-        if self._stateful is None:
-            return
-        await self._stateful.hand_over(self._runners, self._stop_for_handover)
+            await self._stateful.hand_over(self._runners, self._stop_for_handover)
 
     async def _stop_for_handover(self, service: str) -> None:
         await self._stop(service, "handed over before leaving", keep_claim=True)

@@ -250,6 +250,10 @@ class StatefulServices:
             return engine_health
         return engine_health if roles.primary is not None and driver.claim.epoch == roles.epoch else "starting"
 
+    def holds_primary(self) -> bool:
+        """Whether a copy here claims a primary role (something a leave should hand over)."""
+        return any(d.claim.primary for d in self._drivers.values())
+
     async def hand_over(self, running: Mapping[str, object], stop: Callable[[str], Awaitable[None]]) -> None:
         """Hand each primary role this node holds to a replica before the node leaves (module docstring).
 
