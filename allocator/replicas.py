@@ -42,11 +42,28 @@ would make a lone storage node take postgres as well as chromadb and redis,
 against seed scenario 5, and would let the allocator trade replicas for
 other gaps.
 
-Caveat (stated, not solved here): two sides of a network partition each see
-the other dead and can each promote; when the partition heals the higher
-epoch wins and the other side's writes since the split are discarded.
-Redis clients that need a write to survive use ``WAIT``; PostgreSQL's
-synchronous mode makes a commit wait for the standby.
+Fencing (``has_quorum``): two sides of a network partition each see the
+other dead and could each promote; when it heals the higher epoch wins and
+the other side's writes since the split are discarded. So a copy acts as a
+writable primary only while its node's view has a majority of the pool:
+more than half of the members it knows that have not left (alive, suspect
+and dead ones) are *alive*. A side without it does not promote, and a
+primary on it refuses writes (``fenced``) until the majority is back. Every
+member votes, not only the service's copies: with two copies, a majority of
+the copies would be both of them, and no failover could ever happen. Suspects
+do not count as present, so the minority side fences itself at suspicion,
+before the majority side (which promotes only once the old primary is dead)
+takes over. Graceful leaves shrink the pool; dead members count until
+reaped (``SwimConfig.reap_after``), so a pool that lost most of its members
+to crashes stays read-only until they return or are reaped (or the operator
+sets ``RMAP2P_STORAGE_FENCING=0``). A view of fewer than
+``QUORUM_MIN_MEMBERS`` members has no majority to lose (two nodes cannot
+tell a partition from a death): there the caveat stands, and writes a
+losing primary took are reported when it rejoins (``services.replication``).
+Between the split and the fence (a suspicion timeout) a primary still takes
+writes; Redis clients that need a write to survive use ``WAIT``,
+PostgreSQL's synchronous mode makes a commit wait for the standby (and a
+fenced primary keeps it waiting instead of turning it off).
 """
 
 from __future__ import annotations
@@ -123,6 +140,31 @@ def primary_of(service: str, copies: Iterable[Copy]) -> Roles:
     epoch = chosen.epoch if keeps else top + 1
     replicas = tuple(c.node_id for c in live if c.node_id != chosen.node_id)
     return Roles(chosen.node_id, epoch, replicas, not keeps)
+
+
+QUORUM_MIN_MEMBERS = 3
+"""Views with fewer members (not left) than this are not fenced: two nodes have no majority to lose."""
+
+
+def has_quorum(view: Iterable[NodeView]) -> bool:
+    """Whether the side of the pool this view shows may run a writable primary (the module docstring).
+
+    ``2 * alive > known`` over the members that have not left, where only
+    ``alive`` counts as present (a suspect may be on the other side of a
+    split); always True below ``QUORUM_MIN_MEMBERS`` known members. Pure and
+    order-independent (members collapse by node id, the most hopeful status
+    winning).
+    """
+    order = {"alive": 3, "suspect": 2, "dead": 1, "left": 0}
+    status: dict[str, str] = {}
+    for n in view:
+        old = status.get(n.node_id)
+        if old is None or order.get(n.status, 0) > order.get(old, 0):
+            status[n.node_id] = n.status
+    known = [s for s in status.values() if s != "left"]
+    if len(known) < QUORUM_MIN_MEMBERS:
+        return True
+    return 2 * sum(1 for s in known if s == "alive") > len(known)
 
 
 def copies(service: str, view: Iterable[NodeView], claims: Mapping[str, tuple[int, bool]]) -> list[Copy]:

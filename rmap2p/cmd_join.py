@@ -148,6 +148,7 @@ async def _main(config: NodeConfig) -> int:
             stateful_ephemeral=bool(config.service_proxy),
         )
         node.add_task(manager.run)
+        node.before_leave(manager.hand_over)
         node.add_task(lambda: report_first_allocation(node, manager))
     if config.service_proxy:
         node.add_task(ServiceProxies(NodeHandle(node), dict(config.service_proxy)).run)

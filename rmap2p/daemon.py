@@ -7,8 +7,11 @@ the same. All background work lives in one ``asyncio.TaskGroup`` owned by
 ``Node.run()``: the receive loop, the sender, the join/rejoin loop, the load
 sampler, outgoing TCP exchanges, the HTTP runner and the service
 reconciler. ``Node.stop()`` (SIGINT, SIGTERM, ``POST /api/admin/leave``)
-leaves gracefully: it announces the leave, lets gossip carry it for a
-moment, stops services, then cancels and awaits every task.
+leaves gracefully: it first runs the ``before_leave`` hooks while still a
+member (the service manager hands its primary roles over to replicas
+there), bounded by ``NodeConfig.handover_timeout``; then it announces the
+leave, lets gossip carry it for a moment, stops services, then cancels and
+awaits every task.
 
 Datagrams move through a :class:`p2p.transport.DatagramTransport` that a
 ``transport_factory`` makes (real UDP by default, a ``MemoryNetwork``
@@ -70,6 +73,8 @@ log = logging.getLogger(__name__)
 TransportFactory = Callable[[str, int, int], Awaitable[DatagramTransport]]
 """``await factory(host, port, max_size)``: an unsealed datagram transport bound there (port 0: any)."""
 
+HANDOVER_TIMEOUT = 20.0
+"""Default bound on the ``before_leave`` hooks: a leave never waits longer for its hand-overs."""
 LEAVE_GRACE = 1.0
 """Seconds of gossip after announcing a leave, so peers hear it from us and not by timeout."""
 LOAD_SAMPLE_INTERVAL = 2.0
@@ -119,6 +124,8 @@ class NodeConfig:
     relay_offer: bool = True
     """An edge node carries unreachable members (p2p/relay_server.py); ``--no-relay-offer`` turns it off."""
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    handover_timeout: float = HANDOVER_TIMEOUT
+    """Seconds a graceful leave gives its ``before_leave`` hooks (hand-overs) before leaving anyway."""
 
 
 async def udp_transport(host: str, port: int, max_size: int) -> DatagramTransport:
@@ -155,6 +162,7 @@ class Node:
         self._tg: asyncio.TaskGroup | None = None
         self._view_listeners: list[Callable[[list[MemberEvent]], None]] = []
         self._extra_tasks: list[Callable[[], Awaitable[None]]] = []
+        self._before_leave: list[Callable[[], Awaitable[None]]] = []
         self._mdns: MdnsDiscovery | None = None
         self._known_edges: KnownEdges | None = None
         self._joiner: JoinLoop | None = None
@@ -227,6 +235,10 @@ class Node:
         """Run ``factory()`` inside the node's task group (before ``run()``)."""
         self._extra_tasks.append(factory)
 
+    def before_leave(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` on a graceful stop, before the leave is announced (all bounded by ``handover_timeout``)."""
+        self._before_leave.append(hook)
+
     async def run(self) -> None:
         cfg = self.config
         loop = self._loop = asyncio.get_running_loop()
@@ -253,6 +265,7 @@ class Node:
                     tg.create_task(factory())
                 self.ready.set()
                 await self._stop.wait()
+                await self._hand_over()
                 await self._leave()
                 raise _Shutdown
         except* _Shutdown:
@@ -391,6 +404,20 @@ class Node:
         machine = self._require_machine()
         machine.update_meta(change(machine.meta), self._now())
         self._flush()
+
+    async def _hand_over(self) -> None:
+        """Run the ``before_leave`` hooks while still a member; a leave waits for them only so long."""
+        if not self._before_leave or self.machine is None:
+            return
+        began = self._now()
+        try:
+            async with asyncio.timeout(self.config.handover_timeout):
+                for hook in self._before_leave:
+                    await hook()
+        except TimeoutError:
+            log.warning("node %s: hand-over before leaving not done after %.0f s: leaving anyway", self.machine.id, self._now() - began)
+        except Exception as exc:  # noqa: BLE001 - a failed hand-over must not stop the leave
+            log.warning("node %s: hand-over before leaving failed (%s): leaving anyway", self.machine.id, exc)
 
     async def _leave(self) -> None:
         machine = self.machine

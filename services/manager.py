@@ -7,6 +7,11 @@ gains and stops what it loses once another node serves it healthy, checks the
 health of what runs, and gossips the result in the node's metadata (services
 with their health, their ports, loaded models, capabilities). It never tells
 another node what to do. It sees the node only through a ``PoolHandle``.
+
+Before a graceful leave the daemon awaits ``hand_over``: reconciliation
+stops, and each replicated service this node is primary of is handed to a
+replica (``StatefulServices.hand_over``) while the node is still a member,
+so the pool is not left without a writable primary until failure detection.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
 from services.runners.stateful import SINGLE_COPY, make_single_copy_runner
-from services.stateful_manager import SYNCHRONOUS_ENV, StatefulServices, handover_source
+from services.stateful_manager import FENCING_ENV, SYNCHRONOUS_ENV, StatefulServices, handover_source
 from services.storage_probe import probe_storage
 
 log = logging.getLogger(__name__)
@@ -111,12 +116,18 @@ class ServiceManager:
         self._stateful: StatefulServices | None = None
         if not echo and node.data_dir is not None:
             synchronous = self._env.get(SYNCHRONOUS_ENV, "") == "1"
-            self._stateful = StatefulServices(node, ephemeral_ports=ephemeral_ports or stateful_ephemeral, synchronous=synchronous)
+            fencing = self._env.get(FENCING_ENV, "1") != "0"
+            self._stateful = StatefulServices(
+                node, ephemeral_ports=ephemeral_ports or stateful_ephemeral, synchronous=synchronous, fencing=fencing
+            )
         self._runners: dict[str, Runner] = {}
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()
         self._unavailable: dict[str, str] = {}
         self._wake = asyncio.Event()
+        self._busy = asyncio.Lock()
+        """Held by a reconcile and by ``hand_over``: a hand-over never interleaves with a reconcile."""
+        self._handing_over = False
         self.reconciliations = 0
 
     # ------------------------------------------------------------ wiring
@@ -205,8 +216,24 @@ class ServiceManager:
         return node_actions(self.node.node_id, to_node_views(self.node.members()), self._runners)
 
     async def reconcile(self) -> None:
-        if self.node.leaving:
-            return
+        async with self._busy:
+            if self.node.leaving or self._handing_over:
+                return
+            await self._reconcile()
+
+    async def hand_over(self) -> None:
+        """Before this node leaves: stop reconciling, hand each primary role to a replica (bounded by the caller)."""
+        self._handing_over = True  # no new reconcile starts from here on
+        if self._stateful is None or not self._stateful.holds_primary():
+            return  # nothing to hand over: do not wait for a reconcile that may be starting a model
+        async with self._busy:
+            await self._stateful.hand_over(self._runners, self._stop_for_handover)
+
+    async def _stop_for_handover(self, service: str) -> None:
+        await self._stop(service, "handed over before leaving", keep_claim=True)
+        self._publish(force=True)
+
+    async def _reconcile(self) -> None:
         self.reconciliations += 1
         for service in [s for s in self._runners if s in self._failed]:
             await self._stop(service, "supervision gave up")
@@ -244,10 +271,10 @@ class ServiceManager:
         self._runners[service] = runner
         log.info("node %s: started %s (assigned by the allocation)", self.node.node_id, service)
 
-    async def _stop(self, service: str, why: str) -> None:
+    async def _stop(self, service: str, why: str, *, keep_claim: bool = False) -> None:
         runner = self._runners.pop(service, None)
         self._health.pop(service, None)
-        if self._stateful is not None:
+        if self._stateful is not None and not keep_claim:
             self._stateful.forget(service)
         if runner is not None:
             await runner.stop()
@@ -258,9 +285,9 @@ class ServiceManager:
             with contextlib.suppress(Exception):
                 await self._stop(service, "node shutting down")
 
-    def _publish(self) -> None:
+    def _publish(self, *, force: bool = False) -> None:
         node = self.node
-        if node.leaving:
+        if node.leaving or (self._handing_over and not force):
             return
         services = tuple((s, self._health.get(s, "starting")) for s in sorted(self._runners))
         ports = tuple((s, r.port) for s, r in sorted(self._runners.items()) if r.port)

@@ -26,6 +26,17 @@ that has not heard of its successor.
 PostgreSQL's synchronous commit is turned on only while the primary has a
 replica in the view (a commit would otherwise wait for ever).
 
+Fencing (``quorum`` False: this node's view has no majority of the pool,
+``allocator.replicas.has_quorum``): a copy chosen as primary is not
+promoted, and one that is primary refuses writes (``set_fenced``: Redis
+answers ``NOREPLICAS``, PostgreSQL makes transactions read-only and ends
+the sessions waiting on a synchronous commit) and keeps synchronous commit
+as it is, so nothing is acknowledged that the other side's promotion would
+discard. The fence lifts when the majority is back. A copy that was
+primary and finds a newer primary (after a partition, or a missed
+failover) logs a warning with its replication position before it follows:
+the writes it took that the new primary lacks are discarded, and said so.
+
 ``converge`` is the whole step for one service, as the manager runs it:
 copies from the view and the claims, ``primary_of``, ``apply``, and the
 local forwarder retargeted to the primary (``services.service_proxy``).
@@ -84,11 +95,28 @@ class ReplicaDriver:
         self._synchronous = synchronous
         self.claim = load_claim(self._dir)
         self.following: Endpoint | None = None
+        self.fenced = False
+        self._held_back = False
 
-    async def apply(self, roles: Roles, endpoints: Mapping[str, Endpoint]) -> bool:
-        """Move the local copy to its role in ``roles``; True when ``claim`` changed (gossip it)."""
+    async def apply(self, roles: Roles, endpoints: Mapping[str, Endpoint], *, quorum: bool = True) -> bool:
+        """Move the local copy to its role in ``roles``; True when ``claim`` changed (gossip it).
+
+        ``quorum`` False: this side of the pool has no majority (module docstring, fencing).
+        """
         before = self.claim
+        if roles.primary == self.node_id and not quorum:
+            if self.runner.role == "primary" and self.following is None:
+                await self._fence(True, roles)
+            elif not self._held_back:
+                self._held_back = True
+                log.warning(
+                    "node %s: %s would be promoted at epoch %d, but this side of the pool has no majority: "
+                    "it stays a replica until the majority is back (fencing)", self.node_id, self.service, roles.epoch,
+                )  # fmt: skip
+            return False
+        self._held_back = False
         if roles.primary == self.node_id:
+            await self._fence(False, roles)
             if self.runner.role != "primary" or self.following is not None:
                 log.info("node %s: %s primary at epoch %d%s", self.node_id, self.service, roles.epoch, " (promoted)" if roles.promoted else "")
             await self.runner.set_role("primary", None)
@@ -103,7 +131,10 @@ class ReplicaDriver:
                 return False  # the primary's address is not in the view yet
             if target != self.following:
                 log.info("node %s: %s follows %s (%s) at epoch %d", self.node_id, self.service, roles.primary, target, roles.epoch)
+                if before.primary and roles.epoch > before.epoch and self.runner.port is not None:
+                    await self._report_discarded(before, roles)
             await self.runner.set_role("replica", target)
+            await self._fence(False, roles)
             self.following = target
             if self.runner.port is not None:
                 state = await self.runner.replication()
@@ -113,6 +144,40 @@ class ReplicaDriver:
                     # No longer primary, whatever happens next: never claim it again for that epoch.
                     self._set_claim(Claim(before.epoch, False))
         return self.claim != before
+
+    async def _fence(self, fenced: bool, roles: Roles) -> None:
+        set_fenced = getattr(self.runner, "set_fenced", None)
+        if fenced == self.fenced or set_fenced is None or self.runner.port is None:
+            return
+        await set_fenced(fenced)
+        self.fenced = fenced
+        if fenced:
+            log.warning(
+                "node %s: %s fenced: this side of the pool has no majority, so the primary of epoch %d refuses writes "
+                "(the other side may promote; writes taken here since the split would be discarded)",
+                self.node_id, self.service, self.claim.epoch,
+            )  # fmt: skip
+        else:
+            log.info("node %s: %s fence lifted: the majority is back (epoch %d)", self.node_id, self.service, roles.epoch)
+
+    async def _report_discarded(self, before: Claim, roles: Roles) -> None:
+        """Say, before following a newer primary, that this old primary's own writes since the split are dropped."""
+        try:
+            position = (await self.runner.replication()).offset
+        except Exception as exc:  # noqa: BLE001 - the report must not stop the demotion
+            position = -1
+            log.debug("node %s: %s: no replication position: %s", self.node_id, self.service, exc)
+        log.warning(
+            "node %s: %s was primary at epoch %d but %s was promoted at epoch %d meanwhile (a partition or a missed "
+            "failover): writes this copy took that %s does not have are discarded as it follows it "
+            "(this copy's replication position was %d%s)",
+            self.node_id, self.service, before.epoch, roles.primary, roles.epoch, roles.primary, position,
+            ", fenced" if self.fenced else "",
+        )  # fmt: skip
+
+    def abdicate(self) -> None:
+        """No longer primary (a graceful hand-over): keep the epoch of the data, drop the primary claim."""
+        self._set_claim(Claim(self.claim.epoch, False))
 
     def _set_claim(self, claim: Claim) -> None:
         if claim == self.claim:
@@ -134,6 +199,8 @@ async def converge(
     claims: Mapping[str, tuple[int, bool]],
     where: Mapping[str, Endpoint],
     proxy: ServiceProxy | None = None,
+    *,
+    quorum: bool = True,
 ) -> Roles:
     """One step for ``service``: decide from the view, move the local copy (if any), retarget the proxy.
 
@@ -156,7 +223,7 @@ async def converge(
         found = [c for c in found if c.node_id != driver.node_id] + [own]
     roles = primary_of(service, found)
     if driver is not None:
-        await driver.apply(roles, where)
+        await driver.apply(roles, where, quorum=quorum)
     if proxy is not None:
         proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
     return roles

@@ -17,6 +17,19 @@ redis, postgres) to ``StatefulServices``:
   node serves it") only while its claim holds the primary's epoch, that is a
   replica that streams from the current primary, or the primary itself.
 
+Graceful leave (``hand_over``, awaited by the daemon before it announces
+its leave): for each service this node is primary of, with a replica in
+the view, the copy stops taking writes and waits (bounded) until the
+replica has every write (``quiesce``: Redis ``CLIENT PAUSE WRITE`` and the
+replica's acknowledged offset; PostgreSQL's standby flush position, and
+its fast shutdown ships the rest of the WAL before it exits); the node then
+gives the role away in one metadata change (the service no longer runs
+here, the claim no longer says primary) and waits until another node
+claims the primary of a newer epoch. The replica is promoted by the usual
+rule (``primary_of``, rule 2), so the writable gap is gossip plus one
+promotion instead of a failure detection. A primary without a replica just
+stops with the node; its data stays in the data dir.
+
 ``ServiceProxies`` is apart: ``join --service-proxy`` forwards a local port
 per replicated service to its current primary on any node, storage or not,
 with or without services of its own.
@@ -33,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from allocator.actions import NodeActions
 from allocator.members import to_node_views
@@ -42,9 +55,11 @@ from allocator.replicas import (
     Claims,
     Roles,
     copies,
+    has_quorum,
     primary_of,
     replicated_actions,
 )
+from allocator.view import NodeView
 from membership import MemberEvent, MemberView, ReplicationClaim
 from services.handle import PoolHandle
 from services.replication import ReplicaDriver, converge, endpoints
@@ -56,6 +71,12 @@ log = logging.getLogger(__name__)
 
 SYNCHRONOUS_ENV = "RMAP2P_POSTGRES_SYNCHRONOUS"
 """``1``: PostgreSQL's primary commits only once its standby has the WAL (while it has one)."""
+HANDOVER_CATCH_UP = 5.0
+"""Seconds a leaving primary waits for its replica to hold every write before it stops anyway."""
+HANDOVER_PROMOTION = 10.0
+"""Seconds a leaving primary waits to see its successor claim the role (then it leaves regardless)."""
+FENCING_ENV = "RMAP2P_STORAGE_FENCING"
+"""``0``: no fencing (a primary keeps taking writes on a side of the pool without a majority)."""
 PROXY_RECHECK = 1.0
 """Seconds between proxy retargets when no membership event comes (claims change by gossip too)."""
 
@@ -113,11 +134,23 @@ def handover_source(service: str, members: Sequence[MemberView], me: str) -> End
     return None
 
 
+def _successor(service: str, members: Sequence[MemberView], me: str, epoch: int) -> str | None:
+    """Another up member whose copy of ``service`` claims the primary of an epoch after ``epoch``, as its engine says."""
+    for m in members:
+        if m.node == me or m.status.is_down:
+            continue
+        claim = m.meta.claim_of(service)
+        if claim is not None and claim.primary and claim.epoch > epoch and claim.role == "primary":
+            return m.node
+    return None
+
+
 class StatefulServices:
     """Runners, drivers and claims of this node's copies of replicated services."""
 
-    def __init__(self, node: PoolHandle, *, ephemeral_ports: bool, synchronous: bool = False) -> None:
+    def __init__(self, node: PoolHandle, *, ephemeral_ports: bool, synchronous: bool = False, fencing: bool = True) -> None:
         self.node = node
+        self._fencing = fencing
         self._ephemeral = ephemeral_ports
         self._synchronous = synchronous
         self._drivers: dict[str, ReplicaDriver] = {}
@@ -159,11 +192,14 @@ class StatefulServices:
             driver = ReplicaDriver(service, self.node.node_id, runner, service_dir(data_dir, service), synchronous=self._synchronous)
         roles = await self._converge(service, driver)
         me = self.node.node_id
-        if roles.primary == me or (roles.primary is not None and driver.following is not None):
+        if roles.primary == me and not self._quorum():
+            why = "it would be primary, but this side of the pool has no majority (fencing)"
+        elif roles.primary == me or (roles.primary is not None and driver.following is not None):
             self._drivers[service] = driver
             self._waiting.pop(service, None)
             return True
-        why = "no copy with data is alive" if roles.primary is None else f"the address of its primary {roles.primary} is not known yet"
+        else:
+            why = "no copy with data is alive" if roles.primary is None else f"the address of its primary {roles.primary} is not known yet"
         if self._waiting.get(service) != why:  # once per reason, not every reconcile
             self._waiting[service] = why
             log.info("node %s: %s waits to start: %s", me, service, why)
@@ -197,9 +233,15 @@ class StatefulServices:
         if runner_ep is not None:
             where[self.node.node_id] = runner_ep
         claims = view_claims(members, (service,))[service]
-        roles = await converge(driver, service, views, claims, where)
+        roles = await converge(driver, service, views, claims, where, quorum=self._quorum(views))
         self._roles[service] = roles
         return roles
+
+    def _quorum(self, views: Sequence[NodeView] | None = None) -> bool:
+        """Whether this node's side of the pool may run a writable primary (``has_quorum``; always, without fencing)."""
+        if not self._fencing:
+            return True
+        return has_quorum(views if views is not None else to_node_views(self.node.members()))
 
     def health(self, service: str, engine_health: str) -> str:
         """``engine_health``, held at ``starting`` while the copy does not hold the primary's history."""
@@ -207,6 +249,66 @@ class StatefulServices:
         if driver is None or roles is None or engine_health != "healthy":
             return engine_health
         return engine_health if roles.primary is not None and driver.claim.epoch == roles.epoch else "starting"
+
+    def holds_primary(self) -> bool:
+        """Whether a copy here claims a primary role (something a leave should hand over)."""
+        return any(d.claim.primary for d in self._drivers.values())
+
+    async def hand_over(self, running: Mapping[str, object], stop: Callable[[str], Awaitable[None]]) -> None:
+        """Hand each primary role this node holds to a replica before the node leaves (module docstring).
+
+        ``running``: the manager's runners by service; ``stop(service)``
+        stops one and publishes the metadata without it (the claim is kept,
+        no longer primary). All services are handed over at once.
+        """
+        me = self.node.node_id
+        jobs, names = [], []
+        for service, driver in sorted(self._drivers.items()):
+            roles = self._roles.get(service)
+            if service not in running or roles is None or roles.primary != me or not driver.claim.primary:
+                continue
+            if not roles.replicas:
+                log.info("node %s: %s has no replica to hand over to: it stops with the node (its data stays here)", me, service)
+                continue
+            jobs.append(self._hand_over_one(service, driver, roles, stop))
+            names.append(service)
+        for service, outcome in zip(names, await asyncio.gather(*jobs, return_exceptions=True), strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("node %s: hand-over of %s failed: %s", me, service, outcome)
+
+    async def _hand_over_one(self, service: str, driver: ReplicaDriver, roles: Roles, stop: Callable[[str], Awaitable[None]]) -> None:
+        me = self.node.node_id
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        log.info("node %s: leaving: handing %s (primary at epoch %d) over to a replica of %s", me, service, driver.claim.epoch, ", ".join(roles.replicas))
+        caught_up = False
+        quiesce = getattr(driver.runner, "quiesce", None)
+        if quiesce is not None:
+            try:
+                caught_up = await quiesce(HANDOVER_CATCH_UP)
+            except Exception as exc:  # noqa: BLE001 - the hand-over goes on: the replica has what it has
+                log.warning("node %s: %s: cannot stop writes before the hand-over: %s", me, service, exc)
+        epoch = driver.claim.epoch
+        driver.abdicate()
+        await stop(service)
+        stopped = loop.time() - began
+        successor = None
+        while loop.time() - began < HANDOVER_CATCH_UP + HANDOVER_PROMOTION:
+            successor = _successor(service, self.node.members(), me, epoch)
+            if successor is not None:
+                break
+            await asyncio.sleep(0.05)
+        if successor is None:
+            log.warning(
+                "node %s: %s stopped %.2f s into the hand-over (replica caught up: %s), but no successor claimed it "
+                "within %.0f s: the replica is promoted when the pool sees this node gone",
+                me, service, stopped, "yes" if caught_up else "no", HANDOVER_PROMOTION,
+            )  # fmt: skip
+            return
+        log.info(
+            "node %s: %s handed over to %s in %.2f s (writes stopped, replica caught up: %s; copy stopped after %.2f s)",
+            me, service, successor, loop.time() - began, "yes" if caught_up else "no", stopped,
+        )  # fmt: skip
 
     def gossip(self) -> tuple[ReplicationClaim, ...]:
         """The claims to put in this node's metadata: one per copy with data or running here."""

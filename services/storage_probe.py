@@ -10,14 +10,17 @@ and ``rmap2p status``.
 
 | service | native | else |
 |---|---|---|
-| redis | ``redis-server`` on the PATH | a Docker engine (official image) |
-| postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | a Docker engine |
-| chromadb | the ``chromadb`` package and its server bindings (the ``storage`` extra) | a Docker engine |
+| redis | ``redis-server`` on the PATH | not offered (see below) |
+| postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | not offered (see below) |
+| chromadb | the ``chromadb`` package and its server bindings (the ``storage`` extra) | a Docker engine (``chromadb/chroma``; no hand-over copy) |
 | minio, neo4j | (none) | a Docker engine (``services.runners.docker_runner``) |
 
-Where an engine's Docker path is not written, a machine with an engine and
-no binary is reported as such ("docker engine present, runner not
-written"), never silently offered.
+``storage_backend`` is the choice (native first, then a container) that
+both the probe and ``services.runners.stateful.make_single_copy_runner``
+follow. Redis and PostgreSQL are replicated and their failover relies on
+the server dying with its node; a container outlives a daemon killed by
+SIGKILL, so they are not run as containers, and a machine with an engine
+and no binary is told so, never silently offered.
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ from dataclasses import dataclass
 STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
 NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres", "chromadb"})
 """Services whose native runner exists (services.runners.stateful)."""
-DOCKER_RUNNERS: frozenset[str] = frozenset({"minio", "neo4j"})
+DOCKER_RUNNERS: frozenset[str] = frozenset({"minio", "neo4j", "chromadb"})
 """Services whose Docker runner exists (services.runners.docker_runner)."""
+NO_CONTAINER_WHY = (
+    "not run as a container: its failover needs the server to die with the node, "
+    "and a container outlives a daemon killed by SIGKILL (an orphaned primary would keep taking writes)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,19 @@ class StorageFacts:
     """A Docker engine answers on this machine."""
     chromadb: bool = False
     """The chromadb package and its server bindings are importable."""
+
+
+Backend = str
+"""``native`` (a local binary or package), ``docker`` (a container), or ``none``."""
+
+
+def storage_backend(service: str, *, native: bool, docker_engine: bool) -> Backend:
+    """How ``service`` runs on a machine: its native runner where it can, else a container where that is allowed. Pure."""
+    if native and service in NATIVE_RUNNERS:
+        return "native"
+    if docker_engine and service in DOCKER_RUNNERS:
+        return "docker"
+    return "none"
 
 
 def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
@@ -72,12 +92,13 @@ def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
         "neo4j": "no native neo4j runner (it runs only as a container)",
     }
     missing = native.get(service, f"no native {service} runner")
-    if facts.docker_engine:
-        if service in DOCKER_RUNNERS:
-            from services.runners.docker_runner import IMAGES
+    if storage_backend(service, native=False, docker_engine=facts.docker_engine) == "docker":
+        from services.runners.docker_runner import IMAGES
 
-            return True, f"{service}: Docker engine (image {IMAGES[service]})"
-        return False, f"{service}: {missing}; a Docker engine is present but the Docker runner is not written yet"
+        extra = "; no hand-over copy of its data when it moves" if service == "chromadb" else ""
+        return True, f"{service}: Docker engine (image {IMAGES[service]}){extra}"
+    if facts.docker_engine:
+        return False, f"{service}: {missing}; a Docker engine is present, but {service} is {NO_CONTAINER_WHY}"
     return False, f"{service}: {missing} and no Docker engine"
 
 

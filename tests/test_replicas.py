@@ -14,6 +14,7 @@ from allocator.replicas import (
     Roles,
     allocation_view,
     copies,
+    has_quorum,
     primary_of,
     rank,
     replica_rows,
@@ -204,3 +205,25 @@ def test_a_replica_stays_put_and_the_one_with_data_is_preferred() -> None:
     # A dead node, a node of another type and a node unable to run it get none.
     others = [NodeView("s1", "storage", services=("redis",)), NodeView("d", "storage", status="dead"), NodeView("c", "cpu"), NodeView("x", "storage", can_run=())]
     assert replica_rows(others, {"s1": ("redis",)}, {}, services=("redis",)) == {}
+
+
+QUORUM_CASES = [
+    # (name, statuses of the members this node knows, has a majority)
+    ("a lone node", ["alive"], True),
+    ("two nodes cannot tell a partition from a death", ["alive", "dead"], True),
+    ("three, one dead: the majority side", ["alive", "alive", "dead"], True),
+    ("three, two dead: the minority side", ["alive", "dead", "dead"], False),
+    ("suspects are not counted present", ["alive", "suspect", "suspect"], False),
+    ("one suspect of three is still a majority", ["alive", "alive", "suspect"], True),
+    ("a graceful leave shrinks the pool", ["alive", "left", "left", "dead"], True),
+    ("left members do not vote", ["alive", "alive", "dead", "dead", "left"], False),
+    ("a tie is no majority", ["alive", "alive", "dead", "dead"], False),
+    ("five, two dead", ["alive", "alive", "alive", "dead", "dead"], True),
+]
+
+
+@pytest.mark.parametrize(("name", "statuses", "expected"), QUORUM_CASES, ids=[c[0] for c in QUORUM_CASES])
+def test_has_quorum(name: str, statuses: list[str], expected: bool) -> None:
+    view = [NodeView(node_id=f"n{i}", worker_type="storage", status=st) for i, st in enumerate(statuses)]
+    assert has_quorum(view) is expected
+    assert has_quorum(list(reversed(view))) is expected

@@ -1,4 +1,4 @@
-"""MinIO and Neo4j through the Docker SDK: the container spec and the probe's answer (pure), the live path where an engine answers.
+"""MinIO, Neo4j and ChromaDB through the Docker SDK: the container spec and the probe's answer (pure), the live path where an engine answers.
 
 Where no Docker engine answers (this project's test machines), the live
 tests skip and say so: the runner's container path cannot run without an
@@ -9,10 +9,12 @@ everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +67,43 @@ def test_spec_refusals_and_names(tmp_path: Path) -> None:
         container_spec("redis", tmp_path, "127.0.0.1", 0, "n1", PASSWORD, env={})
     assert container_name("a b/c:1", "neo4j") == "rmap2p-a-b-c-1-neo4j"
     assert container_name("///", "minio") == "rmap2p-node-minio"
+
+
+def test_chromadb_container_spec(tmp_path: Path) -> None:
+    spec = container_spec("chromadb", tmp_path / "services" / "chromadb", "10.0.0.5", 8000, "node-a", PASSWORD, env={})
+    # The native runner's layout (data/ is Chroma's persistence directory), so a node can switch backends on the same data.
+    assert spec.volumes == {str((tmp_path / "services" / "chromadb" / "data").resolve()): {"bind": "/data", "mode": "rw"}}
+    assert spec.ports == {"8000/tcp": ("10.0.0.5", 8000)}
+    assert spec.environment == {"IS_PERSISTENT": "TRUE", "PERSIST_DIRECTORY": "/data", "ANONYMIZED_TELEMETRY": "FALSE"}
+    assert (spec.ready_port, spec.ready_path) == ("8000/tcp", "/api/v2/heartbeat")
+    assert spec.name == "rmap2p-node-a-chromadb"
+    try:
+        import chromadb
+    except ImportError:
+        pass
+    else:  # the image runs the same server version as the storage extra's package
+        assert spec.image == f"chromadb/chroma:{chromadb.__version__}"
+    assert container_spec("chromadb", tmp_path, "127.0.0.1", 0, "n", PASSWORD, env={"RMAP2P_CHROMADB_IMAGE": "mirror/chroma:x"}).image == "mirror/chroma:x"
+
+
+def test_chromadb_runs_natively_where_it_can_else_as_a_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.runners import chroma
+
+    monkeypatch.setattr(chroma, "chroma_importable", lambda: True)
+    assert isinstance(make_single_copy_runner("chromadb", tmp_path, "127.0.0.1", 0, "n1", b"pool secret", lambda: None), chroma.ChromaRunner)
+    monkeypatch.setattr(chroma, "chroma_importable", lambda: False)
+    runner = make_single_copy_runner("chromadb", tmp_path, "127.0.0.1", 0, "n1", b"pool secret", lambda: None)
+    assert isinstance(runner, DockerRunner)
+    assert runner.spec.volumes == {str((tmp_path / "services" / "chromadb" / "data").resolve()): {"bind": "/data", "mode": "rw"}}
+
+
+async def test_chromadb_container_refuses_to_start_without_an_engine(tmp_path: Path) -> None:
+    if docker_engine_present():
+        pytest.skip("a Docker engine answers here")
+    runner = DockerRunner("chromadb", tmp_path / "services" / "chromadb", "127.0.0.1", 0, "n1", PASSWORD)
+    with pytest.raises(RunnerError, match="no Docker engine|Docker SDK is not installed"):
+        await runner.start()
+    assert runner.port is None
 
 
 def test_published_port() -> None:
@@ -137,3 +176,28 @@ async def test_minio_container_serves_and_keeps_its_data_dir(tmp_path: Path) -> 
     finally:
         await runner.stop()
     assert (directory / "data" / ".minio.sys").is_dir()
+
+
+def _http_json(url: str, body: object | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@needs_engine
+async def test_chromadb_container_keeps_a_collection_across_a_restart(tmp_path: Path) -> None:
+    directory = tmp_path / "services" / "chromadb"
+    base = "/api/v2/tenants/default_tenant/databases/default_database/collections"
+    for attempt in range(2):
+        runner = DockerRunner("chromadb", directory, "127.0.0.1", 0, "live-test", PASSWORD)
+        await runner.start()
+        try:
+            assert runner.port is not None and await runner.health() == "healthy"
+            url = f"http://127.0.0.1:{runner.port}{base}"
+            if attempt == 0:
+                made = await asyncio.to_thread(_http_json, url, {"name": "kept"})
+                assert made["name"] == "kept"
+            assert [c["name"] for c in await asyncio.to_thread(_http_json, url)] == ["kept"]
+        finally:
+            await runner.stop()

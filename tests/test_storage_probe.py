@@ -8,7 +8,12 @@ from dataclasses import replace
 import pytest
 
 from services.runners.chroma import chroma_importable
-from services.storage_probe import StorageFacts, can_run_storage, probe_storage
+from services.storage_probe import (
+    StorageFacts,
+    can_run_storage,
+    probe_storage,
+    storage_backend,
+)
 
 NOTHING = StorageFacts(None, None, is_root=False, postgres_user="postgres", postgres_user_exists=False, setpriv=True, docker_engine=False)
 BOTH = replace(NOTHING, redis_server="/usr/bin/redis-server", postgres_bin="/usr/lib/postgresql/15/bin")
@@ -16,7 +21,10 @@ BOTH = replace(NOTHING, redis_server="/usr/bin/redis-server", postgres_bin="/usr
 CASES = [
     ("redis", BOTH, True, "/usr/bin/redis-server"),
     ("redis", NOTHING, False, "redis-server not found (apt-get install redis-server) and no Docker engine"),
-    ("redis", replace(NOTHING, docker_engine=True), False, "Docker runner is not written yet"),
+    ("redis", replace(NOTHING, docker_engine=True), False, "a container outlives a daemon killed by SIGKILL"),
+    ("postgres", replace(NOTHING, docker_engine=True), False, "postgres is not run as a container"),
+    ("chromadb", replace(NOTHING, docker_engine=True), True, "chromadb: Docker engine (image chromadb/chroma:1.5.9); no hand-over copy"),
+    ("chromadb", replace(NOTHING, chromadb=True, docker_engine=True), True, "chromadb: the chromadb package"),
     ("postgres", BOTH, True, "/usr/lib/postgresql/15/bin"),
     ("postgres", replace(BOTH, is_root=True, postgres_user_exists=True), True, "as user postgres"),
     ("postgres", replace(BOTH, is_root=True), False, "user 'postgres' does not exist"),
@@ -50,3 +58,21 @@ def test_the_operator_limits_what_a_node_offers() -> None:
     found = probe_storage({"RMAP2P_STORAGE_SERVICES": "redis, postgres"})
     assert found["chromadb"] == (False, "chromadb: not in RMAP2P_STORAGE_SERVICES")
     assert found["redis"][0] is (shutil.which("redis-server") is not None)
+
+
+BACKENDS = [
+    # (service, native there, engine there, backend)
+    ("chromadb", True, True, "native"),
+    ("chromadb", False, True, "docker"),
+    ("chromadb", False, False, "none"),
+    ("redis", True, True, "native"),
+    ("redis", False, True, "none"),
+    ("postgres", False, True, "none"),
+    ("minio", True, True, "docker"),
+    ("neo4j", False, False, "none"),
+]
+
+
+@pytest.mark.parametrize(("service", "native", "engine", "backend"), BACKENDS)
+def test_storage_backend_prefers_the_native_runner(service: str, native: bool, engine: bool, backend: str) -> None:
+    assert storage_backend(service, native=native, docker_engine=engine) == backend

@@ -1,4 +1,4 @@
-"""Storage engines as containers through the Docker SDK: MinIO and Neo4j (official images).
+"""Storage engines as containers through the Docker SDK: MinIO, Neo4j and ChromaDB (official images).
 
 Used where a Docker engine answers (``docker.from_env().ping()``, see
 ``services.storage_probe``); where none does, the node does not advertise
@@ -9,6 +9,17 @@ these services. What a container looks like is a pure function,
 |---|---|---|---|---|
 | minio | ``minio/minio`` (``RMAP2P_MINIO_IMAGE``) | S3 API 9000 on the service port | ``data/`` on ``/data`` | user ``rmap2p``, the pool's minio password |
 | neo4j | ``neo4j:5-community`` (``RMAP2P_NEO4J_IMAGE``) | HTTP 7474 on the service port, Bolt 7687 (on 7687 where the service has its standard port, else a free one) | ``data/`` on ``/data``, ``logs/`` on ``/logs`` | user ``neo4j``, the pool's neo4j password |
+| chromadb | ``chromadb/chroma:1.5.9`` (``RMAP2P_CHROMADB_IMAGE``) | HTTP 8000 on the service port | ``data/`` on ``/data`` (the native runner's layout) | none: Chroma has no password, as natively |
+
+ChromaDB runs here only where the ``chromadb`` package is missing
+(``services.storage_probe.storage_backend``: the native runner first). Its
+container starts on this node's own data: the planned hand-over of the
+native runner (a snapshot of the old copy, ``services.runners.chroma``) is
+not done for a container. Redis and PostgreSQL have no container path on
+purpose: their failover relies on the server dying with its node (the
+parent-death signal, ``services.runners.native``), and a container
+outlives a daemon killed by SIGKILL, so an orphaned old primary would keep
+taking writes while its replica is promoted elsewhere.
 
 Each container's data is a bind mount of ``<data dir>/services/<name>/``, so
 it survives a restart of the node and of the container. Passwords are
@@ -48,15 +59,17 @@ from services.supervisor import connect_host
 
 log = logging.getLogger(__name__)
 
-DOCKER_SERVICES: tuple[str, ...] = ("minio", "neo4j")
-IMAGES: dict[str, str] = {"minio": "minio/minio", "neo4j": "neo4j:5-community"}
-IMAGE_ENV: dict[str, str] = {"minio": "RMAP2P_MINIO_IMAGE", "neo4j": "RMAP2P_NEO4J_IMAGE"}
+DOCKER_SERVICES: tuple[str, ...] = ("minio", "neo4j", "chromadb")
+IMAGES: dict[str, str] = {"minio": "minio/minio", "neo4j": "neo4j:5-community", "chromadb": "chromadb/chroma:1.5.9"}
+"""ChromaDB's tag follows the ``chromadb`` package the ``storage`` extra installs (same server, same data format)."""
+IMAGE_ENV: dict[str, str] = {"minio": "RMAP2P_MINIO_IMAGE", "neo4j": "RMAP2P_NEO4J_IMAGE", "chromadb": "RMAP2P_CHROMADB_IMAGE"}
 MINIO_USER = "rmap2p"
 NEO4J_USER = "neo4j"
 NEO4J_BOLT = 7687
 NEO4J_HTTP = 7474
 MINIO_API = 9000
-STANDARD_PORTS: dict[str, int] = {"minio": MINIO_API, "neo4j": NEO4J_HTTP}
+CHROMA_HTTP = 8000
+STANDARD_PORTS: dict[str, int] = {"minio": MINIO_API, "neo4j": NEO4J_HTTP, "chromadb": CHROMA_HTTP}
 MAX_RESTARTS = 5
 READY_TIMEOUT = 180.0
 """From ``containers.run`` to the engine's port answering (Neo4j takes tens of seconds on a slow disk)."""
@@ -132,6 +145,15 @@ def container_spec(
             environment={"MINIO_ROOT_USER": MINIO_USER, "MINIO_ROOT_PASSWORD": password},
             command=["server", "/data"],
             labels=labels, ready_port=f"{MINIO_API}/tcp", ready_path="/minio/health/live",
+        )  # fmt: skip
+    if service == "chromadb":
+        return ContainerSpec(
+            name=name, image=image,
+            ports={f"{CHROMA_HTTP}/tcp": (host, host_port)},
+            volumes={str(root / "data"): {"bind": "/data", "mode": "rw"}},
+            environment={"IS_PERSISTENT": "TRUE", "PERSIST_DIRECTORY": "/data", "ANONYMIZED_TELEMETRY": "FALSE"},
+            command=None,
+            labels=labels, ready_port=f"{CHROMA_HTTP}/tcp", ready_path="/api/v2/heartbeat",
         )  # fmt: skip
     bolt = NEO4J_BOLT if port == NEO4J_HTTP else None
     return ContainerSpec(

@@ -217,6 +217,8 @@ class NativeServerRunner:
         self._policy = policy
         self._on_failed = on_failed
         self._role: Role = "primary"
+        self._fenced = False
+        """A primary on a side of the pool without a majority refuses writes (``set_fenced``)."""
         self._primary: Endpoint | None = None
         self._as: RunAs | None = None
         self.supervisor: NativeSupervisor | None = None

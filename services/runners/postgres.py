@@ -106,7 +106,7 @@ def conninfo(endpoint: Endpoint, password: str, dbname: str = "postgres") -> str
     return f"host={q(endpoint.host)} port={endpoint.port} user={SUPERUSER} password={q(password)} dbname={q(dbname)}"
 
 
-def render_config(*, host: str, port: int, primary: Endpoint | None, password: str, synchronous: bool) -> str:
+def render_config(*, host: str, port: int, primary: Endpoint | None, password: str, synchronous: bool, fenced: bool = False) -> str:
     """``rmap2p.conf``, included by ``postgresql.conf``. Pure."""
     def q(v: str) -> str:
         return "'" + v.replace("'", "''") + "'"
@@ -131,6 +131,9 @@ def render_config(*, host: str, port: int, primary: Endpoint | None, password: s
         lines.append(f"primary_conninfo = {q(conninfo(primary, password))}")
     elif synchronous:
         lines.append("synchronous_standby_names = '*'")
+    if fenced:
+        # Every new transaction read-only (a client can still SET it off: a fence, not a lock).
+        lines.append("default_transaction_read_only = on")
     return "\n".join(lines) + "\n"
 
 
@@ -254,6 +257,39 @@ class PostgresRunner(NativeServerRunner):
             self._write_config(self.port)
             await self._run("pg_ctl", "reload", "-D", str(self._pgdata))
 
+    async def set_fenced(self, fenced: bool) -> None:
+        """Make new transactions read-only and end the open sessions (those waiting on a synchronous
+        commit get an error, not a success), or take writes again."""
+        self._fenced = fenced
+        if self.supervisor is None or self.port is None:
+            return
+        self._write_config(self.port)
+        await self._run("pg_ctl", "reload", "-D", str(self._pgdata))
+        if fenced:
+            await self.sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+
+    async def quiesce(self, timeout: float) -> bool:
+        """Wait (bounded) until a streaming standby has flushed all WAL written so far; True when one has.
+
+        Writes are not held here: the caller stops the server next, and a
+        fast shutdown sends the standbys every WAL record up to its shutdown
+        checkpoint before it exits. This wait keeps that last step short.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            out = await self.sql(
+                "SELECT coalesce(max(flush_lsn) >= pg_current_wal_lsn(), false) FROM pg_stat_replication WHERE state = 'streaming'"
+            )
+            if out.strip() == "t":
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
     async def replication(self) -> ReplicationState:
         out = await self.sql(
             "SELECT pg_is_in_recovery(), "
@@ -362,7 +398,7 @@ class PostgresRunner(NativeServerRunner):
             log.info("node %s: service %s removed the stale postmaster.pid of dead pid %d", self._node_id, self.service, pid)
 
     def _write_config(self, port: int) -> None:
-        text = render_config(host=self._host, port=port, primary=self._primary if self._role == "replica" else None, password=self._password, synchronous=self._synchronous)
+        text = render_config(host=self._host, port=port, primary=self._primary if self._role == "replica" else None, password=self._password, synchronous=self._synchronous, fenced=self._fenced)
         path = self._pgdata / "rmap2p.conf"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)

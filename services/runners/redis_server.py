@@ -32,6 +32,7 @@ exist it runs as root (Redis allows it; a warning says so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -59,7 +60,11 @@ def find_binary() -> str | None:
     return shutil.which(BINARY)
 
 
-def render_config(*, host: str, port: int, data: Path, password: str, primary: Endpoint | None) -> str:
+FENCE_REPLICAS = 1_000_000
+"""``min-replicas-to-write`` of a fenced primary: more good replicas than can exist, so every write gets NOREPLICAS."""
+
+
+def render_config(*, host: str, port: int, data: Path, password: str, primary: Endpoint | None, fenced: bool = False) -> str:
     """redis.conf for one copy. Pure."""
     lines = [
         f"bind {host}",
@@ -85,6 +90,8 @@ def render_config(*, host: str, port: int, data: Path, password: str, primary: E
     ]
     if primary is not None:
         lines.append(f"replicaof {primary.host} {primary.port}")
+    if fenced:
+        lines += [f"min-replicas-to-write {FENCE_REPLICAS}", "min-replicas-max-lag 10"]
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +162,33 @@ class RedisRunner(NativeServerRunner):
             int(info.get("slave_repl_offset", info.get("master_repl_offset", 0))),
         )  # fmt: skip
 
+    async def set_fenced(self, fenced: bool) -> None:
+        """Refuse every write (``NOREPLICAS``) or take them again; reads go on. Kept across restarts."""
+        self._fenced = fenced
+        if self.supervisor is None or self.port is None:
+            return
+        self._write_config(self.port)
+        await self.command("CONFIG", "SET", "min-replicas-to-write", FENCE_REPLICAS if fenced else 0)
+
+    async def quiesce(self, timeout: float) -> bool:
+        """Stop taking writes and wait until a replica acknowledged all of them; True when one has (bounded).
+
+        ``CLIENT PAUSE … WRITE`` holds every client's writes (reads go on)
+        for ``timeout`` plus a margin, longer than this copy is meant to
+        live: the caller stops it next. A replica acknowledges its offset
+        about once a second, so this takes up to a second.
+        """
+        await self.command("CLIENT", "PAUSE", int((timeout + 30.0) * 1000), "WRITE")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            info = parse_info(await self.command("INFO", "replication"))  # type: ignore[arg-type]
+            if _acked_offset(info) >= int(info.get("master_repl_offset", 0)):
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+
     async def wait_linked(self, timeout: float) -> None:
         """Wait until this copy is a replica streaming from its primary (bounded)."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -178,7 +212,7 @@ class RedisRunner(NativeServerRunner):
     # ------------------------------------------------------------ internals
 
     def _write_config(self, port: int) -> None:
-        text = render_config(host=self._host, port=port, data=(self._dir / "data").resolve(), password=self._password, primary=self._primary)
+        text = render_config(host=self._host, port=port, data=(self._dir / "data").resolve(), password=self._password, primary=self._primary, fenced=self._fenced)
         atomic_write(self._dir / "redis.conf", text.encode(), mode=0o600)
         chown_tree(self._dir / "redis.conf", self._as)
 
@@ -208,6 +242,17 @@ class RedisRunner(NativeServerRunner):
         finally:
             await client.close()
         return reply == "PONG"
+
+
+def _acked_offset(info: dict[str, str]) -> int:
+    """The highest offset an online replica acknowledged (-1 with none): ``slaveN:...,offset=N,...``."""
+    best = -1
+    for k, v in info.items():
+        if k.startswith("slave") and k[5:].isdigit() and "state=online" in v:
+            fields = dict(part.split("=", 1) for part in v.split(",") if "=" in part)
+            with contextlib.suppress(ValueError):
+                best = max(best, int(fields.get("offset", "-1")))
+    return best
 
 
 def _streaming_replicas(info: dict[str, str]) -> int:

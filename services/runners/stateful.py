@@ -10,7 +10,7 @@ machine can run one is ``services.storage_probe``.
 |---|---|---|
 | redis | ``services.runners.redis_server`` | redis-server, replication with ``REPLICAOF`` |
 | postgres | ``services.runners.postgres`` | PostgreSQL's initdb/postgres, streaming replication |
-| chromadb | ``services.runners.chroma`` | Chroma's server; no replication: a hand-over copies a snapshot |
+| chromadb | ``services.runners.chroma`` | Chroma's server; no replication: a hand-over copies a snapshot (a container where the package is missing: ``docker_runner``, no hand-over copy) |
 | minio, neo4j | ``services.runners.docker_runner`` | official images through the Docker SDK; no replication |
 
 ``make_single_copy_runner`` builds the runner of a service in ``SINGLE_COPY``
@@ -108,9 +108,15 @@ def make_single_copy_runner(
     directory = service_dir(data_dir, service)
     password = service_password(directory, service, pool_secret)
     if service == "chromadb":
-        from services.runners.chroma import ChromaRunner
+        from services.runners.chroma import ChromaRunner, chroma_importable
+        from services.storage_probe import storage_backend
 
-        return ChromaRunner(directory, host, port, node_id, password, source, policy=policy, on_failed=on_failed)
+        # The probe offered chromadb only where one backend can run it: the package, else an engine.
+        if storage_backend(service, native=chroma_importable(), docker_engine=True) == "native":
+            return ChromaRunner(directory, host, port, node_id, password, source, policy=policy, on_failed=on_failed)
+        from services.runners.docker_runner import DockerRunner
+
+        return DockerRunner(service, directory, host, port, node_id, password, on_failed=on_failed)
     if service in DOCKER_ENGINES:
         from services.runners.docker_runner import DockerRunner
 
