@@ -23,6 +23,8 @@ HEALTH_STATES = ("starting", "healthy", "unhealthy", "stopping")
 REPLICATION_ROLES = ("", "primary", "replica")
 """A copy's role as its engine reports it; "" while unknown (not started, not answering)."""
 MAX_REPLICATION_ENTRIES = 16
+MAX_LOADING_ENTRIES = 32
+"""Bound on services reported loading at once (the catalog has 14)."""
 MAX_EPOCH = 2**40
 
 
@@ -111,6 +113,9 @@ class NodeMeta:
     """Unix time the daemon started: when two daemons share an identity, the younger one yields."""
     replication: tuple[ReplicationClaim, ...] = ()
     """One claim per stateful service this node holds a copy of (``services.replication``)."""
+    loading: tuple[tuple[str, int], ...] = ()
+    """(service, percent 0-100) for services still loading their model whose runner can tell how far
+    it got (``services.load_progress``); a starting service without a figure is not listed."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -127,6 +132,7 @@ class NodeMeta:
                 [list(p) for p in self.service_ports],
                 self.started_at,
                 [c.to_wire() for c in self.replication],
+                [list(p) for p in self.loading],
             ],
             use_bin_type=True,
         )
@@ -171,6 +177,14 @@ class NodeMeta:
         replication = tuple(ReplicationClaim.from_wire(c) for c in claims)
         if len({c.service for c in replication}) != len(replication):
             raise RemoteProtocolError("metadata: two replication claims for one service")
+        # Field 13 arrived with load progress: absent means nothing reported loading.
+        loading = raw[12] if len(raw) > 12 else []
+        if not isinstance(loading, list) or len(loading) > MAX_LOADING_ENTRIES or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and 0 < len(p[0]) <= 64
+            and isinstance(p[1], int) and not isinstance(p[1], bool) and 0 <= p[1] <= 100
+            for p in loading
+        ):
+            raise RemoteProtocolError(f"metadata: loading must be at most {MAX_LOADING_ENTRIES} [service, percent] pairs")
         return cls(
             name=name,
             worker_type=wtype,
@@ -184,6 +198,7 @@ class NodeMeta:
             service_ports=tuple((p[0], p[1]) for p in ports),
             started_at=started,
             replication=replication,
+            loading=tuple((p[0], p[1]) for p in loading),
         )
 
     @property
@@ -192,6 +207,10 @@ class NodeMeta:
 
     def port_of(self, service: str) -> int | None:
         return next((port for name, port in self.service_ports if name == service), None)
+
+    def loading_of(self, service: str) -> int | None:
+        """How far ``service`` got loading its model, in percent; None when not reported."""
+        return next((pct for name, pct in self.loading if name == service), None)
 
     def claim_of(self, service: str) -> ReplicationClaim | None:
         return next((c for c in self.replication if c.service == service), None)
