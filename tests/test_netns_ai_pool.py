@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,8 @@ class AiLab:
     lab: NetnsLab
     workdir: Path
     procs: dict[str, Any]
+    loading_seen: list[tuple[str, str, int]] = field(default_factory=list)
+    """(host, service, percent) as the edge saw members report a model loading while the pool started."""
 
     @property
     def edge(self) -> Host:
@@ -217,6 +219,10 @@ def ai_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AiLab]:
 
             def served() -> bool:
                 view = pool.workers()
+                for name, w in view.items():
+                    for service, percent in w.get("loading", {}).items():
+                        if (name, service, percent) not in pool.loading_seen:
+                            pool.loading_seen.append((name, service, percent))
                 return all(pool.healthy_runners(s, view) for s in SERVED)
 
             wait_for(served, 300, "embeddings, NER, documents, the LLM and notes to run healthy somewhere")
@@ -234,6 +240,16 @@ def served_elsewhere(pool: AiLab, answer: Answer, service: str) -> str:
     assert node in pool.healthy_runners(service, view), (service, node, answer)
     assert node != view["h0"]["worker_id"], f"{service} was served by the edge host itself, not across hosts"
     return node
+
+
+def test_models_loading_on_other_hosts_showed_their_progress_at_the_edge(ai_lab: AiLab) -> None:
+    """While the pool started, the edge's view showed members loading models, with a figure (issue 12)."""
+    print(f"\nloading seen at the edge: {ai_lab.loading_seen}")
+    assert any(host != "h0" and 0 <= percent <= 100 for host, _, percent in ai_lab.loading_seen), ai_lab.loading_seen
+    doc = ai_lab.edge.http_get_json(ai_lab.url(ai_lab.edge, "/api/admin/services"), timeout=5)
+    entries = {e["name"]: e for e in doc["services"]}
+    assert all(entries[s]["loading"] == [] for s in SERVED), "loaded now: nothing left loading"
+    assert all(not w["loading"] for w in ai_lab.workers().values())
 
 
 def test_embeddings_across_hosts_are_real_vectors(ai_lab: AiLab) -> None:
