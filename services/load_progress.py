@@ -82,14 +82,17 @@ class Reporter:
     def report(self, fraction: float) -> None:
         # An engine's callback may run in a C library's thread: never raise from here.
         try:
-            percent = int(max(0.0, min(1.0, float(fraction))) * 100)
+            value = float(fraction)
         except (TypeError, ValueError):
             return
-        with self._lock:
+        if value != value:  # NaN
+            return
+        percent = int(max(0.0, min(1.0, value)) * 100)
+        with self._lock:  # held while writing too, so lines from two threads keep their order
             if self.percent is not None and percent <= self.percent:
                 return
             self.percent = percent
-        self._write(f"{PROGRESS} {percent}")
+            self._write(f"{PROGRESS} {percent}")
 
 
 def _print(line: str) -> None:
