@@ -27,6 +27,7 @@ runner cannot tell is listed nowhere: ``starting`` alone says it loads.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import threading
@@ -85,7 +86,7 @@ class Reporter:
             value = float(fraction)
         except (TypeError, ValueError):
             return
-        if value != value:  # NaN
+        if math.isnan(value):
             return
         percent = int(max(0.0, min(1.0, value)) * 100)
         with self._lock:  # held while writing too, so lines from two threads keep their order

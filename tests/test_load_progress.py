@@ -6,7 +6,13 @@ import threading
 
 import pytest
 
-from services.load_progress import GOSSIP_STEP, Reporter, gossip_percent, parse_progress_line, vllm_progress
+from services.load_progress import (
+    GOSSIP_STEP,
+    Reporter,
+    gossip_percent,
+    parse_progress_line,
+    vllm_progress,
+)
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,12 @@ import aiohttp
 from aiohttp import BodyPartReader, web
 
 from services.capabilities import module_present
-from services.runners.ocr_handoff import OcrConfig, OcrOutcome, read_images, read_scanned
+from services.runners.ocr_handoff import (
+    OcrConfig,
+    OcrOutcome,
+    read_images,
+    read_scanned,
+)
 from services.runners.serve import CannotRun, Engine, Route, json_error, main
 
 log = logging.getLogger(__name__)
