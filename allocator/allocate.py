@@ -88,7 +88,16 @@ Then, for each type:
    since a service with no runner of its own tier is the "we need coverage"
    case; there is no step 1 (a host takes only gaps, never redundancy). So:
 
-   - GPU services first: hosting takes no GPU service's place, and a hosted
+   - *make room*: while a residual service is still uncovered after hosting,
+     a host able to run it that holds a *surplus* copy of its own type (a
+     service more nodes run than its target: two GPU boxes that each started
+     llm-inference before they saw each other) drops that copy, and the
+     hosting runs again (``_free_surplus``). A copy beyond the target is
+     redundancy; an uncovered document-processing is a gap. Found across
+     hosts: without it, a pool whose CPU node died kept two llm-inference
+     copies and no document-processing, for good;
+   - GPU services first: hosting takes no GPU service's place (only a surplus
+     copy, above), and a hosted
      service is the first thing a host drops when its GPU row grows (in
      step 2, "the node with the fewest services" counts hosted ones, so
      a GPU gap goes where it displaces the fewest);
@@ -210,11 +219,57 @@ def _host(guest_type: str, alive: list[NodeView], specs: list[ServiceSpec], rows
     )
     if not hosts:
         return
-    base = [len(rows[n.node_id]) for n in hosts]
-    hosted = _TypeAllocation(hosts, residual, base=base, hosting=True).run()
     order = {s.name: i for i, s in enumerate(specs)}
+    # Each pass that frees room drops one surplus copy, of which there are at most 3 per host.
+    for _ in range(MAX_SERVICES * len(hosts) + 1):
+        base = [len(rows[n.node_id]) for n in hosts]
+        hosted = _TypeAllocation(hosts, residual, base=base, hosting=True).run()
+        uncovered = [s for s in residual if sum(1 for n in hosts if s.name in hosted[n.node_id]) < s.target]
+        if not uncovered or not _free_surplus(uncovered, hosts, alive, specs, rows):
+            break
     for n in hosts:
         rows[n.node_id] = tuple(sorted(rows[n.node_id] + hosted[n.node_id], key=order.__getitem__))
+
+
+def _free_surplus(
+    uncovered: list[ServiceSpec], hosts: list[NodeView], alive: list[NodeView], specs: list[ServiceSpec],
+    rows: dict[str, tuple[str, ...]],
+) -> bool:
+    """Step 3's *make room*: a host able to run an uncovered guest drops a surplus copy of its own type.
+
+    A surplus copy is one of a service that more nodes run than its target
+    (two GPU boxes that each started llm-inference while they did not yet see
+    each other keep both copies: sticky). Such a copy adds redundancy only,
+    and an uncovered document-processing is worth more than a second
+    llm-inference: the copy to drop is of the largest surplus, then the least
+    critical, the latest in the catalog, on the host of best rank. True when
+    a copy was dropped (the caller then hosts again); the host keeps the same
+    count, so this is a switch across tiers and obeys the same bounds.
+    """
+    spec_of = {s.name: s for s in specs}
+    count: dict[str, int] = {}
+    for n in alive:
+        for name in rows[n.node_id]:
+            count[name] = count.get(name, 0) + 1
+    wanted = {s.name for s in uncovered}
+    best: tuple[int, int, int, int, str] | None = None
+    for rank, n in enumerate(hosts):
+        if not wanted & set(n.can_run or ()):
+            continue
+        for name in rows[n.node_id]:
+            spec = spec_of.get(name)
+            if spec is None or spec.requires != n.worker_type:
+                continue
+            surplus = count[name] - spec.target
+            if surplus > 0:
+                key = (-surplus, -spec.priority, -spec.order, rank, name)
+                if best is None or key < best:
+                    best = key
+    if best is None:
+        return False
+    node = hosts[best[3]].node_id
+    rows[node] = tuple(x for x in rows[node] if x != best[4])
+    return True
 
 
 def deficit(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> int:

@@ -23,6 +23,8 @@ HEALTH_STATES = ("starting", "healthy", "unhealthy", "stopping")
 REPLICATION_ROLES = ("", "primary", "replica")
 """A copy's role as its engine reports it; "" while unknown (not started, not answering)."""
 MAX_REPLICATION_ENTRIES = 16
+MAX_LOADING_ENTRIES = 32
+"""Bound on services reported loading at once (the catalog has 14)."""
 MAX_EPOCH = 2**40
 MAX_RELAYS = 4
 """Relays one member may name (field 14): it keeps one or two, a few more during a move."""
@@ -122,6 +124,9 @@ class NodeMeta:
     relays: tuple[str, ...] = ()
     """Node ids of the edges carrying this member, the one its address is allocated on first;
     empty: the member is reached directly (``rmap2p.relay_agent``)."""
+    loading: tuple[tuple[str, int], ...] = ()
+    """(service, percent 0-100) for services still loading their model whose runner can tell how far
+    it got (``services.load_progress``); a starting service without a figure is not listed."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -140,6 +145,7 @@ class NodeMeta:
                 [c.to_wire() for c in self.replication],
                 self.relay,
                 list(self.relays),
+                [list(p) for p in self.loading],
             ],
             use_bin_type=True,
         )
@@ -191,6 +197,14 @@ class NodeMeta:
         relays = raw[13] if len(raw) > 13 else []
         if not _str_list(relays) or len(relays) > MAX_RELAYS or not all(0 < len(r) <= MAX_NODE_ID for r in relays):
             raise RemoteProtocolError(f"metadata: relays must be a list of at most {MAX_RELAYS} node ids")
+        # Field 15 arrived with load progress: absent means nothing reported loading.
+        loading = raw[14] if len(raw) > 14 else []
+        if not isinstance(loading, list) or len(loading) > MAX_LOADING_ENTRIES or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and 0 < len(p[0]) <= 64
+            and isinstance(p[1], int) and not isinstance(p[1], bool) and 0 <= p[1] <= 100
+            for p in loading
+        ):
+            raise RemoteProtocolError(f"metadata: loading must be at most {MAX_LOADING_ENTRIES} [service, percent] pairs")
         return cls(
             name=name,
             worker_type=wtype,
@@ -206,6 +220,7 @@ class NodeMeta:
             replication=replication,
             relay=relay,
             relays=tuple(relays),
+            loading=tuple((p[0], p[1]) for p in loading),
         )
 
     @property
@@ -219,6 +234,10 @@ class NodeMeta:
 
     def port_of(self, service: str) -> int | None:
         return next((port for name, port in self.service_ports if name == service), None)
+
+    def loading_of(self, service: str) -> int | None:
+        """How far ``service`` got loading its model, in percent; None when not reported."""
+        return next((pct for name, pct in self.loading if name == service), None)
 
     def claim_of(self, service: str) -> ReplicationClaim | None:
         return next((c for c in self.replication if c.service == service), None)

@@ -37,6 +37,7 @@ from rmap2p.daemon import Node
 from rmap2p.http_guard import Guard, GuardedRunner, HttpPolicy
 from rmap2p.pool_handle import NodeHandle
 from services import gateway  # gateway hook: /api/service, broadcast-job, worker jobs
+from services.load_progress import add_loading
 from services.stateful_manager import add_endpoints
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def worker_doc(node: Node, m: MemberView) -> dict[str, Any]:
         "services_status": dict(meta.services),
         "capabilities": list(meta.capabilities),
         "loaded_models": list(meta.loaded_models),
+        "loading": dict(meta.loading),
         "current_load": round(m.load.cpu_percent / 100.0, 3),
         "memory_percent": m.load.memory_percent,
         "gpu_utilization": float(m.load.gpu_utilization),
@@ -118,6 +120,7 @@ async def admin_services(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     doc = services_doc(pool_view(node))
     add_endpoints(doc, node.members(), node.machine.id if node.machine else "")  # stateful services: where, role, health
+    add_loading(doc, node.members())  # models still loading: which node, how far
     return web.json_response(doc)
 
 

@@ -13,8 +13,10 @@ When no runner could be reached but one may appear, the request is held for
 at most ``hold`` seconds (``routing``, "Holding a request") and answered 503
 with ``Retry-After`` only after that. Any other failure is a 502 listing the
 attempts; once the response has started, an error aborts the client
-connection, because a truncated body must not look complete. Job broadcast
-is ``services.jobs``.
+connection, because a truncated body must not look complete. A request in flight to another node
+ends when the pool declares that node dead or gone (``services.member_watch``):
+a dead host sends no reset, and the wait would otherwise last ``READ_TIMEOUT``.
+Job broadcast is ``services.jobs``.
 
 Hops
 ----
@@ -35,6 +37,7 @@ so gateways with diverging views cannot pass a request around forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -57,6 +60,7 @@ from membership import Load, MemberEvent, MemberView
 from services.handle import PoolHandle
 from services.jobs import WORKER_JOB_PATH, JobDesk
 from services.log_limits import LogLimiter, suppressed_note
+from services.member_watch import MemberWatch
 from services.request_metrics import RequestMetrics, outcome_of, request_metrics
 from services.responses import json_error
 from services.route_auth import SIGNATURE_HEADER, sign_route_headers
@@ -168,6 +172,13 @@ class Attempt:
         return {"worker_id": self.node, "target": self.target, "error": self.error}
 
 
+@dataclass(slots=True)
+class _Exchange:
+    """What a running exchange has sent the client: its response once prepared."""
+
+    started: web.StreamResponse | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     node: str
@@ -199,6 +210,7 @@ class Gateway:
         self.metrics = RequestMetrics()
         self._session: aiohttp.ClientSession | None = None
         self._rng: random.Random | None = None
+        self.watch = MemberWatch()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -213,6 +225,7 @@ class Gateway:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        self.node.on_view_change(self.watch.on_events)
         try:
             yield
         finally:
@@ -409,9 +422,46 @@ class Gateway:
             headers.update(sign_route_headers(self.node.identity, request.method, url.raw_path_qs, target.node, hops + 1, time.time()))
         self.book.sent(target.node)
         try:
-            return await self._exchange(request, service, target, url, headers, body, serve_here=target.is_self, attempt=number)
+            if target.is_self:
+                return await self._exchange(request, service, target, url, headers, body, serve_here=True, attempt=number)
+            return await self._exchange_watched(request, service, target, url, headers, body, number)
         finally:
             self.book.done(target.node)
+
+    async def _exchange_watched(
+        self, request: web.Request, service: str, target: _Target, url: URL, headers: CIMultiDict[str],
+        body: ReplayableBody | None, number: int,
+    ) -> web.StreamResponse | Attempt:
+        """``_exchange`` with another node, ended as soon as the pool declares that node down
+        (``services.member_watch``): a dead host sends no reset, and the wait would last ``READ_TIMEOUT``."""
+        state = _Exchange()
+        gone = self.watch.watch(target.node)
+        exchange = asyncio.ensure_future(
+            self._exchange(request, service, target, url, headers, body, serve_here=False, attempt=number, state=state)
+        )
+        try:
+            waits: set[asyncio.Future[object]] = {exchange} | ({gone} if gone is not None else set())  # type: ignore[arg-type]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if exchange.done():
+                return exchange.result()
+        finally:
+            self.watch.forget(target.node, gone)
+            if not exchange.done():
+                exchange.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await exchange
+        assert gone is not None
+        how = gone.result()
+        self.book.saw_unreachable(target.node, asyncio.get_running_loop().time())
+        log.warning(
+            "node %s: %s %s -> node %s at %s: that node was declared %s while it answered",
+            self._me(), service, request.path, target.node, target.where, how,
+        )
+        if state.started is not None:
+            _abort(request)
+            return state.started
+        # It may have reached the service: not replayed elsewhere, the client decides.
+        return Attempt(target.node, target.where, f"declared {how} while answering", False)
 
     async def _serve_routed(self, request: web.Request, service: str, port: int, hops: int) -> web.StreamResponse:
         """Serve a request another router sent here, from the local service port."""
@@ -451,8 +501,11 @@ class Gateway:
         *,
         serve_here: bool,
         attempt: int,
+        state: _Exchange | None = None,
     ) -> web.StreamResponse | Attempt:
-        """Send the request to ``url`` and stream the answer back; an Attempt when no response was started."""
+        """Send the request to ``url`` and stream the answer back; an Attempt when no response was started.
+
+        ``state.started`` is the client's response once it is prepared (for a caller that cancels this)."""
         me = self._me()
         loop = asyncio.get_running_loop()
         started: web.StreamResponse | None = None
@@ -479,6 +532,8 @@ class Gateway:
                     out_headers[ATTEMPTS_HEADER] = str(attempt)
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
                 started = response
+                if state is not None:
+                    state.started = response
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)

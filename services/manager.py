@@ -5,7 +5,8 @@ manager asks ``allocator.actions.node_actions`` what this node should do on
 its own view (the same call the simulator makes): it starts what its row
 gains and stops what it loses once another node serves it healthy, checks the
 health of what runs, and gossips the result in the node's metadata (services
-with their health, their ports, loaded models, capabilities). It never tells
+with their health, their ports, loaded models, how far a loading model got
+(``services.load_progress``), capabilities). It never tells
 another node what to do. It sees the node only through a ``PoolHandle``.
 
 Before a graceful leave the daemon awaits ``hand_over``: reconciliation
@@ -32,6 +33,7 @@ from p2p.discovery import format_host_port
 from services.capabilities import probe as probe_machine
 from services.engine_choice import Gpu
 from services.handle import PoolHandle
+from services.load_progress import gossip_percent
 from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
@@ -292,11 +294,18 @@ class ServiceManager:
         services = tuple((s, self._health.get(s, "starting")) for s in sorted(self._runners))
         ports = tuple((s, r.port) for s, r in sorted(self._runners.items()) if r.port)
         models = tuple(sorted({m for r in self._runners.values() for m in r.loaded_models}))
+        loading = tuple(
+            (s, gossip_percent(p)) for s, r in sorted(self._runners.items())
+            if self._health.get(s, "starting") != "healthy" and (p := getattr(r, "load_progress", None)) is not None
+        )
         caps = self.capabilities()
         claims = self._stateful.gossip() if self._stateful is not None else node.meta.replication
 
         def change(meta: NodeMeta) -> NodeMeta:
-            return replace(meta, services=services, service_ports=ports, loaded_models=models, capabilities=caps, replication=claims)
+            return replace(
+                meta, services=services, service_ports=ports, loaded_models=models, capabilities=caps,
+                replication=claims, loading=loading,
+            )
 
         if change(node.meta) != node.meta:
             node.update_meta(change)

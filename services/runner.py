@@ -32,6 +32,10 @@ class Runner(Protocol):
     @property
     def loaded_models(self) -> tuple[str, ...]: ...
 
+    # Optional: ``load_progress -> int | None``, how far a loading model got in percent
+    # (``services.load_progress``); the manager reads it with getattr, so runners that
+    # cannot tell (in-daemon, echo, storage engines) need not define it.
+
     async def start(self) -> None: ...
 
     async def health(self) -> str:

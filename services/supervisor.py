@@ -26,6 +26,13 @@ the last lines the child wrote to stderr) and ``on_give_up(name, reason)`` is
 called once, which is how a node drops the service from its capabilities so
 the allocator places it elsewhere.
 
+While it loads, a child may print ``RMAP2P-PROGRESS <percent>`` on stdout
+(``services.load_progress``); a child we do not write is read through
+``progress_parser`` on each line it writes, stderr included, where a
+progress bar's carriage returns also end a line. ``progress`` holds the last
+figure of the current run until it is ready, and the log says it every
+``PROGRESS_LOG_STEP`` points.
+
 The child's stdin is a pipe the supervisor holds and never writes: when the
 daemon dies, even by SIGKILL, the child reads EOF and exits, so no orphan
 keeps a service's port.
@@ -37,13 +44,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from services.load_progress import parse_progress_line
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,10 @@ LOADING_NOTE_EVERY = 10.0
 """Seconds between "still loading" lines while a child is alive but not yet ready."""
 STDERR_TAIL = 20
 """Lines of the child's stderr kept for the give-up reason."""
+PROGRESS_LOG_STEP = 25
+"""Percent points between two "loading" log lines of one run."""
+MAX_LINE = 64 * 1024
+"""A child's output line longer than this is cut (a progress bar without line ends)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +140,13 @@ class Supervisor:
         on_give_up: Callable[[str, str], None] | None = None,
         on_port: Callable[[int], Sequence[str]] | None = None,
         stop_signal: int = signal.SIGTERM,
+        progress_parser: Callable[[str], int | None] | None = None,
     ) -> None:
         """``on_port(port)``, if given, returns the argv to use for restarts once the first
         run announced its port (so a child started on port 0 comes back on the same port).
-        ``stop_signal`` asks the child to stop; SIGKILL follows after ``policy.stop_timeout``."""
+        ``stop_signal`` asks the child to stop; SIGKILL follows after ``policy.stop_timeout``.
+        ``progress_parser(line)`` finds a load percent in a line of a child that does not
+        print ``RMAP2P-PROGRESS`` itself (vLLM)."""
         self.name = name
         self._argv = list(argv)
         self._env = dict(env)
@@ -138,6 +155,10 @@ class Supervisor:
         self._on_give_up = on_give_up
         self._on_port = on_port
         self._stop_signal = stop_signal
+        self._progress_parser = progress_parser
+        self.progress: int | None = None
+        """The last load percent the current run reported, until it is ready; None when unknown."""
+        self._progress_logged = -1
         self.state = "stopped"
         self.port: int | None = None
         self.health_doc: dict[str, Any] | None = None
@@ -275,6 +296,7 @@ class Supervisor:
                     if not self._ready:
                         log.info("service %s: ready on port %s (run %d)", self.name, self.port, self.runs)
                     self._ready = True
+                    self.progress = None
                     ready_since = ready_since if ready_since is not None else now
                     self.state = "ready"
                     continue
@@ -286,8 +308,9 @@ class Supervisor:
                         # A model load can take minutes: say it is still going, and for how long it may.
                         last_progress = now
                         log.info(
-                            "service %s: still loading (%.0f s of at most %g s, run %d)",
+                            "service %s: still loading (%.0f s of at most %g s, run %d%s)",
                             self.name, now - spawned, self.policy.ready_timeout, self.runs,
+                            f", {self.progress}%" if self.progress is not None else "",
                         )
                 else:
                     self._ready = False
@@ -322,6 +345,8 @@ class Supervisor:
         self._tail.clear()
         self._ready = False
         self.health_doc = None
+        self.progress = None
+        self._progress_logged = -1
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -352,7 +377,10 @@ class Supervisor:
                     continue
                 announced = True
                 self._settle_first(None)
+            elif (percent := parse_progress_line(text)) is not None:
+                self._saw_progress(percent, proc.pid)
             elif text:
+                self._saw_line(text, proc.pid)
                 log.info("service %s [pid %d]: %s", self.name, proc.pid, text)
         code = await proc.wait()
         await self._drain_stderr()
@@ -360,11 +388,26 @@ class Supervisor:
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
-        while line := await proc.stderr.readline():
-            text = line.decode(errors="replace").rstrip()
+        async for text in _lines(proc.stderr):
             if text:
                 self._tail.append(text)
+                self._saw_line(text, proc.pid)
                 log.info("service %s [pid %d]: %s", self.name, proc.pid, text)
+
+    def _saw_line(self, text: str, pid: int) -> None:
+        if self._progress_parser is not None and not self._ready:
+            percent = self._progress_parser(text)
+            if percent is not None:
+                self._saw_progress(percent, pid)
+
+    def _saw_progress(self, percent: int, pid: int) -> None:
+        if self._ready:
+            return
+        self.progress = percent
+        step = percent // PROGRESS_LOG_STEP
+        if step > self._progress_logged:
+            self._progress_logged = step
+            log.info("service %s [pid %d]: loading its model: %d%% (run %d)", self.name, pid, percent, self.runs)
 
     def _settle_first(self, code: int | None) -> None:
         if self._first_outcome is not None and not self._first_outcome.done():
@@ -406,6 +449,23 @@ class Supervisor:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
+    """Lines of ``stream``, decoded and stripped, ended by ``\n`` or ``\r`` (a progress bar redraws
+    its line with ``\r``); a line longer than ``MAX_LINE`` is cut there."""
+    buf = b""
+    while chunk := await stream.read(4096):
+        buf += chunk
+        parts = re.split(rb"[\r\n]", buf)
+        buf = parts.pop()
+        if len(buf) > MAX_LINE:
+            parts.append(buf[:MAX_LINE])
+            buf = b""
+        for part in parts:
+            yield part.decode(errors="replace").strip()
+    if buf:
+        yield buf.decode(errors="replace").strip()
 
 
 def connect_host(bind_host: str) -> str:

@@ -16,6 +16,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     sweep_stale()
 
 
+def require_netns() -> None:
+    """Skip with the probe's reason where namespaces are unavailable; fail instead under RMAP2P_REQUIRE_NETNS=1."""
+    ok, why = netns_available()
+    if not ok:
+        if os.environ.get("RMAP2P_REQUIRE_NETNS") == "1":
+            pytest.fail(f"RMAP2P_REQUIRE_NETNS=1 but {why}")
+        pytest.skip(why)
+
+
 @pytest.fixture
 def netns_lab(tmp_path: Path) -> Iterator[Callable[..., NetnsLab]]:
     """Factory ``make(n_hosts, **kw) -> NetnsLab`` of created labs, all destroyed at teardown.
@@ -24,11 +33,7 @@ def netns_lab(tmp_path: Path) -> Iterator[Callable[..., NetnsLab]]:
     unavailable, unless RMAP2P_REQUIRE_NETNS=1, where that is a failure: meant
     for CI, so that a runner that lost iptables cannot pass by skipping.
     """
-    ok, why = netns_available()
-    if not ok:
-        if os.environ.get("RMAP2P_REQUIRE_NETNS") == "1":
-            pytest.fail(f"RMAP2P_REQUIRE_NETNS=1 but {why}")
-        pytest.skip(why)
+    require_netns()
     labs: list[NetnsLab] = []
 
     def make(n_hosts: int, **kw: object) -> NetnsLab:

@@ -74,3 +74,27 @@ def make_docx() -> bytes:
     buf = io.BytesIO()
     document.save(buf)
     return buf.getvalue()
+
+
+def make_docx_with_images(before: str, scan: Any, after: str, cell: str, cell_scan: Any) -> bytes:
+    """A DOCX: a paragraph, a picture (``scan``: a Pillow image, e.g. ``ocr_images.render``), a
+    paragraph, then a one-row table whose second cell holds another picture next to ``cell``."""
+    import docx
+    from docx.shared import Inches
+
+    def png(image: Any) -> io.BytesIO:
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        out.seek(0)
+        return out
+
+    document = docx.Document()
+    document.add_paragraph(before)
+    document.add_picture(png(scan), width=Inches(6))
+    document.add_paragraph(after)
+    table = document.add_table(rows=1, cols=2)
+    table.cell(0, 0).text = cell
+    table.cell(0, 1).paragraphs[0].add_run().add_picture(png(cell_scan), width=Inches(3))
+    buf = io.BytesIO()
+    document.save(buf)
+    return buf.getvalue()

@@ -5,7 +5,9 @@
 - ``ok``: ready at once; ``/echo`` answers;
 - ``never``: binds and announces, then "loads" forever (``/health`` 503);
 - ``cannot``: its preflight says it cannot run here (exit 78 before binding);
-- ``crash``: ready, then exits with status 3 after ``CHILD_CRASH_AFTER`` seconds (default 0.3).
+- ``crash``: ready, then exits with status 3 after ``CHILD_CRASH_AFTER`` seconds (default 0.3);
+- ``progress``: "loads" in five steps of ``CHILD_STEP`` seconds (default 0.4), reporting
+  20 %, 40 %... as an engine that can tell does.
 
 Run: ``python tests/service_child.py --service S --port 0``.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,14 @@ class ChildEngine(Engine[str]):
     def preflight(self, env: Mapping[str, str]) -> None:
         if env.get("CHILD_MODE") == "cannot":
             raise CannotRun("model 'nothing' not found (test)")
+
+    def load_reporting(self, env: Mapping[str, str], report: Callable[[float], None]) -> str:
+        if env.get("CHILD_MODE") == "progress":
+            for step in range(5):
+                report(step / 5)
+                time.sleep(float(env.get("CHILD_STEP", "0.4")))
+            report(1.0)
+        return self.load(env)
 
     def load(self, env: Mapping[str, str]) -> str:
         mode = env.get("CHILD_MODE", "ok")

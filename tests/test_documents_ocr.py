@@ -20,7 +20,7 @@ import pytest_asyncio
 from gateways import Gateways, gateways
 from ml import need_modules, started
 from ocr_images import render, words
-from sample_docs import make_pdf
+from sample_docs import make_docx_with_images, make_pdf
 
 from services.runners import make_runner
 from services.runners.ocr_handoff import OcrConfig
@@ -60,9 +60,13 @@ async def documents_on(pool: Gateways, node: str, env: dict[str, str] | None = N
     return runner
 
 
-async def extract(gateway: str, pdf: bytes) -> tuple[int, dict[str, Any], str | None]:
+DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+async def extract(gateway: str, pdf: bytes, name: str = "letter.pdf", content_type: str = "application/pdf",
+                  ) -> tuple[int, dict[str, Any], str | None]:
     form = aiohttp.FormData()
-    form.add_field("file", pdf, filename="letter.pdf", content_type="application/pdf")
+    form.add_field("file", pdf, filename=name, content_type=content_type)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as client, client.post(gateway + EXTRACT, data=form) as resp:
         return resp.status, await resp.json(), resp.headers.get("X-Rmap2p-Node")
 
@@ -85,6 +89,31 @@ async def test_a_scanned_page_comes_back_read_by_vision_ocr_on_another_node(ocr_
     pages = doc["text"].split("\f")
     assert pages[0] == TEXT_PAGES[0] and pages[2] == TEXT_PAGES[1], "text-layer pages keep their place"
     assert words(pages[1]) == words("\n".join(SCAN)), "the scan's text takes page 2's place"
+
+
+@MODULE_LOOP
+async def test_images_in_a_docx_come_back_read_by_vision_ocr_where_they_stand(ocr_port: int) -> None:
+    docx = make_docx_with_images("Cover letter for Alice Smith", render(SCAN), "After the scan.", "Attached:", render(SCAN_2))
+    async with gateways(["n1", "n2", "n3"]) as pool:
+        pool.advertise("n2", {"vision-ocr": ocr_port})
+        runner = await documents_on(pool, "n1")
+        try:
+            status, doc, served_by = await extract(pool.urls["n3"], docx, "letter.docx", DOCX_TYPE)
+        finally:
+            await runner.stop()
+    assert status == 200, doc
+    assert served_by == "n1" and doc["format"] == "docx"
+    assert doc["images"] == 2 and doc["scanned_pages"] == []
+    assert doc["ocr"] == "vision-ocr" and doc["ocr_node"] == "n2" and doc["ocr_pages"] == [1, 2]
+    assert doc["ocr_model"].startswith("rapidocr-")
+    lines = doc["text"].split("\n")
+    assert lines[0] == "Cover letter for Alice Smith", lines
+    # The picture's paragraph is empty; what OCR read of it follows it, before the next paragraph.
+    picture = lines.index("") + 1
+    after = lines.index("After the scan.")
+    assert words(" ".join(lines[picture:after])) == words(" ".join(SCAN)), lines
+    row = next(i for i, line in enumerate(lines) if line.startswith("Attached:"))
+    assert words(" ".join(lines[row + 1:])) == words(SCAN_2[0]), "the table's picture follows its row"
 
 
 @MODULE_LOOP
@@ -124,6 +153,22 @@ async def test_without_vision_ocr_in_the_pool_the_text_layer_comes_back_and_ocr_
     assert doc["scanned_pages"] == [2] and doc["ocr_pages"] == [] and doc["ocr_node"] is None
     assert doc["ocr"] == "not available: the gateway answered 503: no alive node serves vision-ocr"
     assert doc["text"].split("\f") == [TEXT_PAGES[0], ""]
+
+
+@MODULE_LOOP
+async def test_docx_images_without_vision_ocr_leave_the_text_and_say_why() -> None:
+    need_modules("pypdf", "docx", "PIL")
+    docx = make_docx_with_images("Before", render(SCAN), "After", "Cell", render(SCAN_2))
+    async with gateways(["n1", "n2"]) as pool:
+        runner = await documents_on(pool, "n1", {"RMAP2P_OCR_MAX_PAGES": "1"})
+        try:
+            status, doc, _ = await extract(pool.urls["n2"], docx, "letter.docx", DOCX_TYPE)
+        finally:
+            await runner.stop()
+    assert status == 200, doc
+    assert doc["images"] == 2 and doc["ocr_pages"] == [] and doc["ocr_node"] is None
+    assert doc["ocr"] == "not available: the gateway answered 503: no alive node serves vision-ocr"
+    assert doc["text"] == "Before\n\nAfter\nCell\t"
 
 
 @pytest.mark.parametrize(

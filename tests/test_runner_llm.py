@@ -266,3 +266,23 @@ def _exits_with_its_daemon(tmp_path: Path) -> None:
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_llama_cpp_reports_how_far_it_loaded_the_model(tmp_path: Path) -> None:
+    """llama.cpp's own tensor-loading progress reaches the child's reporter (services.load_progress)."""
+    need_modules(*NEEDS)
+    from services.engine_choice import llama_cpp_settings
+    from services.load_progress import Reporter
+    from services.runners.llamacpp import build_app
+
+    lines: list[str] = []
+    reporter = Reporter(lines.append)
+    settings = llama_cpp_settings({"RMAP2P_GGUF_MODEL": str(write_tiny_llama(tmp_path / "m.gguf")), "MAX_MODEL_LEN": "256"})
+    build_app(settings, reporter.report)
+    figures = [int(line.split()[1]) for line in lines]
+    assert lines[0] == "RMAP2P-PROGRESS 0" and figures[-1] == 100, lines
+    assert figures == sorted(set(figures)) and any(0 < f < 100 for f in figures), figures
+    # Outside the load the library's own defaults are back: no callback left behind.
+    import llama_cpp.llama_cpp as lib
+
+    assert not lib.llama_model_default_params().progress_callback

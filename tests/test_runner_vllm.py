@@ -80,12 +80,21 @@ async def test_vllm_runs_supervised_with_its_command_line_and_reports_its_model(
         await runner.start()
         assert await runner.health() == "starting", "loading: nothing listens yet"
         assert runner.loaded_models == ()
+        seen: set[int] = set()
+
+        async def loaded_some() -> bool:
+            if runner.load_progress is not None:
+                seen.add(runner.load_progress)
+            return bool(seen - {0, 100})
+
+        assert await until(loaded_some, 20.0), "vLLM's shard progress is read from its log"
 
         async def healthy() -> bool:
             return await runner.health() == "healthy"
 
         assert await until(healthy, 20.0)
         assert runner.loaded_models == ("org/llama-test",)
+        assert runner.load_progress is None, "ready: nothing left to load"
         port = runner.port
         assert port is not None
         [run] = recorded(tmp_path)

@@ -4,6 +4,7 @@ that the daemon's manager and the simulator share."""
 from __future__ import annotations
 
 import ast
+import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -209,3 +210,55 @@ def test_imports_point_down(package: str, forbidden: set[str]) -> None:
         for name in _imports(path) & forbidden
     }
     assert not bad, sorted(bad)
+
+
+# ---------------------------------------------------------------- load progress in the gossiped metadata
+
+
+async def test_how_far_a_model_loaded_is_gossiped_while_it_loads_and_gone_once_healthy() -> None:
+    import os
+    import sys
+    import time
+
+    from allocator.gaps import services_doc
+    from services.load_progress import GOSSIP_STEP, add_loading
+    from services.runners.process import ProcessRunner
+    from services.supervisor import RestartPolicy
+
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {"CHILD_MODE": "progress", "CHILD_STEP": "0.5", "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
+    policy = RestartPolicy(backoff_initial=0.2, backoff_max=0.8, ready_timeout=30.0, check_interval=0.1)
+    assert sys.executable
+    cluster = Cluster(2, ids=["solo", "peer"])
+    assert cluster.run_until(cluster.converged, 30.0)
+    handle, peer = MachineHandle.of_cluster(cluster, 0), MachineHandle.of_cluster(cluster, 1)
+    manager = ServiceManager(handle, factory=lambda spec: ProcessRunner(spec.name, "service_child", "127.0.0.1", 0, "solo", env, policy=policy))
+    seen: dict[str, list[int]] = {}
+    docs: list[dict] = []
+    try:
+        await manager.reconcile()  # publishes what it can run
+        cluster.run_for(2.0)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            await manager.reconcile()
+            cluster.run_for(0.5)
+            solo = next(m for m in peer.members() if m.node == "solo")
+            for service, percent in solo.meta.loading:
+                if not seen.get(service) or seen[service][-1] != percent:
+                    seen.setdefault(service, []).append(percent)
+                    doc = services_doc(to_node_views(peer.members()))
+                    add_loading(doc, peer.members())
+                    docs.append({e["name"]: e["loading"] for e in doc["services"]})  # type: ignore[index]
+            if manager.running and all(h == "healthy" for h in manager.running.values()) and not solo.meta.loading:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"not all healthy: {manager.running}, seen {seen}")
+        assert set(seen) == set(manager.running), "every loading service was reported"
+        for service, figures in seen.items():
+            assert figures == sorted(figures) and any(0 < p < 100 for p in figures), (service, figures)
+            assert all(p % GOSSIP_STEP == 0 for p in figures), "gossiped in steps"
+        assert any(d[s] and d[s][0]["node_id"] == "solo" and 0 < d[s][0]["progress"] < 100 for d in docs for s in seen), docs
+        assert handle.meta.loading == ()
+    finally:
+        await manager.stop_all()

@@ -8,6 +8,7 @@ a real process exiting, a real port, a real ``/health``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -213,3 +214,53 @@ def test_a_child_exits_when_its_supervising_daemon_is_killed(tmp_path: Path) -> 
         if daemon.poll() is None:
             daemon.kill()
 
+
+
+async def test_load_progress_is_read_while_loading_and_cleared_once_ready(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"CHILD_MODE": "progress", "CHILD_STEP": "0.4",
+           "PYTHONPATH": os.pathsep.join([str(Path(CHILD).parent), os.environ.get("PYTHONPATH", "")])}
+    r = ProcessRunner("svc", "service_child", "127.0.0.1", 0, "node-a", env, policy=FAST)
+    seen: list[int] = []
+    docs: list[dict] = []
+    caplog.set_level(logging.INFO, logger="services.supervisor")
+    await r.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            while await r.health() == "starting":
+                if r.load_progress is not None and (not seen or seen[-1] != r.load_progress):
+                    seen.append(r.load_progress)
+                    async with session.get(f"http://127.0.0.1:{r.port}/health") as resp:
+                        if resp.status == 503:  # else it became ready in between
+                            docs.append(await resp.json())
+                await asyncio.sleep(0.05)
+        assert await r.health() == "healthy"
+        assert r.load_progress is None, "ready: nothing left to load"
+        assert seen == sorted(seen) and len(set(seen) - {0, 100}) >= 2, seen
+        assert docs and all(d["status"] == "loading" and 0 <= d["progress"] <= 100 for d in docs), docs
+        logged = [m for m in caplog.messages if "loading its model" in m]
+        assert any("loading its model: 100%" in m for m in logged) and len(logged) <= 5, logged
+    finally:
+        await r.stop()
+
+
+async def test_a_progress_bar_on_stderr_is_read_line_by_line_carriage_returns_included(caplog: pytest.LogCaptureFixture) -> None:
+    from services.load_progress import vllm_progress
+
+    code = (
+        "import sys, time\n"
+        "for p in (0, 50, 100):\n"
+        "    sys.stderr.write(f'\\rLoading safetensors checkpoint shards: {p:3d}% Completed | x'); sys.stderr.flush()\n"
+        "    time.sleep(0.3)\n"
+        "sys.stderr.write('\\n'); sys.stderr.flush()\n"
+        "print('RMAP2P-LISTENING 1', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    s = Supervisor("bar", [sys.executable, "-c", code], child_env({}), "127.0.0.1", policy=FAST, progress_parser=vllm_progress)
+    caplog.set_level(logging.INFO, logger="services.supervisor")
+    await s.start()
+    try:
+        await until(lambda: s.progress == 100, 10, "the last figure")
+        logged = [m for m in caplog.messages if "loading its model" in m]
+        assert [m.split(": ")[-1].split()[0] for m in logged] == ["0%", "50%", "100%"], logged
+    finally:
+        await s.stop()

@@ -157,6 +157,39 @@ def test_bad_replication_claims_are_rejected(claims: object, why: str) -> None:
         NodeMeta.decode(msgpack.packb(raw))
 
 
+def test_load_progress_round_trips_and_old_encodings_decode_without_it() -> None:
+    meta = dataclasses.replace(META, loading=(("llm-inference", 42), ("rag-embeddings", 0)))
+    assert NodeMeta.decode(meta.encode()) == meta
+    assert meta.loading_of("llm-inference") == 42 and meta.loading_of("ner-extraction") is None
+    # What a node of the previous release sends (12 fields): nothing loading, not an error.
+    old = msgpack.packb(msgpack.unpackb(meta.encode())[:12])
+    assert NodeMeta.decode(old).loading == ()
+    assert NodeMeta.decode(old) == dataclasses.replace(meta, loading=())
+    # The field costs one byte when nothing loads, and the name plus 3 bytes per loading service.
+    assert len(META.encode()) - len(msgpack.packb(msgpack.unpackb(META.encode())[:12])) == 1
+    assert len(meta.encode()) - len(META.encode()) == sum(len(name) + 3 for name, _ in meta.loading)
+
+
+@pytest.mark.parametrize(
+    "loading, why",
+    [
+        ("llm-inference", "loading"),
+        ([["llm-inference", 101]], "loading"),
+        ([["llm-inference", -1]], "loading"),
+        ([["llm-inference", True]], "loading"),
+        ([["llm-inference", 4.5]], "loading"),
+        ([["", 4]], "loading"),
+        ([["llm-inference"]], "loading"),
+        ([[f"s{i}", 1] for i in range(33)], "at most"),
+    ],
+)
+def test_bad_load_progress_is_rejected(loading: object, why: str) -> None:
+    raw = msgpack.unpackb(META.encode())
+    raw[14] = loading
+    with pytest.raises(RemoteProtocolError, match=why):
+        NodeMeta.decode(msgpack.packb(raw))
+
+
 def test_unknown_version_and_type_are_rejected() -> None:
     good = wire.encode_datagram([Nack(1)])
     with pytest.raises(RemoteProtocolError, match="version"):

@@ -2,7 +2,7 @@
 
     POST /extract-text   multipart/form-data with a file part (named "file", or any part
                          with a filename), or the raw document as the body
-                      -> {"text", "pages", "format", "scanned_pages",
+                      -> {"text", "pages", "format", "scanned_pages", "images",
                           "ocr", "ocr_pages", "ocr_node", "ocr_model"}
 
 The format is read from the bytes (``%PDF-``; a ZIP holding
@@ -16,6 +16,9 @@ The format is read from the bytes (``%PDF-``; a ZIP holding
   cells tab-separated. A DOCX has no fixed layout (Word computes pages when
   it renders), so ``pages`` is one plus the explicit breaks: hard page
   breaks, paragraphs that start a page, and sections that start on a new page.
+  ``images`` counts the pictures embedded in it that OCR can read (PNG,
+  JPEG, GIF, BMP, TIFF, WebP; vector drawings such as EMF are not counted):
+  a scanned letter pasted into a Word file is text too.
 
 Scanned pages go to ``vision-ocr`` through the overlay: the runner copies
 them (pypdf) into one PDF, at most ``RMAP2P_OCR_MAX_PAGES`` of them (default
@@ -24,12 +27,16 @@ them (pypdf) into one PDF, at most ``RMAP2P_OCR_MAX_PAGES`` of them (default
 base URL of the gateway of the node this child runs on (the service manager
 sets it); the gateway forwards to whichever node serves vision-ocr.
 ``RMAP2P_TOKEN``, if set, goes along as a bearer token. Each page's OCR text
-takes that page's place in ``text``, so pages stay in order. Then
+takes that page's place in ``text``, so pages stay in order. A DOCX's
+images go the same way, one request each (``read_images``), at most
+``RMAP2P_OCR_MAX_PAGES`` of them; each image's text is put on the line after
+the paragraph (or table row) that holds it. Then
 
 - ``ocr`` is ``"vision-ocr"`` (or ``"vision-ocr: N of M scanned pages
   read ..."`` when there were more than the limit), ``ocr_node`` the node
   that served it (the gateway's ``X-Rmap2p-Node``), ``ocr_model`` its model,
-  and ``ocr_pages`` the pages whose text came from OCR;
+  and ``ocr_pages`` the pages (PDF) or images (DOCX, numbered from 1 in
+  body order) whose text came from OCR;
 - ``ocr`` is ``"not available: <why>"`` when no gateway is configured, the
   gateway does not answer, or it answers 503 (no node serves vision-ocr);
 - ``ocr`` is ``"failed: <why>"`` when vision-ocr answered but not with text
@@ -39,7 +46,7 @@ takes that page's place in ``text``, so pages stay in order. Then
 In the last two cases the scanned pages' text stays empty and the answer is
 still a 200 with everything the text layer gave: OCR is a best effort, never
 a reason to fail the extraction. ``ocr`` is ``null`` when there are no
-scanned pages (and for DOCX), and ``ocr_pages`` is then empty.
+scanned pages or images, and ``ocr_pages`` is then empty.
 
 Input that is not a readable PDF or DOCX gets 415 (another format) or 422
 (damaged, encrypted, too many pages), never a 500.
@@ -61,7 +68,12 @@ import aiohttp
 from aiohttp import BodyPartReader, web
 
 from services.capabilities import module_present
-from services.runners.ocr_handoff import OcrConfig, OcrOutcome, read_scanned
+from services.runners.ocr_handoff import (
+    OcrConfig,
+    OcrOutcome,
+    read_images,
+    read_scanned,
+)
 from services.runners.serve import CannotRun, Engine, Route, json_error, main
 
 log = logging.getLogger(__name__)
@@ -69,6 +81,10 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD = 50 * 1024 * 1024
 MAX_PAGES = 2000
 DOCX_MEDIA = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+OCR_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp"})
+"""Embedded picture formats vision-ocr reads (Pillow); EMF/WMF/SVG drawings are not sent."""
+MAX_IMAGES = 200
+"""Images listed per DOCX (each a copy in memory); only ``RMAP2P_OCR_MAX_PAGES`` of them are sent."""
 
 
 class Unreadable(Exception):
@@ -90,6 +106,18 @@ class Extracted:
     scanned_pages: tuple[int, ...] = ()
     page_texts: tuple[str, ...] = ()
     """PDF only: each page's text layer (``text`` is them joined by form feeds)."""
+    lines: tuple[str, ...] = ()
+    """DOCX only: the body's lines (``text`` is them joined by newlines)."""
+    images: tuple[DocxImage, ...] = ()
+    """DOCX only: the pictures OCR can read, in body order."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocxImage:
+    line: int
+    """Index in ``Extracted.lines`` of the paragraph or table row that holds it."""
+    data: bytes
+    content_type: str
 
 
 class DocumentEngine(Engine[Loaded]):
@@ -147,11 +175,19 @@ async def extract_text(loaded: Loaded, request: web.Request) -> web.Response:
             text = "\f".join(ocr.texts.get(number, page) for number, page in enumerate(result.page_texts, start=1))
         else:
             log.info("document-processing: %d scanned page(s) not read: %s", len(result.scanned_pages), ocr.status)
+    elif result.images:
+        assert loaded.session is not None
+        ocr = await read_images(loaded.session, loaded.ocr, [(i.data, i.content_type) for i in result.images])
+        if ocr.texts:
+            text = with_image_texts(result.lines, result.images, ocr.texts)
+        else:
+            log.info("document-processing: %d DOCX image(s) not read: %s", len(result.images), ocr.status)
     return web.json_response({
         "text": text,
         "pages": result.pages,
         "format": result.format,
         "scanned_pages": list(result.scanned_pages),
+        "images": len(result.images),
         "ocr": ocr.status if ocr else None,
         "ocr_pages": sorted(ocr.texts) if ocr else [],
         "ocr_node": ocr.node if ocr else None,
@@ -228,6 +264,40 @@ def _has_images(page: Any) -> bool:
         return True
 
 
+def with_image_texts(lines: Sequence[str], images: Sequence[DocxImage], texts: Mapping[int, str]) -> str:
+    """The DOCX's lines with each read image's text (``texts``: 1-based image number) after its line."""
+    after: dict[int, list[str]] = {}
+    for number, image in enumerate(images, start=1):
+        read = texts.get(number, "").strip()
+        if read:
+            after.setdefault(image.line, []).append(read)
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        out.append(line)
+        out.extend(after.get(index, ()))
+    return "\n".join(out)
+
+
+_PICTURE_NS = {
+    "a": "http://schemas.openxmlformats.org/drawingml/2006/main",
+    "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+    "v": "urn:schemas-microsoft-com:vml",
+}
+
+
+def _images_in(element: Any, part: Any, line: int, found: list[DocxImage]) -> None:
+    """Append the OCR-readable pictures ``element`` shows (DrawingML ``a:blip``, legacy VML ``v:imagedata``)."""
+    from lxml import etree
+
+    for rid in etree.XPath(".//a:blip/@r:embed | .//v:imagedata/@r:id", namespaces=_PICTURE_NS)(element):
+        if len(found) >= MAX_IMAGES:
+            return
+        target = part.related_parts.get(rid)
+        content_type = getattr(target, "content_type", "")
+        if content_type in OCR_IMAGE_TYPES:
+            found.append(DocxImage(line, target.blob, content_type))
+
+
 def read_docx(data: bytes) -> Extracted:
     import docx
     from docx.table import Table
@@ -235,12 +305,15 @@ def read_docx(data: bytes) -> Extracted:
     try:
         document = docx.Document(io.BytesIO(data))
         lines: list[str] = []
+        images: list[DocxImage] = []
         for block in document.iter_inner_content():
             if isinstance(block, Table):
                 for row in block.rows:
                     lines.append("\t".join(cell.text for cell in row.cells))
+                    _images_in(row._tr, document.part, len(lines) - 1, images)
             else:
                 lines.append(block.text)
+                _images_in(block._p, document.part, len(lines) - 1, images)
         body = document.element.body
         breaks = len(body.xpath(".//w:br[@w:type='page']"))
         breaks += len(body.xpath(".//w:pPr/w:pageBreakBefore[not(@w:val) or @w:val='1' or @w:val='true' or @w:val='on']"))
@@ -249,7 +322,7 @@ def read_docx(data: bytes) -> Extracted:
         breaks += sum(1 for s in document.sections[1:] if s.start_type.name in ("NEW_PAGE", "EVEN_PAGE", "ODD_PAGE"))
     except Exception as exc:  # noqa: BLE001 -- like pypdf: a damaged package raises KeyError, lxml errors, ...
         raise Unreadable(f"{type(exc).__name__}: {exc}") from None
-    return Extracted("\n".join(lines), 1 + breaks, "docx")
+    return Extracted("\n".join(lines), 1 + breaks, "docx", lines=tuple(lines), images=tuple(images))
 
 
 if __name__ == "__main__":

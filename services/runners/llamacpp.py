@@ -7,8 +7,9 @@ behind a front that adds what the supervisor needs and that server lacks:
 
 - it binds the port itself and announces it (``RMAP2P-LISTENING <port>``)
   before the model loads, so a port clash is an immediate exit 78;
-- ``GET /health`` answers 503 ``{"status": "loading"}`` while the model loads
-  and 200 ``{"status": "ok", "backend": "llama.cpp", "model": <alias>}`` once
+- ``GET /health`` answers 503 ``{"status": "loading", "progress": <percent>}``
+  while the model loads (llama.cpp's own tensor-loading progress, also
+  printed as ``RMAP2P-PROGRESS`` lines: ``services.load_progress``) and 200 ``{"status": "ok", "backend": "llama.cpp", "model": <alias>}`` once
   it serves; every other route answers 503 until then;
 - it exits when stdin closes (the supervising daemon died).
 
@@ -33,7 +34,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from services.engine_choice import (
@@ -44,6 +45,7 @@ from services.engine_choice import (
     llama_cpp_settings,
     module_present,
 )
+from services.load_progress import Reporter
 from services.runners.serve import CannotRun, ChildArgs, _wait_stdin_eof, parse_args
 from services.supervisor import EXIT_CONFIG, LISTENING
 
@@ -65,13 +67,15 @@ class Front:
             "runner": LLAMA_CPP, "pid": os.getpid(),
         }  # fmt: skip
         self._settings = settings
+        self.progress = Reporter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan is off; no websockets here
         if scope["path"] == "/health":
             if self.inner is None:
-                await _json(send, 503, {**self._base, "status": "loading"})
+                loading = {"progress": self.progress.percent} if self.progress.percent is not None else {}
+                await _json(send, 503, {**self._base, "status": "loading", **loading})
             else:
                 s = self._settings
                 await _json(send, 200, {**self._base, "status": "ok", "model": s.alias, "n_ctx": s.n_ctx})
@@ -131,7 +135,39 @@ async def _json(send: Send, status: int, doc: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(settings: LlamaCppSettings) -> Asgi:
+@contextlib.contextmanager
+def reporting_progress(report: Callable[[float], None]) -> Iterator[None]:
+    """While inside, every llama.cpp model loaded in this process calls ``report(fraction)`` as it loads.
+
+    llama.cpp takes a progress callback in its model parameters, but
+    llama-cpp-python's ``Llama`` builds those parameters itself from
+    ``llama_model_default_params()`` and offers no way in; its server builds
+    the ``Llama``. So for the one load this child does, that function returns
+    defaults with the callback set. The callback must outlive the load: it is
+    held here until the block ends.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    def on_progress(fraction: float, _user: object) -> bool:
+        report(fraction)
+        return True  # False would abort the load
+
+    callback = lib.llama_progress_callback(on_progress)
+    original = lib.llama_model_default_params
+
+    def with_progress() -> Any:
+        params = original()
+        params.progress_callback = callback
+        return params
+
+    lib.llama_model_default_params = with_progress
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+def build_app(settings: LlamaCppSettings, report: Callable[[float], None] | None = None) -> Asgi:
     """llama-cpp-python's server app with the model loaded (slow; raises ``CannotRun`` if it cannot load)."""
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -144,7 +180,8 @@ def build_app(settings: LlamaCppSettings) -> Asgi:
         **({"n_threads": settings.n_threads, "n_threads_batch": settings.n_threads} if settings.n_threads else {}),
     )
     try:
-        app: Asgi = create_app(server_settings=ServerSettings(interrupt_requests=False), model_settings=[model])
+        with reporting_progress(report) if report is not None else contextlib.nullcontext():
+            app: Asgi = create_app(server_settings=ServerSettings(interrupt_requests=False), model_settings=[model])
     except (ValueError, RuntimeError, OSError) as exc:
         # llama-cpp-python raises ValueError("Failed to load model from file: ...") for a bad file.
         raise CannotRun(f"llama.cpp cannot load {settings.model_path}: {exc}") from None
@@ -190,7 +227,7 @@ async def serve(args: ChildArgs, env: Mapping[str, str]) -> int:
     server = uvicorn.Server(config)  # SIGTERM and SIGINT: uvicorn stops serving, as it does by itself
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     watch = asyncio.create_task(_exit_on_eof(server)) if args.exit_on_stdin_eof else None
-    load = asyncio.create_task(asyncio.to_thread(build_app, settings))
+    load = asyncio.create_task(asyncio.to_thread(build_app, settings, front.progress.report))
     code = 0
     try:
         done, _ = await asyncio.wait({load, serving}, return_when=asyncio.FIRST_COMPLETED)

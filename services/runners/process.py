@@ -3,7 +3,8 @@
 ``health()`` maps the supervisor's state: ``healthy`` while the child's
 ``/health`` answers 200; ``starting`` until its first run is ready;
 ``unhealthy`` otherwise (restarting, hung, given up). ``loaded_models`` is
-the model the child's health document names, while it is ready. ``failed``
+the model the child's health document names, while it is ready;
+``load_progress`` how far it got loading, while it is not. ``failed``
 is the give-up reason once supervision has given up: the node must then stop
 offering the service (``on_failed`` tells it as it happens).
 """
@@ -46,6 +47,7 @@ class ProcessRunner:
         *,
         policy: RestartPolicy | None = None,
         on_failed: Callable[[str, str], None] | None = None,
+        progress_parser: Callable[[str], int | None] | None = None,
     ) -> None:
         self.service = service
         self.module = module
@@ -60,6 +62,7 @@ class ProcessRunner:
             policy=policy,
             on_give_up=self._gave_up,
             on_port=self._argv,
+            progress_parser=progress_parser,
         )
 
     def _argv(self, port: int) -> list[str]:
@@ -80,6 +83,12 @@ class ProcessRunner:
         if self.supervisor.ready and doc and isinstance(doc.get("model"), str):
             return (doc["model"],)
         return ()
+
+    @property
+    def load_progress(self) -> int | None:
+        """How far the child got loading its model, in percent, while it is not ready; None when
+        it is ready or cannot tell (``services.load_progress``)."""
+        return None if self.supervisor.ready else self.supervisor.progress
 
     @property
     def failed(self) -> str | None:

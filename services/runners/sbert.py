@@ -20,7 +20,7 @@ Run as ``python -m services.runners.sbert --service rag-embeddings --port P``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,13 +65,21 @@ class SbertEngine(Engine[Loaded]):
         required_model(SERVICE, env, "embedding model", "(RMAP2P_EMBEDDING_MODEL) not found on this machine")
 
     def load(self, env: Mapping[str, str]) -> Loaded:
+        return self.load_reporting(env, lambda fraction: None)
+
+    def load_reporting(self, env: Mapping[str, str], report: Callable[[float], None]) -> Loaded:
+        # Steps, not bytes: sentence-transformers reports nothing while it reads weights. On a CPU
+        # the import of torch and the library takes most of a small model's load (5 s of 6 here).
+        report(0.0)
         from sentence_transformers import SentenceTransformer
 
+        report(0.5)
         located = required_model(SERVICE, env, "embedding model", "disappeared before loading")
         try:
             model = SentenceTransformer(located.load_as, device=env.get("RMAP2P_EMBEDDING_DEVICE") or None)
         except (OSError, ValueError) as exc:
             raise CannotRun(f"cannot load embedding model {located.load_as}: {exc}") from None
+        report(0.9)
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         dim = int(get_dim())
 

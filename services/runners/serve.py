@@ -9,7 +9,9 @@ A child is ``python -m services.runners.<engine> --service S --host H --port P
 2. binds its port (a port in use is the same ``EXIT_CONFIG``) and prints
    ``RMAP2P-LISTENING <port>`` on stdout;
 3. loads its model in a thread while ``GET /health`` answers 503
-   ``{"status": "loading"}`` and every other route 503;
+   ``{"status": "loading"}`` (with ``"progress"`` in percent once the
+   engine reported some, also printed as ``RMAP2P-PROGRESS <n>`` lines:
+   ``services.load_progress``) and every other route 503;
 4. serves; ``/health`` answers 200 with the backend and model it serves;
 5. exits on SIGTERM/SIGINT, and with ``--exit-on-stdin-eof`` (which the
    supervisor passes) when its stdin reaches EOF: the supervising daemon died,
@@ -36,6 +38,7 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 
 from services.capabilities import LocatedModel, locate_model, model_ref
+from services.load_progress import Reporter
 from services.supervisor import EXIT_CONFIG, LISTENING
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,14 @@ class Engine(Generic[E]):
     def load(self, env: Mapping[str, str]) -> E:
         """Load the model (slow, runs in a thread); raise ``CannotRun`` if it cannot."""
         raise NotImplementedError
+
+    def load_reporting(self, env: Mapping[str, str], report: Callable[[float], None]) -> E:
+        """``load``, calling ``report(fraction)`` (0.0 to 1.0, from any thread) as it goes.
+
+        Override this instead of ``load`` where the engine can tell how far it
+        got; the default reports nothing, and the node then says only that the
+        service is starting."""
+        return self.load(env)
 
     async def started(self, loaded: E) -> None:
         """Called in the event loop once loaded (start batchers here)."""
@@ -151,11 +162,13 @@ def main(engine: Engine[Any], argv: Sequence[str] | None = None, description: st
 async def _serve(engine: Engine[Any], args: ChildArgs, env: Mapping[str, str]) -> int:
     engine.preflight(env)
     holder: dict[str, Any] = {}
+    progress = Reporter()
 
     async def health(request: web.Request) -> web.Response:
         base = {"service": args.service, "node_id": args.node_id, "backend": engine.backend, "runner": engine.backend, "pid": os.getpid()}
         if "loaded" not in holder:
-            return web.json_response({**base, "status": "loading"}, status=503)
+            loading = {"progress": progress.percent} if progress.percent is not None else {}
+            return web.json_response({**base, "status": "loading", **loading}, status=503)
         return web.json_response({**base, "status": "ok", **engine.describe(holder["loaded"])})
 
     def wrap(handler: Handler[Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -190,7 +203,7 @@ async def _serve(engine: Engine[Any], args: ChildArgs, env: Mapping[str, str]) -
     code = 0
     load: asyncio.Task[Any] | None = None
     try:
-        load = asyncio.create_task(asyncio.to_thread(engine.load, env))
+        load = asyncio.create_task(asyncio.to_thread(engine.load_reporting, env, progress.report))
         done, _ = await asyncio.wait({load, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if load in done:
             loaded = load.result()  # CannotRun propagates: exit EXIT_CONFIG

@@ -19,7 +19,7 @@ Run as ``python -m services.runners.spacy_ner --service ner-extraction --port P`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +61,14 @@ class SpacyEngine(Engine[Loaded]):
         required_model(SERVICE, env, "spaCy model", "(RMAP2P_NER_MODEL) not found: neither an installed package nor a model directory")
 
     def load(self, env: Mapping[str, str]) -> Loaded:
+        return self.load_reporting(env, lambda fraction: None)
+
+    def load_reporting(self, env: Mapping[str, str], report: Callable[[float], None]) -> Loaded:
+        # Steps, not bytes: spaCy reports nothing while it reads a pipeline.
+        report(0.0)
         import spacy
 
+        report(0.5)
         located = required_model(SERVICE, env, "spaCy model", "disappeared before loading")
         try:
             nlp = spacy.load(located.load_as)

@@ -20,7 +20,8 @@ the GPU. Bad settings or no ``vllm`` package: exit 78 before anything starts.
 
 vLLM's health document is empty, so ``VllmRunner`` learns the served model
 from ``GET /v1/models`` once per ready run; that is the node's
-``loaded_models``.
+``loaded_models``. Its load progress is read from its log (the checkpoint
+shards' progress lines, ``services.load_progress.vllm_progress``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from services.engine_choice import (
     vllm_argv,
     vllm_settings,
 )
+from services.load_progress import vllm_progress
 from services.runners.native import pick_port
 from services.runners.process import ProcessRunner
 from services.runners.serve import parse_args
@@ -69,7 +71,10 @@ class VllmRunner(ProcessRunner):
         policy: RestartPolicy | None = None,
         on_failed: Callable[[str, str], None] | None = None,
     ) -> None:
-        super().__init__(service, __name__, host, port, node_id, env, policy=policy or VLLM_POLICY, on_failed=on_failed)
+        super().__init__(
+            service, __name__, host, port, node_id, env, policy=policy or VLLM_POLICY, on_failed=on_failed,
+            progress_parser=vllm_progress,  # its log's "Loading safetensors checkpoint shards: 50% Completed"
+        )
         self._models: tuple[str, ...] = ()
         self._models_run = -1
 

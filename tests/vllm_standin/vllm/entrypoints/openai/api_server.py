@@ -2,7 +2,8 @@
 
 Parses the flags rmap2p passes to vLLM's OpenAI-compatible server, appends its
 command line as one JSON line to ``$STANDIN_ARGV_FILE``, waits
-``$STANDIN_LOAD_SECONDS`` (vLLM loading weights: nothing listens yet), then
+``$STANDIN_LOAD_SECONDS`` (vLLM loading weights: nothing listens yet; it prints
+vLLM's "Loading safetensors checkpoint shards: 25% Completed" lines), then
 serves, as FastAPI like vLLM:
 
 - ``GET /health``: 200 with an empty body, as vLLM;
@@ -50,7 +51,15 @@ def main() -> None:
     if os.environ.get("STANDIN_EXIT"):
         print("stand-in vLLM: exiting as told", file=sys.stderr, flush=True)
         sys.exit(int(os.environ["STANDIN_EXIT"]))
-    time.sleep(float(os.environ.get("STANDIN_LOAD_SECONDS", "0")))
+    load = float(os.environ.get("STANDIN_LOAD_SECONDS", "0"))
+    # vLLM's progress bar while it reads the weights (its tqdm bar_format, carriage returns
+    # included), when told to take time loading.
+    shards = 4 if load > 0 else 0
+    for done in range(shards + 1 if shards else 0):
+        sys.stderr.write(f"\rLoading safetensors checkpoint shards: {100 * done // shards:3d}% Completed | {done}/{shards} [00:00<00:00]\n")
+        sys.stderr.flush()
+        if done < shards:
+            time.sleep(load / shards)
 
     import uvicorn
 
