@@ -119,7 +119,8 @@ async def admin_gaps(request: web.Request) -> web.Response:
 async def admin_services(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     doc = services_doc(pool_view(node))
-    add_endpoints(doc, node.members(), node.machine.id if node.machine else "")  # stateful services: where, role, health
+    own_host = (node.http_addr or node.config.http or ("", 0))[0]
+    add_endpoints(doc, node.members(), node.machine.id if node.machine else "", own_host)  # stateful services: where, role, health
     add_loading(doc, node.members())  # models still loading: which node, how far
     return web.json_response(doc)
 

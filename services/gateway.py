@@ -389,7 +389,7 @@ class Gateway:
         """Views of the members that advertise a port for ``service``, and where to send each one's requests."""
         views: list[NodeView] = []
         targets: dict[str, _Target] = {}
-        for at in serving_members(members, service, self._me()):
+        for at in serving_members(members, service, self._me(), self.node.service_host):
             node = at.member.node
             # This node calls its own service port; another node's requests go to its gateway.
             targets[node] = _Target(node, at.host, at.service_port if at.is_self else at.http_port, at.is_self)
@@ -466,8 +466,8 @@ class Gateway:
     async def _serve_routed(self, request: web.Request, service: str, port: int, hops: int) -> web.StreamResponse:
         """Serve a request another router sent here, from the local service port."""
         me = self._me()
-        http = split_host_port(self.node.meta.http)
-        target = _Target(me, connect_host(http[0] if http else "127.0.0.1"), port, True)
+        # Our services listen on our HTTP bind host; a relayed node's advertised http is on its relay.
+        target = _Target(me, connect_host(self.node.service_host), port, True)
         suffix, query = _suffix(request)
         url = URL.build(scheme="http", host=target.host, port=port, path=suffix, query_string=query, encoded=True)
         headers = forward_headers(request.headers, drop=_REQUEST_DROP)

@@ -295,7 +295,7 @@ class JobDesk:
         if me not in workers:
             return 409, {"error": f"node {me} is not among this job's workers", "worker_id": me}
         docs = rag_ingestion.share(ingestion, workers, me, job.redo, job.previous)
-        store = chroma_endpoint(self.node.members(), me)
+        store = chroma_endpoint(self.node.members(), me, self.node.service_host)
         if store is None:
             return 503, {"error": "no node serves chromadb healthy", "worker_id": me}
         self.node.requests.begin()
@@ -317,9 +317,9 @@ def timeout_of(job: Job) -> float:
     return rag_ingestion.INGESTION_TIMEOUT if job.job_type == rag_ingestion.JOB_TYPE else BROADCAST_TIMEOUT
 
 
-def chroma_endpoint(members: Sequence[MemberView], me: str) -> str | None:
+def chroma_endpoint(members: Sequence[MemberView], me: str, own_host: str | None = None) -> str | None:
     """host:port of a healthy chromadb copy in the view (lowest node id), or None."""
-    where = endpoints(rag_ingestion.STORE, members, me)
+    where = endpoints(rag_ingestion.STORE, members, me, own_host)
     for m in sorted(members, key=lambda m: m.node):
         if m.node in where and rag_ingestion.STORE in m.meta.healthy_services:
             return str(where[m.node])

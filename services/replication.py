@@ -187,9 +187,11 @@ class ReplicaDriver:
         atomic_write(self._dir / STATE_FILE, (json.dumps(asdict(claim)) + "\n").encode(), mode=0o600)
 
 
-def endpoints(service: str, members: Iterable[MemberView], me: str) -> dict[str, Endpoint]:
-    """Where each up member's copy of ``service`` listens, as this node (``me``) reaches it."""
-    return {at.member.node: Endpoint(at.host, at.service_port) for at in serving_members(members, service, me)}
+def endpoints(service: str, members: Iterable[MemberView], me: str, own_host: str | None = None) -> dict[str, Endpoint]:
+    """Where each up member's copy of ``service`` listens, as this node (``me``, its services on ``own_host``) reaches it."""
+    return {
+        at.member.node: Endpoint(at.host, at.service_port) for at in serving_members(members, service, me, own_host)
+    }
 
 
 async def converge(

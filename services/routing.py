@@ -330,8 +330,14 @@ class Serving:
     is_self: bool
 
 
-def serving_members(members: Iterable[MemberView], service: str, me: str) -> list[Serving]:
-    """The up members that advertise a port for ``service`` and a usable HTTP address."""
+def serving_members(
+    members: Iterable[MemberView], service: str, me: str, own_host: str | None = None
+) -> list[Serving]:
+    """The up members that advertise a port for ``service`` and a usable HTTP address.
+
+    ``own_host`` is where this node's services listen (its HTTP bind host). It
+    matters for a relayed node, whose advertised ``http`` is an allocation on
+    its relay: its own services are not there."""
     out = []
     for m in members:
         if m.status.is_down:
@@ -341,7 +347,7 @@ def serving_members(members: Iterable[MemberView], service: str, me: str) -> lis
         if port is None or http is None:
             continue
         if m.node == me:
-            host = connect_host(http[0])
+            host = connect_host(own_host if own_host is not None else http[0])
         else:
             # A wildcard HTTP host is no address for others; the gossip host is where that node is.
             host = m.addr[0] if http[0] in WILDCARD_HOSTS else http[0]

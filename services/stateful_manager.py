@@ -92,7 +92,9 @@ def view_claims(members: Iterable[MemberView], services: Iterable[str] = REPLICA
     return out
 
 
-def stateful_endpoints(members: Sequence[MemberView], me: str, services: Iterable[str] = REPLICATED) -> dict[str, list[dict[str, str]]]:
+def stateful_endpoints(
+    members: Sequence[MemberView], me: str, services: Iterable[str] = REPLICATED, own_host: str | None = None
+) -> dict[str, list[dict[str, str]]]:
     """Each replicated service's copies for ``/api/admin/services``: node, address, role, health.
 
     ``address`` is host:port as this node reaches the copy; ``role`` is what
@@ -101,7 +103,7 @@ def stateful_endpoints(members: Sequence[MemberView], me: str, services: Iterabl
     out = {}
     for service in services:
         rows = []
-        for node, endpoint in sorted(endpoints(service, members, me).items()):
+        for node, endpoint in sorted(endpoints(service, members, me, own_host).items()):
             meta = next(m.meta for m in members if m.node == node)
             claim = meta.claim_of(service)
             health = dict(meta.services).get(service)
@@ -112,9 +114,9 @@ def stateful_endpoints(members: Sequence[MemberView], me: str, services: Iterabl
     return out
 
 
-def add_endpoints(doc: dict[str, object], members: Sequence[MemberView], me: str) -> None:
+def add_endpoints(doc: dict[str, object], members: Sequence[MemberView], me: str, own_host: str | None = None) -> None:
     """Put ``endpoints`` (``stateful_endpoints``) on each replicated service of a ``services_doc`` document."""
-    found = stateful_endpoints(members, me)
+    found = stateful_endpoints(members, me, own_host=own_host)
     for entry in doc.get("services", []):  # type: ignore[union-attr]
         if isinstance(entry, dict) and entry.get("name") in found:
             entry["endpoints"] = found[entry["name"]]
@@ -228,7 +230,7 @@ class StatefulServices:
     async def _converge(self, service: str, driver: ReplicaDriver) -> Roles:
         members = self.node.members()
         views = to_node_views(members)
-        where = endpoints(service, members, self.node.node_id)
+        where = endpoints(service, members, self.node.node_id, self.node.service_host)
         runner_ep = driver.runner.endpoint
         if runner_ep is not None:
             where[self.node.node_id] = runner_ep
@@ -359,5 +361,5 @@ class ServiceProxies:
         claims = view_claims(members, self.proxies)
         for service, proxy in self.proxies.items():
             roles = primary_of(service, copies(service, views, claims[service]))
-            where = endpoints(service, members, self.node.node_id)
+            where = endpoints(service, members, self.node.node_id, self.node.service_host)
             proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
