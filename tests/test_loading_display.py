@@ -12,7 +12,6 @@ that service, and nothing once the load is done.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser import Browser, ensure_chromium
+from browser import Browser, chromium_or_skip
 from test_daemon_memory import config, memory_factory, running, until
 from test_reach_display import http_of
 
@@ -93,11 +92,7 @@ SERVICE_LOADING_JS = "[...document.querySelectorAll('#loading li')].map(e => [e.
 
 @pytest.mark.slow
 async def test_the_dashboard_page_shows_the_load_progress(tmp_path: Path) -> None:
-    binary = ensure_chromium()
-    if binary is None:
-        if os.environ.get("RMAP2P_REQUIRE_BROWSER") == "1":
-            pytest.fail("RMAP2P_REQUIRE_BROWSER=1 but no chromium and it could not be installed")
-        pytest.skip("no chromium (install Debian's chromium package)")
+    binary = chromium_or_skip()
     async with loading_pair(tmp_path) as (a, b):
         browser = await Browser.launch(tmp_path, binary)
         try:

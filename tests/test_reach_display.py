@@ -10,7 +10,6 @@ against it must say "relayed" and name the edge, and "direct" for the rest.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser import Browser, ensure_chromium
+from browser import Browser, chromium_or_skip
 from test_daemon_memory import config, memory_factory, running, until
 
 from p2p.transport import MemoryNetwork
@@ -91,11 +90,7 @@ REACH_JS = (
 
 @pytest.mark.slow
 async def test_the_dashboard_page_shows_the_relayed_member(tmp_path: Path) -> None:
-    binary = ensure_chromium()
-    if binary is None:
-        if os.environ.get("RMAP2P_REQUIRE_BROWSER") == "1":
-            pytest.fail("RMAP2P_REQUIRE_BROWSER=1 but no chromium and it could not be installed")
-        pytest.skip("no chromium (install Debian's chromium package)")
+    binary = chromium_or_skip()
     async with relayed_pair(tmp_path) as (a, _b):
         browser = await Browser.launch(tmp_path, binary)
         try:
