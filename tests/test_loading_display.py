@@ -20,11 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from browser import Browser, chromium_or_skip
-from test_daemon_memory import config, memory_factory, running, until
-from test_reach_display import http_of
+from test_daemon_memory import until
+from test_reach_display import edge_and_member, http_of
 
-from p2p.transport import MemoryNetwork
-from rmap2p import http_api
 from rmap2p.daemon import Node
 
 LOADING = (("llm-inference", 42),)
@@ -33,14 +31,7 @@ LOADING = (("llm-inference", 42),)
 @asynccontextmanager
 async def loading_pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
     """An edge ``edge-a`` and a ``gpu-b`` whose metadata says it loads llm-inference at 42 %; a has seen it."""
-    net = MemoryNetwork()
-    a = Node(config(tmp_path, "edge-a", worker_type="edge"), transport_factory=memory_factory(net))
-    b = Node(config(tmp_path, "gpu-b", join=(a.config.bind,)), transport_factory=memory_factory(net))
-    for n in (a, b):
-        n.add_task(lambda n=n: http_api.serve(n))
-    async with running([a, b]):
-        await until(lambda: a.http_addr is not None and b.http_addr is not None, 10, "both HTTP servers")
-        await until(lambda: len([m for m in a.members() if m.status.label == "alive"]) == 2, 20, "a to see b")
+    async with edge_and_member(tmp_path, "gpu-b") as (a, b):
         b.update_meta(lambda m: replace(m, loading=LOADING))
         await until(lambda: any(m.meta.loading == LOADING for m in a.members()), 20, "b's progress to reach a")
         yield a, b
