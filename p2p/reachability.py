@@ -144,15 +144,21 @@ async def _udp_probe(target: Addr, payload: bytes, bind_host: str) -> str:
 async def _tcp_probe(target: Addr, probe: ReachProbe, sealer: Sealer, cluster: str, timeout: float, max_frame: int) -> str:
     """Open a new TCP connection to ``target``, send the probe, expect it echoed; "" on success."""
     try:
-        reply = await request(
-            target, wire.encode_frame(probe), sealer, timeout=timeout, max_frame=max_frame, aad=stream_aad(cluster)
-        )
+        reply = await _exchange(target, probe, sealer, cluster, timeout, max_frame)
     except StreamError as exc:
         return str(exc)
-    echoed = wire.reach_frame_of(reply or b"")
+    echoed = wire.reach_frame_of(reply)
     if not isinstance(echoed, ReachProbe) or echoed.nonce != probe.nonce:
         return "the peer there did not echo our probe"
     return ""
+
+
+async def _exchange(
+    target: Addr, msg: ReachCheck | ReachProbe, sealer: Sealer | None, cluster: str, timeout: float, max_frame: int
+) -> bytes:
+    """Send one reachability frame on a fresh stream connection to ``target``; the reply frame (b"" if none)."""
+    reply = await request(target, wire.encode_frame(msg), sealer, timeout=timeout, max_frame=max_frame, aad=stream_aad(cluster))
+    return reply or b""
 
 
 # ------------------------------------------------------------------ the node
@@ -177,10 +183,7 @@ async def ask_edge(
     try:
         check = ReachCheck(me, nonce, advertised[0], advertised[1])
         try:
-            raw = await request(
-                edge_addr, wire.encode_frame(check), sealer, timeout=timeout, max_frame=max_frame, aad=stream_aad(cluster)
-            )
-            result = wire.decode_frame(raw or b"")
+            result = wire.decode_frame(await _exchange(edge_addr, check, sealer, cluster, timeout, max_frame))
         except (StreamError, RemoteProtocolError) as exc:
             return EdgeAnswer(edge, False, error=str(exc))
         if not isinstance(result, ReachResult) or result.nonce != nonce:

@@ -140,6 +140,7 @@ def member_row(m: MemberView, me: str, leaders: dict[str, Any], wall: float | No
         "relays": list(meta.relays),
         "services": services,
         "loaded_models": list(meta.loaded_models),
+        "loading": [{"service": name, "progress": pct} for name, pct in meta.loading],
         "current_load": round(m.load.cpu_percent / 100.0, 3),
         "memory_percent": m.load.memory_percent,
         "gpu_utilization": float(m.load.gpu_utilization),
@@ -149,6 +150,24 @@ def member_row(m: MemberView, me: str, leaders: dict[str, Any], wall: float | No
         "primary": m.node == leaders.get("primary"),
         "status_since": wall,
     }
+
+
+def loading_by_service(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per service, the live members still loading its model and how far (from the ``member_row`` rows).
+
+    ``[{"service", "nodes": [{"worker_id", "name", "progress"}]}]``, by service
+    name, nodes as the rows come; dead and left members are left out (what
+    they last reported is not going to finish).
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] in ("dead", "left"):
+            continue
+        for entry in row["loading"]:
+            found.setdefault(entry["service"], []).append(
+                {"worker_id": row["worker_id"], "name": row["name"], "progress": entry["progress"]}
+            )
+    return [{"service": service, "nodes": nodes} for service, nodes in sorted(found.items())]
 
 
 def count_statuses(members: Iterable[MemberView]) -> dict[str, int]:
@@ -230,6 +249,7 @@ class DashboardHub:
             "leaders": leaders,
             "gaps": gaps_doc,
             "needs": gap_sentences(gaps_doc),
+            "loading": loading_by_service(rows),
             "headline": gap_headline(gaps_doc),
             "requests": {
                 "active": node.requests.active,

@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 
 from rmap2p.local_ports import free_port
+from simulations.processes import stop_process, wait_until
 
 RECORD = Path(__file__).with_name("GATEWAY.md")
 SENTENCES = [
@@ -103,25 +104,7 @@ class Daemon:
             return {w["name"]: w for w in json.load(resp)["workers"]}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        stop_process(self.proc, grace=20)
 
 
 async def _load(url: str, seconds: float, concurrency: int, batch: int, name: str) -> Phase:
@@ -200,14 +183,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     router = Daemon("router", workdir, ["--type", "edge", "--no-services"])
     try:
         server.start()
-        _wait(lambda: server.workers(), 60, "the server's HTTP API")
+        wait_until(lambda: server.workers(), 60, "the server's HTTP API", interval=0.5)
         router.start(join=server.gossip)
 
         def serving() -> bool:
             seen = router.workers()
             return seen.get("server", {}).get("services_status", {}).get("rag-embeddings") == "healthy"
 
-        _wait(serving, 240, "rag-embeddings healthy on the server, as the router sees it")
+        wait_until(serving, 240, "rag-embeddings healthy on the server, as the router sees it")
         path = "/api/service/rag-embeddings/embed"
         # Warm up both paths (model caches, connection pools) before anything is measured.
         asyncio.run(_load(f"http://{server.http}{path}", 3.0, args.concurrency, args.batch, "warm-up"))

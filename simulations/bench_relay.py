@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import urllib.request
 from pathlib import Path
 
 from rmap2p.local_ports import free_port
+from simulations.processes import stop_process, wait_until
 
 
 class Daemon:
@@ -84,24 +84,7 @@ class Daemon:
         return total
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"bench_relay: timed out waiting for {what}")
+        stop_process(self.proc, grace=10)
 
 
 def post(gateway: Daemon, service: str) -> tuple[float, str]:
@@ -135,11 +118,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     by = {n.name: n for n in nodes}
     try:
         nodes[0].start(None)
-        wait(lambda: by["e1"].get("/health"), 20, "e1")
+        wait_until(lambda: by["e1"].get("/health"), 20, "e1")
         for n in nodes[1:]:
             n.start(by["e1"].gossip)
         r = by["r"]
-        wait(
+        wait_until(
             lambda: all(
                 len([w for w in n.workers().values() if w["status"] == "alive"]) == len(nodes)
                 and n.workers()["r"]["address"] != r.gossip
@@ -147,8 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             ),
             60, "every node to see r alive at its relay allocation",
         )
-        wait(lambda: post(by["g"], "ner-extraction")[1] == r.workers()["r"]["worker_id"], 60, "r to serve ner-extraction")
-        wait(lambda: post(by["g"], "edge-proxy")[1] != "", 60, "an edge to serve edge-proxy")
+        wait_until(lambda: post(by["g"], "ner-extraction")[1] == r.workers()["r"]["worker_id"], 60, "r to serve ner-extraction")
+        wait_until(lambda: post(by["g"], "edge-proxy")[1] != "", 60, "an edge to serve edge-proxy")
         rid = r.workers()["r"]["worker_id"]
         carrier_id = re.findall(r"relayed through ([0-9a-f]+) at", r.log.read_text())[-1]
         carrier = next(n for n in nodes if n.name.startswith("e") and n.workers()[n.name]["worker_id"] == carrier_id)

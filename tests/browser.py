@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -49,6 +50,16 @@ def ensure_chromium() -> str | None:
     subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=600)
     subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False, capture_output=True, timeout=900)
     return find_chromium()
+
+
+def chromium_or_skip() -> str:
+    """Chromium's path for a browser test; the test skips without one, or fails under ``RMAP2P_REQUIRE_BROWSER=1``."""
+    binary = ensure_chromium()
+    if binary is None:
+        if os.environ.get("RMAP2P_REQUIRE_BROWSER") == "1":
+            pytest.fail("RMAP2P_REQUIRE_BROWSER=1 but no chromium and it could not be installed")
+        pytest.skip("no chromium (install Debian's chromium package)")
+    return binary
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:

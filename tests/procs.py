@@ -125,6 +125,11 @@ class NodeProc:
             return "(no log)"
 
 
+def healthy_runners(view: dict[str, dict], service: str) -> set[str]:
+    """The alive members of ``view`` (``/api/admin/workers`` by name) that report ``service`` healthy."""
+    return {w["worker_id"] for w in view.values() if w["status"] == "alive" and w["services_status"].get(service) == "healthy"}
+
+
 def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
     """Poll ``pred`` until true; returns the seconds it took, or fails naming ``what``."""
     start = time.monotonic()

@@ -1,8 +1,10 @@
-"""Documents made by the tests: a PDF written by hand (text pages and image-only "scanned" pages), a DOCX."""
+"""Documents made by the tests: a PDF written by hand (text pages and image-only "scanned" pages), a DOCX,
+and the multipart form a client uploads one in."""
 
 from __future__ import annotations
 
 import io
+import uuid
 import zlib
 from typing import Any
 
@@ -98,3 +100,13 @@ def make_docx_with_images(before: str, scan: Any, after: str, cell: str, cell_sc
     buf = io.BytesIO()
     document.save(buf)
     return buf.getvalue()
+
+
+def multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    """``data`` as the one file (field ``file``) of a multipart/form-data body; (body, Content-Type)."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

@@ -19,14 +19,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from ml import need_modules, train_tiny_ner
-from procs import NodeProc, wait_for
-from sample_docs import make_docx, make_pdf
+from procs import NodeProc, healthy_runners, wait_for
+from sample_docs import make_docx, make_pdf, multipart
 from tiny_gguf import write_tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -44,19 +43,6 @@ def post(node: NodeProc, path: str, body: bytes, content_type: str = "applicatio
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         return exc.code, dict(exc.headers), json.loads(raw) if raw else None
-
-
-def multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def healthy_runners(view: dict[str, dict], service: str) -> set[str]:
-    return {w["worker_id"] for w in view.values() if w["status"] == "alive" and w["services_status"].get(service) == "healthy"}
 
 
 def cosine(a: list[float], b: list[float]) -> float:

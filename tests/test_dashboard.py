@@ -17,7 +17,13 @@ import aiohttp
 import pytest
 from procs import NodeProc
 
-from rmap2p.dashboard import MAX_SSE_CLIENTS, Rate, gap_headline, gap_sentences
+from rmap2p.dashboard import (
+    MAX_SSE_CLIENTS,
+    Rate,
+    gap_headline,
+    gap_sentences,
+    loading_by_service,
+)
 
 
 def entry(service: str, status: str, required_type: str) -> dict[str, object]:
@@ -163,3 +169,25 @@ async def test_live_streams_are_bounded_and_do_not_hold_up_a_leave(node: NodePro
         finally:
             for resp in streams:
                 resp.close()
+
+
+def test_loading_by_service_leaves_out_members_that_are_down() -> None:
+    def row(worker_id: str, status: str, loading: list[tuple[str, int]]) -> dict[str, object]:
+        return {
+            "worker_id": worker_id, "name": worker_id.upper(), "status": status,
+            "loading": [{"service": s, "progress": p} for s, p in loading],
+        }
+
+    rows = [
+        row("g1", "alive", [("llm-inference", 40), ("vision-ocr", 5)]),
+        row("g2", "suspect", [("llm-inference", 95)]),
+        row("g3", "dead", [("llm-inference", 10)]),
+        row("c1", "alive", []),
+    ]
+    assert loading_by_service(rows) == [
+        {"service": "llm-inference", "nodes": [
+            {"worker_id": "g1", "name": "G1", "progress": 40}, {"worker_id": "g2", "name": "G2", "progress": 95},
+        ]},
+        {"service": "vision-ocr", "nodes": [{"worker_id": "g1", "name": "G1", "progress": 5}]},
+    ]
+    assert loading_by_service([row("c1", "alive", [])]) == []

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from browser import Browser, ensure_chromium
+from browser import Browser, chromium_or_skip
 from procs import ROOT, NodeProc, wait_for
 
 from membership import SwimConfig
@@ -33,12 +33,7 @@ TYPES = {"a": "edge", "b": "cpu", "c": "storage"}
 
 @pytest.fixture
 def chromium() -> str:
-    binary = ensure_chromium()
-    if binary is None:
-        if os.environ.get("RMAP2P_REQUIRE_BROWSER") == "1":
-            pytest.fail("RMAP2P_REQUIRE_BROWSER=1 but no chromium and it could not be installed")
-        pytest.skip("no chromium (install Debian's chromium package)")
-    return binary
+    return chromium_or_skip()
 
 
 @pytest.fixture

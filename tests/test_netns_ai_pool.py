@@ -37,7 +37,8 @@ import pytest
 from conftest import require_netns
 from ml import need_modules, train_tiny_ner
 from netns import Host, NetnsError, NetnsLab
-from sample_docs import make_docx, make_pdf
+from procs import healthy_runners
+from sample_docs import make_docx, make_pdf, multipart
 from test_netns_cluster import GOSSIP_PORT, hostport, wait_for
 from tiny_gguf import write_tiny_llama
 
@@ -147,9 +148,7 @@ class AiLab:
         return {w["name"]: w for w in doc["workers"]}
 
     def healthy_runners(self, service: str, view: dict[str, dict[str, Any]] | None = None) -> set[str]:
-        view = view if view is not None else self.workers()
-        return {w["worker_id"] for w in view.values()
-                if w["status"] == "alive" and w["services_status"].get(service) == "healthy"}
+        return healthy_runners(view if view is not None else self.workers(), service)
 
     def logs(self, lines: int = 40) -> str:
         out = []
@@ -158,15 +157,6 @@ class AiLab:
             if p.exists():
                 out.append(f"----- {h.name} ({p})\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
-
-
-def multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def kill_host(lab: NetnsLab, host: Host) -> None:

@@ -79,10 +79,13 @@ print(got)
 """
 
 # Receiver: prints "ready", counts datagrams until `idle` s of silence (or the
-# deadline), then prints the count and the distinct source addresses.
+# deadline), then prints the count and the distinct source addresses. With a
+# fourth argument "each" it also prints every datagram's source as it comes,
+# as "from IP PORT" (the NAT test needs the port the router mapped a flow to).
 RECEIVER = r"""
 import socket, struct, sys, time
 group, port, idle = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+each = sys.argv[4:] == ["each"]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
@@ -103,6 +106,8 @@ for _ in range(100_000):
         break
     n += 1
     srcs.add(addr[0])
+    if each:
+        print("from", addr[0], addr[1], flush=True)
 print(n, *sorted(srcs))
 """
 
@@ -371,27 +376,6 @@ def test_prefix_must_be_sweepable() -> None:
         NetnsLab(0)
 
 
-# Receiver that prints "ready", then every datagram's source as "ip port" until `idle` s of silence;
-# the NAT test needs the port the router mapped a flow to, which RECEIVER does not show.
-SOURCES = r"""
-import socket, sys, time
-port, idle = int(sys.argv[1]), float(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", port))
-print("ready", flush=True)
-deadline = time.monotonic() + 30
-for _ in range(10_000):
-    left = min(idle, deadline - time.monotonic())
-    if left <= 0:
-        break
-    s.settimeout(left)
-    try:
-        _, addr = s.recvfrom(2048)
-    except socket.timeout:
-        break
-    print(addr[0], addr[1], flush=True)
-"""
-
 # From a fixed local port, one datagram to ip:port (the NAT keeps that flow's mapping).
 SEND_FROM = r"""
 import socket, sys
@@ -427,11 +411,12 @@ TCP_PEER_SERVER = ("import http.server, json, sys\n"
 def mapped_port(lab: NetnsLab, pub: Host, home: Host, sport: int, log_name: str) -> str:
     """The router's port for a flow home opens from ``sport`` to pub:PORT+5 (as pub sees the datagram)."""
     assert lab.router is not None
-    recv = pub.popen([sys.executable, "-c", SOURCES, str(PORT + 5), "1.5"], log_name=log_name)
+    recv = pub.popen([sys.executable, "-c", RECEIVER, "-", str(PORT + 5), "1.5", "each"], log_name=log_name)
     wait_ready(pub, log_name, recv)
     assert home.python(SEND_FROM, pub.public_ip, str(PORT + 5), str(sport), timeout=10).returncode == 0
     recv.wait(timeout=40)
-    seen = [line.split() for line in pub.log_paths(log_name)[0].read_text().splitlines()[1:]]
+    lines = pub.log_paths(log_name)[0].read_text().splitlines()
+    seen = [line.split()[1:] for line in lines if line.startswith("from ")]
     assert len(seen) == 1 and seen[0][0] == lab.router.public_ip, seen
     return seen[0][1]
 

@@ -95,6 +95,11 @@ class StoragePool:
         out = subprocess.run([sys.executable, "-m", "rmap2p", "keygen", "--key-file", str(ring)], capture_output=True, text=True, timeout=30, check=False)
         assert out.returncode == 0, out.stderr
 
+    def report(self, name: str, line: str) -> None:
+        """A figure for the issue note: printed (``-s``) and kept as ``name`` beside the lab's logs."""
+        print("\n" + line)
+        (Path(self.lab.log_dir) / name).write_text(line + "\n")
+
     def start(self, host: Host, *extra: str, join: Host | None = None) -> None:
         data = self.root / host.name
         data.mkdir(parents=True, exist_ok=True)
@@ -241,8 +246,7 @@ def test_failover_across_hosts_keeps_every_acknowledged_write(pool: StoragePool)
         f"h0 killed: h2 saw it dead within {detected:.1f} s; no writable primary for redis {outage['redis']:.2f} s, "
         f"postgres {outage['postgres']:.2f} s; h0 back as replica of h1; total {time.monotonic() - began:.0f} s"
     )
-    print("\n" + line)
-    (Path(pool.lab.log_dir) / "outage.txt").write_text(line + "\n")
+    pool.report("outage.txt", line)
 
 
 def test_graceful_leave_hands_over_first(pool: StoragePool) -> None:
@@ -283,8 +287,7 @@ def test_graceful_leave_hands_over_first(pool: StoragePool) -> None:
         f"longest gap without an acknowledged write through the proxy: redis {proxied['gap']['redis']:.2f} s, "
         f"postgres {proxied['gap']['postgres']:.2f} s; h0's daemon exited {exited:.1f} s after `rmap2p leave`"
     )
-    print("\n" + line)
-    (Path(pool.lab.log_dir) / "handover.txt").write_text(line + "\n")
+    pool.report("handover.txt", line)
     assert check == {n: {"redis_missing": 0, "postgres_missing": 0} for n in writers}, check
     for s in SERVICES:
         assert proxied["gap"][s] < HANDOVER_BOUND, f"{s}: no acknowledged write for {proxied['gap'][s]:.1f} s around the leave"
@@ -340,8 +343,7 @@ def test_partition_fences_the_minority_primary(pool: StoragePool) -> None:
         f"after redis {fmt(refused['redis'])} s, postgres {fmt(refused['postgres'])} s; h0 acknowledged after its fence: {after_fence}; "
         f"lost on heal: minority {check['minority']}, majority {check['majority']}"
     )
-    print("\n" + line)
-    (Path(pool.lab.log_dir) / "partition.txt").write_text(line + "\n")
+    pool.report("partition.txt", line)
     assert all(refused[s] is not None for s in SERVICES), minority["refused_at"]
     assert after_fence == {"redis": 0, "postgres": 0}, after_fence
     assert check["majority"] == {"redis_missing": 0, "postgres_missing": 0}, check

@@ -10,7 +10,6 @@ against it must say "relayed" and name the edge, and "direct" for the rest.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser import Browser, ensure_chromium
+from browser import Browser, chromium_or_skip
 from test_daemon_memory import config, memory_factory, running, until
 
 from p2p.transport import MemoryNetwork
@@ -42,16 +41,23 @@ def http_of(node: Node) -> str:
 
 
 @asynccontextmanager
-async def relayed_pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    """An edge ``edge-a`` and a member ``home`` whose metadata says edge-a carries it; both views agree."""
+async def edge_and_member(tmp_path: Path, member: str) -> AsyncIterator[tuple[Node, Node]]:
+    """An edge ``edge-a`` and a member named ``member`` joined to it, both serving HTTP; a sees b alive."""
     net = MemoryNetwork()
     a = Node(config(tmp_path, "edge-a", worker_type="edge"), transport_factory=memory_factory(net))
-    b = Node(config(tmp_path, "home", join=(a.config.bind,)), transport_factory=memory_factory(net))
+    b = Node(config(tmp_path, member, join=(a.config.bind,)), transport_factory=memory_factory(net))
     for n in (a, b):
         n.add_task(lambda n=n: http_api.serve(n))
     async with running([a, b]):
         await until(lambda: a.http_addr is not None and b.http_addr is not None, 10, "both HTTP servers")
         await until(lambda: len([m for m in a.members() if m.status.label == "alive"]) == 2, 20, "a to see b")
+        yield a, b
+
+
+@asynccontextmanager
+async def relayed_pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    """An edge ``edge-a`` and a member ``home`` whose metadata says edge-a carries it; both views agree."""
+    async with edge_and_member(tmp_path, "home") as (a, b):
         a_id = a.machine.id  # type: ignore[union-attr]
         b.update_meta(lambda m: replace(m, relays=(a_id,)))
         await until(lambda: any(m.meta.relays == (a_id,) for m in a.members()), 20, "b's relays to reach a")
@@ -91,11 +97,7 @@ REACH_JS = (
 
 @pytest.mark.slow
 async def test_the_dashboard_page_shows_the_relayed_member(tmp_path: Path) -> None:
-    binary = ensure_chromium()
-    if binary is None:
-        if os.environ.get("RMAP2P_REQUIRE_BROWSER") == "1":
-            pytest.fail("RMAP2P_REQUIRE_BROWSER=1 but no chromium and it could not be installed")
-        pytest.skip("no chromium (install Debian's chromium package)")
+    binary = chromium_or_skip()
     async with relayed_pair(tmp_path) as (a, _b):
         browser = await Browser.launch(tmp_path, binary)
         try:

@@ -167,6 +167,19 @@
     return "relayed via " + m.relays.map((id) => nameOf(s, id)).join(", ");
   }
 
+  // "llm-inference 42 %": one service still loading its model and how far (as its node gossips it).
+  function loadingText(service, progress) { return service + " " + progress + " %"; }
+
+  function loadingCell(m) {
+    const wrap = el("div");
+    for (const l of m.loading) {
+      const chip = el("span", "svc loading", loadingText(l.service, l.progress));
+      chip.dataset.service = l.service;
+      wrap.appendChild(chip);
+    }
+    return wrap;
+  }
+
   function memberCard(m, s) {
     const card = el("article", "member st-" + m.status);
     card.dataset.member = "";
@@ -202,12 +215,29 @@
     }
     row(dl, "services", svcs);
     row(dl, "models", m.loaded_models.length ? m.loaded_models.join(", ") : "none loaded");
+    if (m.loading && m.loading.length) row(dl, "loading", loadingCell(m));
     if (m.specialization) row(dl, "prefers", m.specialization);
     row(dl, "reach", reachText(m, s));
     row(dl, "gossip", m.address);
     row(dl, "http", m.http || "–");
     card.appendChild(dl);
     return card;
+  }
+
+  function renderLoading(s) {
+    const ul = $("loading");
+    clear(ul);
+    const loading = s.loading || [];
+    if (loading.length === 0) {
+      ul.appendChild(el("li", "none", "No model is loading."));
+      return;
+    }
+    for (const entry of loading) {
+      const li = el("li", null, entry.service + ": " +
+        entry.nodes.map((n) => n.name + " " + n.progress + " %").join(", "));
+      li.dataset.service = entry.service;
+      ul.appendChild(li);
+    }
   }
 
   function renderMembers(s) {
@@ -221,6 +251,7 @@
     renderHeader(s);
     renderNeeds(s);
     renderLeaders(s);
+    renderLoading(s);
     renderPicture(s);
     renderMembers(s);
     lastUpdate = Date.now();
