@@ -37,6 +37,13 @@ Roles and replication (streaming, WAL level ``replica``):
 
 Stopping sends SIGINT (fast shutdown: clients disconnected, a clean
 checkpoint); SIGTERM would wait for every client to leave.
+
+Container: with ``docker_env`` every program runs in the official image
+(``services.runners.container_life``): the server as a container stopped
+with the daemon through its attached stdin, the others as short
+containers; ``pg_ctl promote``/``reload`` become ``pg_promote()`` and
+``pg_reload_conf()`` (pg_ctl would signal a pid of another namespace), and
+readiness is asked in the wire protocol (``accepting_connections``).
 """
 
 from __future__ import annotations

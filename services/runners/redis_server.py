@@ -27,6 +27,11 @@ Privileges: when the daemon is root, redis-server runs as
 ``RMAP2P_REDIS_USER`` (default ``redis``, the user the Debian package
 creates) and owns its ``data/`` and ``redis.conf``; where that user does not
 exist it runs as root (Redis allows it; a warning says so).
+
+Container: with ``docker_env`` the same server runs in the official image
+(``services.runners.container_life``: host network, the service dir mounted
+at its own path, stopped with the daemon through its attached stdin); the
+config, roles and commands are the same.
 """
 
 from __future__ import annotations
