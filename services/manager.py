@@ -39,7 +39,12 @@ from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
 from services.runners.container_life import remove_leftovers
 from services.runners.stateful import SINGLE_COPY, make_single_copy_runner
-from services.stateful_manager import FENCING_ENV, SYNCHRONOUS_ENV, StatefulServices, handover_source
+from services.stateful_manager import (
+    FENCING_ENV,
+    SYNCHRONOUS_ENV,
+    StatefulServices,
+    handover_source,
+)
 from services.storage_probe import probe_storage
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,11 @@ from services.runner import RunnerError
 from services.runners.container_life import (
     HELPER,
     IMAGES,
+    SPEC_ENV,
     WRAPPER,
     contained_argv,
     db_container_spec,
+    helper_argv,
     helper_env,
     leftover_filters,
     passwd_text,
@@ -44,7 +46,11 @@ from services.runners.container_life import (
     wrapper_argv,
 )
 from services.runners.native import RunAs
-from services.runners.postgres import PostgresRunner, accepting_connections, find_bin_dir
+from services.runners.postgres import (
+    PostgresRunner,
+    accepting_connections,
+    find_bin_dir,
+)
 from services.runners.redis_server import RedisRunner
 from services.runners.stateful import make_stateful_runner
 from services.storage_probe import docker_engine_present
@@ -123,15 +129,21 @@ def test_passwd_and_filters() -> None:
     assert passwd_text(0, 0, "x") == "root:x:0:0:root:/root:/bin/sh\n"
     assert passwd_text(101, 104, "postgres").splitlines()[1] == "postgres:x:101:104:postgres:/tmp:/bin/sh"
     assert leftover_filters("node-a") == {"label": ["rmap2p.node=node-a"]}
-    assert helper_env({"DOCKER_HOST": "tcp://h:2375", "SECRET": "x", "PATH": "/bin"}) == {"DOCKER_HOST": "tcp://h:2375", "PATH": "/bin"}
+
+
+def test_helper_env_keeps_the_spec_off_argv(tmp_path: Path) -> None:
+    spec = db_container_spec("postgres", tmp_path, "n1", ["pg_basebackup"], uid=1, gid=1, user_name="u", env={}, program_env={"PGPASSWORD": "secret"}, tool="pg_basebackup")
+    env = helper_env(spec, {"DOCKER_HOST": "tcp://h:2375", "SECRET": "x", "PATH": "/bin"})
+    assert env == {"DOCKER_HOST": "tcp://h:2375", "PATH": "/bin", SPEC_ENV: spec.to_json()}
+    assert not any("secret" in a for a in helper_argv())
 
 
 def test_contained_argv_is_killed_with_the_daemon(tmp_path: Path) -> None:
     as_user = RunAs("postgres", 101, 104)
     argv, env = contained_argv("postgres", "postgres", tmp_path, "n1", ["postgres", "-D", str(tmp_path / "pgdata")], as_user, {"DOCKER_HOST": "unix:///x"})
     assert argv[:2] == [shutil.which("setpriv"), "--pdeathsig"] and argv[2] == "KILL"
-    assert argv[3:5] == [sys.executable, str(HELPER)]
-    spec = json.loads(argv[5])["create"]
+    assert argv[3:] == [sys.executable, str(HELPER)]
+    spec = json.loads(env.pop(SPEC_ENV))["create"]
     assert spec["user"] == "101:104"
     assert spec["command"][-3:] == ["postgres", "-D", str(tmp_path / "pgdata")]
     assert env == {"DOCKER_HOST": "unix:///x"}
@@ -238,13 +250,17 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups", *argv]
 
 
+def _accepting(port: int) -> bool:
+    return asyncio.run(accepting_connections("127.0.0.1", port))
+
+
 @needs_pg
-async def test_wrapper_fast_shuts_postgres_down_on_eof() -> None:
+def test_wrapper_fast_shuts_postgres_down_on_eof() -> None:
     with server_dir() as tmp_path:
-        await _postgres_under_the_wrapper(tmp_path)
+        _postgres_under_the_wrapper(tmp_path)
 
 
-async def _postgres_under_the_wrapper(tmp_path: Path) -> None:
+def _postgres_under_the_wrapper(tmp_path: Path) -> None:
     assert PG_BIN is not None
     pgdata = tmp_path / "pgdata"
     pgdata.mkdir(mode=0o700)
@@ -253,33 +269,29 @@ async def _postgres_under_the_wrapper(tmp_path: Path) -> None:
     subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "--no-instructions"]), check=True, capture_output=True)
     port = _free_port()
     argv = _as_postgres([str(PG_BIN / "postgres"), "-D", str(pgdata), "-p", str(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
-    proc = await asyncio.create_subprocess_exec(*wrapper_argv("INT", argv), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = subprocess.Popen(wrapper_argv("INT", argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while not await accepting_connections("127.0.0.1", port):
-            assert time.monotonic() < deadline, "postgres never accepted connections"
-            await asyncio.sleep(0.1)
+        assert _wait(lambda: _accepting(port), 30), "postgres never accepted connections"
         assert proc.stdin is not None
         proc.stdin.close()
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.wait(30) == 0
         assert proc.stdout is not None
-        out = (await proc.stdout.read()).decode()
-        assert "fast shutdown request" in out
-        assert not await accepting_connections("127.0.0.1", port)
+        assert "fast shutdown request" in proc.stdout.read().decode()
+        assert not _accepting(port)
     finally:
-        if proc.returncode is None:
-            proc.kill()
+        proc.kill()
+        proc.wait(5)
 
 
 @needs_redis
-async def test_accepting_connections_wants_postgres() -> None:
+def test_accepting_connections_wants_postgres() -> None:
     """A port that answers but is not PostgreSQL (here Redis) is not 'ready'; nothing listening neither."""
     port = _free_port()
-    assert not await accepting_connections("127.0.0.1", port)
+    assert not _accepting(port)
     proc = subprocess.Popen(wrapper_argv("TERM", _redis_argv(port)), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         assert _wait(lambda: _listening(port), 10)
-        assert not await accepting_connections("127.0.0.1", port)
+        assert not _accepting(port)
     finally:
         assert proc.stdin is not None
         proc.stdin.close()

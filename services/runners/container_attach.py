@@ -1,6 +1,6 @@
 """Run one container and live exactly as long as it: the supervised child of a containerised Redis/PostgreSQL.
 
-Usage: ``python container_attach.py SPEC_JSON`` (``services.runners.container_life.helper_argv``).
+Usage: ``RMAP2P_CONTAINER_SPEC=SPEC_JSON python container_attach.py`` (``services.runners.container_life``).
 Standalone on purpose (only the Docker SDK): the supervisor starts it with a
 bare environment under ``setpriv --pdeathsig KILL``.
 
@@ -15,7 +15,9 @@ the kernel closes the socket all the same, which is the point.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -26,26 +28,22 @@ from typing import Any
 def _close(sock: Any) -> None:
     raw = getattr(sock, "_sock", sock)
     for step in (lambda: raw.shutdown(socket.SHUT_RDWR), raw.close, sock.close):
-        try:
+        with contextlib.suppress(Exception):  # closed already
             step()
-        except Exception:  # noqa: BLE001 - closed already
-            pass
 
 
 def _relay(container: Any, stdout: bool, out: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the container went away
         for chunk in container.logs(stream=True, follow=True, stdout=stdout, stderr=not stdout):
             out.write(chunk)
             out.flush()
-    except Exception:  # noqa: BLE001 - the container went away
-        pass
 
 
-def main(argv: list[str]) -> int:
+def main() -> int:
     import docker
     import docker.errors
 
-    spec = json.loads(argv[1])["create"]
+    spec = json.loads(os.environ["RMAP2P_CONTAINER_SPEC"])["create"]
     client = docker.from_env(timeout=None)
     try:
         client.containers.get(spec["name"]).remove(force=True, v=True)
@@ -76,11 +74,9 @@ def main(argv: list[str]) -> int:
         _close(stdin)
         return status
     finally:
-        try:
+        with contextlib.suppress(Exception):  # gone already
             container.remove(force=True, v=True)
-        except Exception:  # noqa: BLE001 - gone already
-            pass
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

@@ -185,14 +185,18 @@ def write_passwd(service_dir: Path, uid: int, gid: int, name: str) -> None:
     os.replace(tmp, path)
 
 
-def helper_argv(spec: DbContainerSpec) -> list[str]:
-    """The supervised child that runs ``spec`` and lives as long as its container (see ``container_attach``)."""
-    return [sys.executable, str(HELPER), spec.to_json()]
+SPEC_ENV = "RMAP2P_CONTAINER_SPEC"
+"""How the helper gets its spec: in its environment (owner-only in /proc), not its argv, which any user can list."""
 
 
-def helper_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The helper's environment: the Docker client's settings and nothing else. Pure."""
-    return {k: env[k] for k in DOCKER_ENV if k in env}
+def helper_argv() -> list[str]:
+    """The supervised child that runs a container and lives as long as it (see ``container_attach``)."""
+    return [sys.executable, str(HELPER)]
+
+
+def helper_env(spec: DbContainerSpec, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The helper's environment: its spec and the Docker client's settings, nothing else. Pure."""
+    return {**{k: env[k] for k in DOCKER_ENV if k in env}, SPEC_ENV: spec.to_json()}
 
 
 def leftover_filters(node_id: str) -> dict[str, Any]:
@@ -242,4 +246,4 @@ def contained_argv(
     uid, gid, name = (as_user.uid, as_user.gid, as_user.user) if as_user is not None else (os.getuid(), os.getgid(), "rmap2p")
     write_passwd(service_dir, uid, gid, name)
     spec = db_container_spec(engine, service_dir, node_id, argv, uid=uid, gid=gid, user_name=name, env=env, program_env=program_env, tool=tool, service=service)
-    return guarded_argv(helper_argv(spec)), helper_env(env)
+    return guarded_argv(helper_argv()), helper_env(spec, env)

@@ -47,7 +47,17 @@ from pathlib import Path
 from p2p.identity import atomic_write
 from services.runner import RunnerError
 from services.runners.container_life import contained_argv, image_for
-from services.runners.native import NativeServerRunner, NativeSupervisor, RunAs, checked_primary, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
+from services.runners.native import (
+    NativeServerRunner,
+    NativeSupervisor,
+    RunAs,
+    checked_primary,
+    chown_tree,
+    guarded_argv,
+    pick_port,
+    run_as,
+    unreachable_ancestor,
+)
 from services.runners.resp import RespClient, RespError, parse_info
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
