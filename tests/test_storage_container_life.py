@@ -334,3 +334,31 @@ async def test_containerised_redis_dies_with_its_holder(tmp_path: Path) -> None:
     finally:
         await runner.stop()
         remove_leftovers("ctest")
+
+
+@needs_engine
+async def test_containerised_postgres_replicates_and_promotes() -> None:
+    """Primary and standby both in containers: initdb, pg_basebackup, a row streamed, the standby promoted by SQL."""
+    with server_dir() as root:
+        env = dict(os.environ)
+        a = PostgresRunner(root / "a", "127.0.0.1", 0, "ctest-a", PASSWORD, docker_env=env)
+        b = PostgresRunner(root / "b", "127.0.0.1", 0, "ctest-b", PASSWORD, docker_env=env)
+        try:
+            await a.start()
+            await a.sql("CREATE TABLE t (v int); INSERT INTO t VALUES (42)")
+            assert a.endpoint is not None
+            await b.set_role("replica", a.endpoint)
+            await b.start()
+            deadline = time.monotonic() + 60
+            while (await b.sql("SELECT coalesce(sum(v), 0) FROM t")).strip() != "42":
+                assert time.monotonic() < deadline, "the row never reached the standby"
+                await asyncio.sleep(0.5)
+            await a.stop()
+            await b.set_role("primary", None)
+            await b.sql("INSERT INTO t VALUES (1)")
+            assert (await b.sql("SELECT sum(v) FROM t")).strip() == "43"
+        finally:
+            await b.stop()
+            await a.stop()
+            remove_leftovers("ctest-a")
+            remove_leftovers("ctest-b")
