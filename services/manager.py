@@ -37,8 +37,14 @@ from services.load_progress import gossip_percent
 from services.routing import connect_host, split_host_port
 from services.runner import PlaceholderRunner, Runner, RunnerError
 from services.runners import has_runner, make_runner
+from services.runners.container_life import remove_leftovers
 from services.runners.stateful import SINGLE_COPY, make_single_copy_runner
-from services.stateful_manager import FENCING_ENV, SYNCHRONOUS_ENV, StatefulServices, handover_source
+from services.stateful_manager import (
+    FENCING_ENV,
+    SYNCHRONOUS_ENV,
+    StatefulServices,
+    handover_source,
+)
 from services.storage_probe import probe_storage
 
 log = logging.getLogger(__name__)
@@ -197,6 +203,7 @@ class ServiceManager:
 
     async def run(self) -> None:
         await self.node.wait_settled()
+        await self._remove_leftover_containers()
         await self.check_machine()
         self.node.on_view_change(self.on_events)
         self._publish()
@@ -210,6 +217,17 @@ class ServiceManager:
                 await self.reconcile()
         finally:
             await self.stop_all()
+
+    async def _remove_leftover_containers(self) -> None:
+        """Remove the containers a killed run of this node left (``rmap2p.node`` label), before any service starts.
+
+        A containerised Redis/PostgreSQL stops with its daemon (``container_life``) but its exited
+        container stays; a MinIO/Neo4j/Chroma one outlives a SIGKILL outright.
+        """
+        try:
+            await asyncio.to_thread(remove_leftovers, self.node.node_id, self._env)
+        except Exception as exc:  # noqa: BLE001 - an engine that fails here fails the containers' own start, with its reason
+            log.warning("node %s: could not list leftover containers: %s", self.node.node_id, exc)
 
     def decide(self) -> NodeActions:
         """What the allocation asks of this node now (``allocator.actions``, as the simulator asks it)."""

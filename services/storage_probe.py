@@ -10,17 +10,20 @@ and ``rmap2p status``.
 
 | service | native | else |
 |---|---|---|
-| redis | ``redis-server`` on the PATH | not offered (see below) |
-| postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | not offered (see below) |
+| redis | ``redis-server`` on the PATH | a Docker engine (``redis:7.4``, a container that dies with the daemon: ``services.runners.container_life``) |
+| postgres | PostgreSQL's server programs (``postgres.find_bin_dir``); as root, the user ``RMAP2P_POSTGRES_USER`` (``postgres``) | a Docker engine (``postgres:15``, likewise; keep its major equal to the pool's other copies) |
 | chromadb | the ``chromadb`` package and its server bindings (the ``storage`` extra) | a Docker engine (``chromadb/chroma``; no hand-over copy) |
 | minio, neo4j | (none) | a Docker engine (``services.runners.docker_runner``) |
 
 ``storage_backend`` is the choice (native first, then a container) that
-both the probe and ``services.runners.stateful.make_single_copy_runner``
-follow. Redis and PostgreSQL are replicated and their failover relies on
-the server dying with its node; a container outlives a daemon killed by
-SIGKILL, so they are not run as containers, and a machine with an engine
-and no binary is told so, never silently offered.
+the probe and ``services.runners.stateful`` (``make_stateful_runner``,
+``make_single_copy_runner``) follow. Redis and PostgreSQL are replicated
+and their failover relies on the server dying with its node: natively the
+parent-death signal does it; a container of theirs is tied to the daemon
+by an attached stdin (``container_life``), so it stops when the daemon dies,
+even by SIGKILL. Where the native programs exist but cannot be used (as
+root without the PostgreSQL user, or without setpriv) the node says so and
+does not fall back to a container: the operator's install is what is wrong.
 """
 
 from __future__ import annotations
@@ -29,17 +32,13 @@ import os
 import pwd
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
 NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres", "chromadb"})
 """Services whose native runner exists (services.runners.stateful)."""
-DOCKER_RUNNERS: frozenset[str] = frozenset({"minio", "neo4j", "chromadb"})
-"""Services whose Docker runner exists (services.runners.docker_runner)."""
-NO_CONTAINER_WHY = (
-    "not run as a container: its failover needs the server to die with the node, "
-    "and a container outlives a daemon killed by SIGKILL (an orphaned primary would keep taking writes)"
-)
+DOCKER_RUNNERS: frozenset[str] = frozenset({"minio", "neo4j", "chromadb", "redis", "postgres"})
+"""Services with a Docker path (services.runners.docker_runner; redis, postgres: services.runners.container_life)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +56,8 @@ class StorageFacts:
     """A Docker engine answers on this machine."""
     chromadb: bool = False
     """The chromadb package and its server bindings are importable."""
+    images: Mapping[str, str] = field(default_factory=dict)
+    """Image overrides (``RMAP2P_<SERVICE>_IMAGE``) by service, for the reason line."""
 
 
 Backend = str
@@ -93,13 +94,24 @@ def can_run_storage(service: str, facts: StorageFacts) -> tuple[bool, str]:
     }
     missing = native.get(service, f"no native {service} runner")
     if storage_backend(service, native=False, docker_engine=facts.docker_engine) == "docker":
-        from services.runners.docker_runner import IMAGES
-
-        extra = "; no hand-over copy of its data when it moves" if service == "chromadb" else ""
-        return True, f"{service}: Docker engine (image {IMAGES[service]}){extra}"
-    if facts.docker_engine:
-        return False, f"{service}: {missing}; a Docker engine is present, but {service} is {NO_CONTAINER_WHY}"
+        return True, f"{service}: Docker engine (image {_image(service, facts)}){_docker_note(service)}"
     return False, f"{service}: {missing} and no Docker engine"
+
+
+def _image(service: str, facts: StorageFacts) -> str:
+    from services.runners import container_life, docker_runner
+
+    if service in container_life.IMAGES:
+        return facts.images.get(service) or container_life.IMAGES[service]
+    return facts.images.get(service) or docker_runner.IMAGES[service]
+
+
+def _docker_note(service: str) -> str:
+    return {
+        "chromadb": "; no hand-over copy of its data when it moves",
+        "redis": ", stopped with the daemon through its attached stdin",
+        "postgres": ", stopped with the daemon through its attached stdin; its major must match the pool's other copies",
+    }.get(service, "")
 
 
 def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
@@ -122,7 +134,15 @@ def gather_storage_facts(env: Mapping[str, str] = os.environ) -> StorageFacts:
         setpriv=shutil.which("setpriv") is not None,
         docker_engine=docker_engine_present(env),
         chromadb=chroma_importable(),
+        images=_image_overrides(env),
     )
+
+
+def _image_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    from services.runners import container_life, docker_runner
+
+    names = {**docker_runner.IMAGE_ENV, **container_life.IMAGE_ENV}
+    return {service: env[var] for service, var in names.items() if env.get(var)}
 
 
 def probe_storage(env: Mapping[str, str] = os.environ, services: Iterable[str] = STORAGE_SERVICES) -> dict[str, tuple[bool, str]]:

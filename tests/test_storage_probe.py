@@ -8,9 +8,11 @@ from dataclasses import replace
 import pytest
 
 from services.runners.chroma import chroma_importable
+from services.runners.postgres import find_bin_dir
 from services.storage_probe import (
     StorageFacts,
     can_run_storage,
+    docker_engine_present,
     probe_storage,
     storage_backend,
 )
@@ -21,8 +23,14 @@ BOTH = replace(NOTHING, redis_server="/usr/bin/redis-server", postgres_bin="/usr
 CASES = [
     ("redis", BOTH, True, "/usr/bin/redis-server"),
     ("redis", NOTHING, False, "redis-server not found (apt-get install redis-server) and no Docker engine"),
-    ("redis", replace(NOTHING, docker_engine=True), False, "a container outlives a daemon killed by SIGKILL"),
-    ("postgres", replace(NOTHING, docker_engine=True), False, "postgres is not run as a container"),
+    ("redis", replace(NOTHING, docker_engine=True), True, "redis: Docker engine (image redis:7.4), stopped with the daemon"),
+    ("redis", replace(NOTHING, docker_engine=True, images={"redis": "valkey/valkey:8"}), True, "(image valkey/valkey:8)"),
+    ("redis", replace(BOTH, docker_engine=True), True, "redis: /usr/bin/redis-server"),
+    ("postgres", replace(NOTHING, docker_engine=True), True, "postgres: Docker engine (image postgres:15)"),
+    ("postgres", replace(NOTHING, docker_engine=True, is_root=True), True, "its major must match"),
+    ("postgres", replace(BOTH, docker_engine=True), True, "postgres: /usr/lib/postgresql/15/bin"),
+    # The programs are there but unusable: the install is what is wrong, not a reason to run a container.
+    ("postgres", replace(BOTH, is_root=True, docker_engine=True), False, "user 'postgres' does not exist"),
     ("chromadb", replace(NOTHING, docker_engine=True), True, "chromadb: Docker engine (image chromadb/chroma:1.5.9); no hand-over copy"),
     ("chromadb", replace(NOTHING, chromadb=True, docker_engine=True), True, "chromadb: the chromadb package"),
     ("postgres", BOTH, True, "/usr/lib/postgresql/15/bin"),
@@ -49,7 +57,9 @@ def test_decision(service: str, facts: StorageFacts, ok: bool, says: str) -> Non
 
 def test_probe_on_this_machine() -> None:
     found = probe_storage()
-    assert found["redis"][0] is (shutil.which("redis-server") is not None)
+    engine = docker_engine_present()
+    assert found["redis"][0] is (shutil.which("redis-server") is not None or engine)
+    assert found["postgres"][1].startswith("postgres: Docker engine") is (find_bin_dir() is None and engine)
     assert found["chromadb"][0] is chroma_importable()
     assert set(found) == {"chromadb", "redis", "postgres", "minio", "neo4j"}
 
@@ -57,7 +67,7 @@ def test_probe_on_this_machine() -> None:
 def test_the_operator_limits_what_a_node_offers() -> None:
     found = probe_storage({"RMAP2P_STORAGE_SERVICES": "redis, postgres"})
     assert found["chromadb"] == (False, "chromadb: not in RMAP2P_STORAGE_SERVICES")
-    assert found["redis"][0] is (shutil.which("redis-server") is not None)
+    assert found["redis"][0] is (shutil.which("redis-server") is not None or docker_engine_present())
 
 
 BACKENDS = [
@@ -66,8 +76,11 @@ BACKENDS = [
     ("chromadb", False, True, "docker"),
     ("chromadb", False, False, "none"),
     ("redis", True, True, "native"),
-    ("redis", False, True, "none"),
-    ("postgres", False, True, "none"),
+    ("redis", False, True, "docker"),
+    ("redis", False, False, "none"),
+    ("postgres", True, True, "native"),
+    ("postgres", False, True, "docker"),
+    ("postgres", False, False, "none"),
     ("minio", True, True, "docker"),
     ("neo4j", False, False, "none"),
 ]

@@ -15,11 +15,10 @@ ChromaDB runs here only where the ``chromadb`` package is missing
 (``services.storage_probe.storage_backend``: the native runner first). Its
 container starts on this node's own data: the planned hand-over of the
 native runner (a snapshot of the old copy, ``services.runners.chroma``) is
-not done for a container. Redis and PostgreSQL have no container path on
-purpose: their failover relies on the server dying with its node (the
-parent-death signal, ``services.runners.native``), and a container
-outlives a daemon killed by SIGKILL, so an orphaned old primary would keep
-taking writes while its replica is promoted elsewhere.
+not done for a container. Redis and PostgreSQL are not run here: their
+failover relies on the server dying with its node, and a container made
+like these outlives a daemon killed by SIGKILL; theirs are made by
+``services.runners.container_life`` (stdin tied to the daemon).
 
 Each container's data is a bind mount of ``<data dir>/services/<name>/``, so
 it survives a restart of the node and of the container. Passwords are

@@ -37,22 +37,42 @@ Roles and replication (streaming, WAL level ``replica``):
 
 Stopping sends SIGINT (fast shutdown: clients disconnected, a clean
 checkpoint); SIGTERM would wait for every client to leave.
+
+Container: with ``docker_env`` every program runs in the official image
+(``services.runners.container_life``): the server as a container stopped
+with the daemon through its attached stdin, the others as short
+containers; ``pg_ctl promote``/``reload`` become ``pg_promote()`` and
+``pg_reload_conf()`` (pg_ctl would signal a pid of another namespace), and
+readiness is asked in the wire protocol (``accepting_connections``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.runner import RunnerError
-from services.runners.native import NativeServerRunner, NativeSupervisor, checked_primary, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
+from services.runners.container_life import contained_argv, image_for
+from services.runners.native import (
+    NativeServerRunner,
+    NativeSupervisor,
+    RunAs,
+    checked_primary,
+    chown_tree,
+    guarded_argv,
+    pick_port,
+    run_as,
+    unreachable_ancestor,
+)
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
 
@@ -63,6 +83,8 @@ DEFAULT_PORT = 5432
 SUPERUSER = "postgres"
 USER_ENV = "RMAP2P_POSTGRES_USER"
 BIN_ENV = "RMAP2P_PG_BIN"
+CONTAINER_UID = 999
+"""The official image's ``postgres`` uid: who a container runs as when the daemon is root and ``RMAP2P_POSTGRES_USER`` does not exist."""
 READY_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 600.0
 PROGRAMS = ("initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_isready", "psql")
@@ -164,8 +186,13 @@ class PostgresRunner(NativeServerRunner):
         bin_dir: Path | None = None,
         user: str | None = None,
         service: str = SERVICE,
+        docker_env: Mapping[str, str] | None = None,
     ) -> None:
+        # In a container the data dir is bind-mounted at the same path: paths in commands must be absolute.
+        service_dir = Path(service_dir).resolve() if docker_env is not None else service_dir
         super().__init__(service_dir, host, port, node_id, password, service=service, policy=policy, on_failed=on_failed)
+        self._docker_env = docker_env
+        """Not None: every PostgreSQL program runs in a container (``services.runners.container_life``), the image chosen from this environment."""
         self._pgdata = self._dir / "pgdata"
         self._synchronous = synchronous
         self._bin = bin_dir or find_bin_dir()
@@ -178,11 +205,12 @@ class PostgresRunner(NativeServerRunner):
         return self._pgdata
 
     async def start(self) -> None:
-        if self._bin is None:
+        if self._bin is None and self._docker_env is None:
             raise RunnerError(f"{self.service}: PostgreSQL's server programs not found (apt-get install postgresql, or set {BIN_ENV})")
-        self._as = run_as(self._user)
+        self._as = self._server_user()
         self._dir.mkdir(parents=True, exist_ok=True)
-        blocked = unreachable_ancestor(self._dir, self._as)
+        # A container sees only the service dir (mounted as root's): the host's ancestors do not matter there.
+        blocked = unreachable_ancestor(self._dir, self._as) if self._docker_env is None else None
         if blocked is not None:
             raise RunnerError(
                 f"{self.service}: user {self._user} cannot reach {self._dir}: {blocked} has no search permission for it "
@@ -192,9 +220,13 @@ class PostgresRunner(NativeServerRunner):
         self._want_port = port
         await self._prepare_data()
         self._write_config(port)
-        argv = guarded_argv([str(self._bin / "postgres"), "-D", str(self._pgdata)], self._as)
+        if self._docker_env is None:
+            assert self._bin is not None
+            argv, env = guarded_argv([str(self._bin / "postgres"), "-D", str(self._pgdata)], self._as), self._env()
+        else:
+            argv, env = contained_argv(SERVICE, self.service, self._dir, self._node_id, ["postgres", "-D", str(self._pgdata)], self._as, self._docker_env)
         self.supervisor = NativeSupervisor(
-            self.service, argv, self._env(), self._host, port, self._is_ready,
+            self.service, argv, env, self._host, port, self._is_ready,
             policy=self._policy, on_give_up=self._gave_up, stop_signal=signal.SIGINT,
         )  # fmt: skip
         await self.supervisor.start_ready(READY_TIMEOUT)
@@ -205,8 +237,9 @@ class PostgresRunner(NativeServerRunner):
             # then not tell apart from the former primary's.
             await self._promote()
         log.info(
-            "node %s: service %s started as %s on %s:%d (pid %s)%s",
-            self._node_id, self.service, self._role, self._host, port, self.supervisor.pid,
+            "node %s: service %s started as %s on %s:%d (%s)%s",
+            self._node_id, self.service, self._role, self._host, port,
+            f"pid {self.supervisor.pid}" if self._docker_env is None else f"container of {image_for(SERVICE, self._docker_env)}",
             f", standby of {self._primary}" if self._primary else "",
         )  # fmt: skip
 
@@ -230,7 +263,7 @@ class PostgresRunner(NativeServerRunner):
             await self._promote()
         elif before_role == "replica":
             self._write_config(self.port)
-            await self._run("pg_ctl", "reload", "-D", str(self._pgdata))  # primary_conninfo reloads without a restart
+            await self._reload()  # primary_conninfo reloads without a restart
             log.info("node %s: service %s now follows %s", self._node_id, self.service, primary)
         else:
             # A primary cannot become a standby live: stop, rewind onto the new primary, start as standby.
@@ -242,11 +275,32 @@ class PostgresRunner(NativeServerRunner):
         """End recovery on a new timeline (idempotent: a server already out of recovery is left alone)."""
         if (await self.sql("SELECT pg_is_in_recovery()")).strip() != "t":
             return
-        await self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", str(self._pgdata))
+        if self._docker_env is None:
+            await self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", str(self._pgdata))
+        elif (await self.sql("SELECT pg_promote(true, 60)")).strip() != "t":
+            # pg_ctl signals the postmaster's pid, which is in the server container's namespace, not a program container's.
+            raise RunnerError(f"{self.service}: pg_promote did not finish within 60 s")
         # The control file names the new timeline only after a checkpoint; pg_rewind of the
         # old primary against us reads it ("same timeline, no rewind required" otherwise).
         await self.sql("CHECKPOINT")
         log.info("node %s: service %s promoted to primary", self._node_id, self.service)
+
+    async def _reload(self) -> None:
+        """Make the server re-read its config (``primary_conninfo``, fencing, synchronous commits)."""
+        if self._docker_env is None:
+            await self._run("pg_ctl", "reload", "-D", str(self._pgdata))
+        else:
+            await self.sql("SELECT pg_reload_conf()")
+
+    def _server_user(self) -> RunAs | None:
+        """Who runs PostgreSQL's programs: as root, ``RMAP2P_POSTGRES_USER`` (in a container, its uid or else the official image's 999)."""
+        try:
+            return run_as(self._user)
+        except RunnerError:
+            if self._docker_env is None:
+                raise
+            # The container's /etc/passwd is ours (container_life): any uid but root will do.
+            return RunAs(self._user, CONTAINER_UID, CONTAINER_UID)
 
     async def set_synchronous(self, synchronous: bool) -> None:
         """Whether the primary's commits wait for a standby; off when no replica can exist."""
@@ -255,7 +309,7 @@ class PostgresRunner(NativeServerRunner):
         self._synchronous = synchronous
         if self.supervisor is not None and self.port is not None:
             self._write_config(self.port)
-            await self._run("pg_ctl", "reload", "-D", str(self._pgdata))
+            await self._reload()
 
     async def set_fenced(self, fenced: bool) -> None:
         """Make new transactions read-only and end the open sessions (those waiting on a synchronous
@@ -264,7 +318,7 @@ class PostgresRunner(NativeServerRunner):
         if self.supervisor is None or self.port is None:
             return
         self._write_config(self.port)
-        await self._run("pg_ctl", "reload", "-D", str(self._pgdata))
+        await self._reload()
         if fenced:
             await self.sql(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -389,6 +443,10 @@ class PostgresRunner(NativeServerRunner):
         a zombie nobody reaped (a container without an init) does look alive.
         """
         path = self._pgdata / "postmaster.pid"
+        if self._docker_env is not None:
+            # Its pid is in a gone container's namespace (the server's container runs only between start and stop).
+            path.unlink(missing_ok=True)
+            return
         try:
             pid = int(path.read_text().split("\n", 1)[0])
         except (OSError, ValueError):
@@ -423,15 +481,25 @@ class PostgresRunner(NativeServerRunner):
     async def _run(
         self, program: str, *args: str, env: Mapping[str, str] | None = None, as_server_user: bool = True, stderr_to_stdout: bool = False
     ) -> str:
-        """Run one PostgreSQL program (as the server's user), bounded; its stdout, or ``RunnerError``."""
-        assert self._bin is not None
-        argv = [str(self._bin / program), *args]
-        if as_server_user:
-            argv = guarded_argv(argv, self._as)
+        """Run one PostgreSQL program (as the server's user), bounded; its stdout, or ``RunnerError``.
+
+        In a container every program runs as the server's user (the container has no other).
+        """
+        if self._docker_env is not None:
+            argv, run_env = contained_argv(
+                SERVICE, self.service, self._dir, self._node_id, [program, *args], self._as, self._docker_env,
+                program_env=dict(env or {}), tool=program,
+            )  # fmt: skip
+        else:
+            assert self._bin is not None
+            argv = [str(self._bin / program), *args]
+            if as_server_user:
+                argv = guarded_argv(argv, self._as)
+            run_env = self._env(env)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if stderr_to_stdout else asyncio.subprocess.PIPE,
-            env=self._env(env), cwd=str(self._dir),
+            env=run_env, cwd=str(self._dir),
         )  # fmt: skip
         try:
             out, err = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT)
@@ -445,12 +513,42 @@ class PostgresRunner(NativeServerRunner):
         return out.decode(errors="replace")
 
     async def _is_ready(self) -> bool:
-        assert self.supervisor is not None and self.supervisor.port is not None and self._bin is not None
+        assert self.supervisor is not None and self.supervisor.port is not None
+        if self._docker_env is not None:
+            # pg_isready would be a container per probe: ask the server directly.
+            return await accepting_connections(connect_host(self._host), self.supervisor.port)
+        assert self._bin is not None
         proc = await asyncio.create_subprocess_exec(
             str(self._bin / "pg_isready"), "-q", "-t", "2", "-h", connect_host(self._host), "-p", str(self.supervisor.port),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=self._env(),
         )  # fmt: skip
         return await proc.wait() == 0
+
+
+async def accepting_connections(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether PostgreSQL on ``host:port`` accepts connections (what pg_isready reports), in its own protocol.
+
+    A startup message for the superuser: a server that accepts asks for
+    authentication ('R'); one starting up, shutting down or in crash
+    recovery answers an error ('E').
+    """
+    body = b"".join(k + b"\0" + v + b"\0" for k, v in ((b"user", SUPERUSER.encode()), (b"database", b"postgres"))) + b"\0"
+    packet = struct.pack("!ii", 8 + len(body), 196608) + body  # protocol 3.0
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(packet)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.read(1), timeout)
+        return first == b"R"
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 def _running(pid: int) -> bool:

@@ -27,6 +27,11 @@ Privileges: when the daemon is root, redis-server runs as
 ``RMAP2P_REDIS_USER`` (default ``redis``, the user the Debian package
 creates) and owns its ``data/`` and ``redis.conf``; where that user does not
 exist it runs as root (Redis allows it; a warning says so).
+
+Container: with ``docker_env`` the same server runs in the official image
+(``services.runners.container_life``: host network, the service dir mounted
+at its own path, stopped with the daemon through its attached stdin); the
+config, roles and commands are the same.
 """
 
 from __future__ import annotations
@@ -36,12 +41,23 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from p2p.identity import atomic_write
 from services.runner import RunnerError
-from services.runners.native import NativeServerRunner, NativeSupervisor, RunAs, checked_primary, chown_tree, guarded_argv, pick_port, run_as, unreachable_ancestor
+from services.runners.container_life import contained_argv, image_for
+from services.runners.native import (
+    NativeServerRunner,
+    NativeSupervisor,
+    RunAs,
+    checked_primary,
+    chown_tree,
+    guarded_argv,
+    pick_port,
+    run_as,
+    unreachable_ancestor,
+)
 from services.runners.resp import RespClient, RespError, parse_info
 from services.stateful import Endpoint, ReplicationState, Role
 from services.supervisor import RestartPolicy, connect_host
@@ -110,14 +126,17 @@ class RedisRunner(NativeServerRunner):
         on_failed: Callable[[str, str], None] | None = None,
         binary: str | None = None,
         service: str = SERVICE,
+        docker_env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(service_dir, host, port, node_id, password, service=service, policy=policy, on_failed=on_failed)
         self._binary = binary or find_binary()
+        self._docker_env = docker_env
+        """Not None: run in a container (``services.runners.container_life``), the image chosen from this environment."""
 
     # ------------------------------------------------------------ Runner
 
     async def start(self) -> None:
-        if self._binary is None:
+        if self._binary is None and self._docker_env is None:
             raise RunnerError(f"{self.service}: {BINARY} not found (apt-get install redis-server)")
         data = self._dir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -126,15 +145,22 @@ class RedisRunner(NativeServerRunner):
         port = pick_port(self._host, self._want_port)
         self._want_port = port  # restarts of this runner keep its port
         self._write_config(port)
-        argv = guarded_argv([self._binary, str(self._dir / "redis.conf")], self._as)
+        if self._docker_env is None:
+            assert self._binary is not None
+            argv, env = guarded_argv([self._binary, str(self._dir / "redis.conf")], self._as), {}
+        else:
+            argv, env = contained_argv(
+                SERVICE, self.service, self._dir, self._node_id, [BINARY, str((self._dir / "redis.conf").resolve())], self._as, self._docker_env
+            )  # fmt: skip
         self.supervisor = NativeSupervisor(
-            self.service, argv, {}, self._host, port, self._ping,
+            self.service, argv, env, self._host, port, self._ping,
             policy=self._policy, on_give_up=self._gave_up,
         )  # fmt: skip
         await self.supervisor.start_ready(READY_TIMEOUT)
         log.info(
-            "node %s: service %s started as %s on %s:%d (pid %s)%s",
-            self._node_id, self.service, self._role, self._host, port, self.supervisor.pid,
+            "node %s: service %s started as %s on %s:%d (%s)%s",
+            self._node_id, self.service, self._role, self._host, port,
+            f"pid {self.supervisor.pid}" if self._docker_env is None else f"container of {image_for(SERVICE, self._docker_env)}",
             f", replica of {self._primary}" if self._primary else "",
         )  # fmt: skip
 

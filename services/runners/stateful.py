@@ -8,8 +8,8 @@ machine can run one is ``services.storage_probe``.
 
 | service | engine module | backend |
 |---|---|---|
-| redis | ``services.runners.redis_server`` | redis-server, replication with ``REPLICAOF`` |
-| postgres | ``services.runners.postgres`` | PostgreSQL's initdb/postgres, streaming replication |
+| redis | ``services.runners.redis_server`` | redis-server, replication with ``REPLICAOF``; in a container (``container_life``) where the binary is missing |
+| postgres | ``services.runners.postgres`` | PostgreSQL's initdb/postgres, streaming replication; in containers where the programs are missing |
 | chromadb | ``services.runners.chroma`` | Chroma's server; no replication: a hand-over copies a snapshot (a container where the package is missing: ``docker_runner``, no hand-over copy) |
 | minio, neo4j | ``services.runners.docker_runner`` | official images through the Docker SDK; no replication |
 
@@ -21,12 +21,14 @@ serving now), if any; the Docker ones start on this node's own data.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.credentials import service_password
 from services.runner import Runner
 from services.stateful import Endpoint, StatefulRunner
+from services.storage_probe import storage_backend
 from services.supervisor import RestartPolicy
 
 STATEFUL_ENGINES: dict[str, str] = {
@@ -68,6 +70,7 @@ def make_stateful_runner(
     policy: RestartPolicy | None = None,
     on_failed: Callable[[str, str], None] | None = None,
     synchronous: bool = False,
+    env: Mapping[str, str] = os.environ,
 ) -> StatefulRunner:
     """The runner of ``service`` on ``host:port`` (0: a free port), data under ``data_dir``.
 
@@ -76,14 +79,19 @@ def make_stateful_runner(
     """
     directory = service_dir(data_dir, service)
     password = service_password(directory, service, pool_secret)
+    # The probe offered the service only where one backend can run it: the binaries, else an engine.
     if service == "redis":
-        from services.runners.redis_server import RedisRunner
+        from services.runners.redis_server import RedisRunner, find_binary
 
-        return RedisRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed)
+        docker = None if storage_backend(service, native=find_binary() is not None, docker_engine=True) == "native" else env
+        return RedisRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed, docker_env=docker)
     if service == "postgres":
-        from services.runners.postgres import PostgresRunner
+        from services.runners.postgres import PostgresRunner, find_bin_dir
 
-        return PostgresRunner(directory, host, port, node_id, password, policy=policy, on_failed=on_failed, synchronous=synchronous)
+        docker = None if storage_backend(service, native=find_bin_dir(env) is not None, docker_engine=True) == "native" else env
+        return PostgresRunner(
+            directory, host, port, node_id, password, policy=policy, on_failed=on_failed, synchronous=synchronous, docker_env=docker
+        )  # fmt: skip
     raise KeyError(f"no stateful runner for {service}")
 
 
@@ -109,7 +117,6 @@ def make_single_copy_runner(
     password = service_password(directory, service, pool_secret)
     if service == "chromadb":
         from services.runners.chroma import ChromaRunner, chroma_importable
-        from services.storage_probe import storage_backend
 
         # The probe offered chromadb only where one backend can run it: the package, else an engine.
         if storage_backend(service, native=chroma_importable(), docker_engine=True) == "native":
