@@ -17,7 +17,8 @@ services (``services=True, echo=False``):
 2. A second broadcast (another collection), and ``g2`` SIGKILLed once the
    first chunks are in: the broadcast answer names ``g2`` failed and its
    share redone by ``g1``; the collection again holds every chunk exactly
-   once. Figures are printed (``-s``).
+   once, and g2's embedding child (busy when its node died) exits with it.
+   Figures are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 from ml import need_modules
-from procs import NodeProc, wait_for
+from procs import NodeProc, pid_gone, wait_for
 
 from services import rag_ingestion as rag
 from services.runners.chroma import chroma_importable
@@ -214,6 +216,9 @@ def test_an_embedding_node_killed_mid_job_has_its_share_redone_by_the_survivor(p
     wait_for(some_written, 120, "the first chunks of the second job in ChromaDB", interval=0.05)
     status, coll = call(f"http://{chroma}{BASE}/killed")
     _, at_kill = call(f"http://{chroma}{BASE}/{coll['id']}/count")
+    assert g2.proc is not None
+    children = [c.pid for c in psutil.Process(g2.proc.pid).children(recursive=True)]
+    assert children, "g2 runs its rag-embeddings child"
     g2.kill()
     killed = time.monotonic()
     thread.join(timeout=300)
@@ -229,5 +234,7 @@ def test_an_embedding_node_killed_mid_job_has_its_share_redone_by_the_survivor(p
     # g1 embedded its own share, then all of g2's: every document once in the totals.
     assert answer["documents"] == 600 and answer["chunks_written"] == len(expected), answer
     assert collection_ids(chroma, "killed") == expected
+    # The killed node's embedding child, busy with its share when the node died, does not outlive it.
+    assert all(pid_gone(pid, timeout=10) for pid in children), f"g2's children {children} outlived it"
     print(f"\nSIGKILL of g2 {killed - started:.1f} s into a 600-document job ({at_kill} of {len(expected)} chunks in): "
           f"answered {finished - killed:.1f} s later, g2's share redone by g1; {len(expected)} chunks, each once")
