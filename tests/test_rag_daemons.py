@@ -13,7 +13,8 @@ services (``services=True, echo=False``):
    answer aggregates both workers' results, the collection (read on the
    ChromaDB endpoint that ``/api/admin/services`` names) holds every chunk
    exactly once, and a query by an embedding from the gateway's
-   ``rag-embeddings`` finds the right document.
+   ``rag-embeddings``, sent to ChromaDB through the gateway, finds the right
+   document.
 2. A second broadcast (another collection), and ``g2`` SIGKILLed once the
    first chunks are in: the broadcast answer names ``g2`` failed and its
    share redone by ``g1``; the collection again holds every chunk exactly
@@ -178,8 +179,11 @@ def test_a_broadcast_puts_every_chunk_in_chromadb_once_and_a_query_finds_the_doc
     # A similarity query: the question embedded by the pool's rag-embeddings, through g1's gateway.
     status, embedded = call(f"http://{g1.http}/api/service/rag-embeddings/embed", {"texts": ["how do I fix the carburettor float on an old motorbike"]})
     assert status == 200, embedded
-    status, coll = call(f"http://{chroma}{BASE}/manuals")
-    status, found = call(f"http://{chroma}{BASE}/{coll['id']}/query",
+    # The query goes to ChromaDB through the gateway, as an application without the endpoint would send it.
+    via = f"http://{g1.http}/api/service/chromadb{BASE}"
+    status, coll = call(f"{via}/manuals")
+    assert status == 200, coll
+    status, found = call(f"{via}/{coll['id']}/query",
                          {"query_embeddings": embedded["embeddings"], "n_results": 3, "include": ["metadatas", "documents", "distances"]})
     assert status == 200, found
     assert found["metadatas"][0][0]["doc_id"] == NEEDLE, json.dumps(found)[:500]
