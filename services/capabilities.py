@@ -85,6 +85,9 @@ NO_MODEL = {"notes-coa": "notes-coa: prompts llm-inference through the overlay, 
 
 PROBED = (*NEEDS, *ENGINE_CHOSEN, *NO_MODEL)
 
+OFFER_ENV = "RMAP2P_SERVICES"
+"""Comma-separated services this node may offer (default: every one it can run)."""
+
 
 @dataclass(frozen=True, slots=True)
 class LocatedModel:
@@ -199,6 +202,19 @@ def probe(
     services = tuple(services)
     facts = gather_facts(env, services, gpus)
     return {s: can_run(s, facts, env) for s in services}
+
+
+def withheld(results: Mapping[str, tuple[bool, str]], env: Mapping[str, str]) -> dict[str, tuple[bool, str]]:
+    """``results`` with every service outside ``RMAP2P_SERVICES`` (when set) made unavailable, saying why. Pure.
+
+    An operator's limit on what a donated machine runs (a laptop lending only
+    its embeddings), beside ``RMAP2P_STORAGE_SERVICES`` for the storage engines.
+    """
+    raw = env.get(OFFER_ENV, "").strip()
+    if not raw:
+        return dict(results)
+    allowed = {s.strip() for s in raw.split(",") if s.strip()}
+    return {s: (able and s in allowed, why if s in allowed else f"{s}: not in {OFFER_ENV}") for s, (able, why) in results.items()}
 
 
 def module_present(name: str) -> bool:

@@ -31,6 +31,7 @@ from allocator.replicas import REPLICATED
 from membership import MemberEvent, NodeMeta
 from p2p.discovery import format_host_port
 from services.capabilities import probe as probe_machine
+from services.capabilities import withheld
 from services.engine_choice import Gpu
 from services.handle import PoolHandle
 from services.load_progress import gossip_percent
@@ -154,7 +155,7 @@ class ServiceManager:
         if self._echo:
             log.info("node %s: echo services: every assigned service is an echo server (overlay testing)", self.node.node_id)
             return
-        results = dict(await asyncio.to_thread(self._probe, self.node.gpus))
+        results = withheld(await asyncio.to_thread(self._probe, self.node.gpus), self._env)
         if self._stateful is None:
             for service in (*REPLICATED, *SINGLE_COPY):
                 results[service] = (False, f"{service}: this node has no data dir to keep it in")

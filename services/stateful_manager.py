@@ -63,7 +63,7 @@ from allocator.view import NodeView
 from membership import MemberEvent, MemberView, ReplicationClaim
 from services.handle import PoolHandle
 from services.replication import ReplicaDriver, converge, endpoints
-from services.runners.stateful import is_stateful, make_stateful_runner, service_dir
+from services.runners.stateful import SINGLE_COPY, is_stateful, make_stateful_runner, service_dir
 from services.service_proxy import ServiceProxy
 from services.stateful import Endpoint, StatefulRunner
 
@@ -109,14 +109,20 @@ def stateful_endpoints(
             health = dict(meta.services).get(service)
             if health is None:
                 continue  # a port without the service running: it stopped since
-            rows.append({"node_id": node, "address": str(endpoint), "role": (claim.role if claim else "") or "unknown", "health": health})
+            # A copy of an engine without replication (chromadb, minio, neo4j) is the one that takes writes.
+            role = "primary" if service in SINGLE_COPY else (claim.role if claim else "") or "unknown"
+            rows.append({"node_id": node, "address": str(endpoint), "role": role, "health": health})
         out[service] = rows
     return out
 
 
 def add_endpoints(doc: dict[str, object], members: Sequence[MemberView], me: str, own_host: str | None = None) -> None:
-    """Put ``endpoints`` (``stateful_endpoints``) on each replicated service of a ``services_doc`` document."""
-    found = stateful_endpoints(members, me, own_host=own_host)
+    """Put ``endpoints`` (``stateful_endpoints``) on each stateful service of a ``services_doc`` document.
+
+    Replicated ones list primary and replica; a single-copy one (chromadb) its
+    copy, role ``primary``: clients such as a RAG application find ChromaDB there.
+    """
+    found = stateful_endpoints(members, me, (*REPLICATED, *SINGLE_COPY), own_host=own_host)
     for entry in doc.get("services", []):  # type: ignore[union-attr]
         if isinstance(entry, dict) and entry.get("name") in found:
             entry["endpoints"] = found[entry["name"]]

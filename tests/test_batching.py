@@ -78,6 +78,21 @@ async def test_a_failing_call_fails_its_batch_and_the_batcher_goes_on() -> None:
         await b.close()
 
 
+async def test_closing_mid_call_answers_the_running_batch_and_the_queue_at_once() -> None:
+    """A child stopping (its daemon died) must not leave handlers waiting on a batch the model was running."""
+    gate = threading.Event()
+    b: Batcher[int, int] = Batcher(lambda xs: (gate.wait(5), xs)[1], window=0.0, max_items=1)
+    b.start()
+    running = asyncio.create_task(b.submit([1]))
+    await asyncio.sleep(0.05)  # [1] is in the model call, blocked on the gate
+    queued = asyncio.create_task(b.submit([2]))
+    await asyncio.sleep(0.01)
+    await b.close()
+    done = await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 1.0)
+    gate.set()
+    assert [str(r) for r in done] == ["batcher closed", "batcher closed"]
+
+
 def test_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         Batcher(lambda xs: xs, window=-1)

@@ -20,6 +20,7 @@ from services.capabilities import (
     model_ref,
     probe,
     ram_needed_mb,
+    withheld,
 )
 
 ALL_MODULES = frozenset({"sentence_transformers", "torch", "spacy", "pypdf", "docx"})
@@ -147,3 +148,22 @@ def test_packaged_default_embedding_model_is_found_when_installed() -> None:
         found = locate_model("rag-embeddings", ref, {})
         assert found is not None and found.name == DEFAULT_EMBEDDING_MODEL
         assert Path(found.load_as, "model.safetensors").is_file() and found.size_mb > 50
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {"rag-embeddings": True, "vision-ocr": True, "chromadb": False}),
+        ({"RMAP2P_SERVICES": " "}, {"rag-embeddings": True, "vision-ocr": True, "chromadb": False}),
+        ({"RMAP2P_SERVICES": "rag-embeddings"}, {"rag-embeddings": True, "vision-ocr": False, "chromadb": False}),
+        ({"RMAP2P_SERVICES": "chromadb, vision-ocr"}, {"rag-embeddings": False, "vision-ocr": True, "chromadb": False}),
+    ],
+)
+def test_withheld_keeps_only_the_services_the_operator_offers(env: dict[str, str], expected: dict[str, bool]) -> None:
+    probed = {"rag-embeddings": (True, "rag-embeddings: ok"), "vision-ocr": (True, "vision-ocr: ok"), "chromadb": (False, "chromadb: not installed")}
+    got = withheld(probed, env)
+    assert {s: able for s, (able, _) in got.items()} == expected
+    for service, (able, why) in got.items():
+        # Allowed ones keep the probe's reason (able or not); the others say which variable keeps them off.
+        listed = service in env.get("RMAP2P_SERVICES", "") or not env.get("RMAP2P_SERVICES", "").strip()
+        assert why == (probed[service][1] if listed else f"{service}: not in RMAP2P_SERVICES")

@@ -166,9 +166,11 @@ def test_the_admin_document_lists_each_copy_with_its_role_and_health() -> None:
         ],
         "postgres": [{"node_id": "n1", "address": "10.0.0.1:40002", "role": "unknown", "health": "starting"}],
     }
-    doc = {"services": [{"name": "redis"}, {"name": "chromadb"}, {"name": "postgres"}]}
-    add_endpoints(doc, members, "n1")
-    assert [s.get("endpoints") is not None for s in doc["services"]] == [True, False, True]
+    doc = {"services": [{"name": "redis"}, {"name": "chromadb"}, {"name": "postgres"}, {"name": "rag-embeddings"}]}
+    add_endpoints(doc, members + [_member("n5", "10.0.0.5:8080", (("chromadb", "healthy"),), (("chromadb", 40006),), ())], "n1")
+    assert [s.get("endpoints") is not None for s in doc["services"]] == [True, True, True, False]
+    # ChromaDB has no replication: its one copy is the one that takes writes.
+    assert doc["services"][1]["endpoints"] == [{"node_id": "n5", "address": "10.0.0.5:40006", "role": "primary", "health": "healthy"}]
 
 
 def test_service_proxy_argument() -> None:

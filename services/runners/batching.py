@@ -52,6 +52,8 @@ class Batcher(Generic[T, R]):
         self._queue: deque[_Pending[T, R]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running: list[_Pending[T, R]] = []
+        """The batch the model is working on: out of the queue, its waiters not yet answered."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name="batcher")
@@ -61,10 +63,13 @@ class Batcher(Generic[T, R]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue:
-            p = self._queue.popleft()
+        # The batch cancelled mid-call too: its waiters would otherwise hang until the HTTP
+        # server's shutdown timeout (60 s), keeping a child whose daemon died alive that long.
+        for p in [*self._running, *self._queue]:
             if not p.future.done():
                 p.future.set_exception(RuntimeError("batcher closed"))
+        self._running = []
+        self._queue.clear()
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         if not items:
@@ -85,13 +90,16 @@ class Batcher(Generic[T, R]):
             if not batch:
                 continue
             items = [item for p in batch for item in p.items]
+            self._running = batch  # left set when cancelled: close() answers these waiters
             try:
                 results = await asyncio.to_thread(self._run, items)
             except Exception as exc:  # noqa: BLE001 -- the model failed: every waiter gets the error, the worker goes on
+                self._running = []
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
+            self._running = []
             self._count(len(batch), len(items))
             start = 0
             for p in batch:
