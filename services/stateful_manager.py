@@ -327,11 +327,12 @@ class ServiceProxies:
         self._host = host
         self.proxies: dict[str, ServiceProxy] = {}
         self._wake = asyncio.Event()
+        self._node_at: dict[Endpoint, str] = {}  # where each primary the proxies point at listens -> its node
 
     async def run(self) -> None:
         await self.node.wait_settled()  # the node has its id and a first view
         for service, port in self._ports.items():
-            proxy = ServiceProxy(service, self._host, port, node_id=self.node.node_id)
+            proxy = ServiceProxy(service, self._host, port, node_id=self.node.node_id, on_unreachable=self._unreachable)
             try:
                 await proxy.start()
             except OSError as exc:
@@ -352,12 +353,23 @@ class ServiceProxies:
     def _on_events(self, events: Sequence[MemberEvent]) -> None:
         self._wake.set()
 
+    def _unreachable(self, where: Endpoint) -> None:
+        # A proxy could not connect to a primary: membership probes that node now (evidence only).
+        node = self._node_at.get(where)
+        if node is not None and node != self.node.node_id:
+            self.node.probe_soon(node)
+
     def retarget(self) -> None:
         """Point each proxy at its service's primary as the view names it (None: hold new connections)."""
         members = self.node.members()
         views = to_node_views(members)
         claims = view_claims(members, self.proxies)
+        node_at: dict[Endpoint, str] = {}
         for service, proxy in self.proxies.items():
             roles = primary_of(service, copies(service, views, claims[service]))
             where = endpoints(service, members, self.node.node_id)
-            proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
+            target = where.get(roles.primary) if roles.primary is not None else None
+            if target is not None and roles.primary is not None:
+                node_at[target] = roles.primary
+            proxy.set_target(target)
+        self._node_at = node_at
