@@ -318,6 +318,15 @@ class StatefulServices:
         return tuple(out)
 
 
+def _engine_is_replica(members: Sequence[MemberView], node: str, service: str) -> bool:
+    """Whether ``node`` gossips that its engine of ``service`` runs as a replica now."""
+    for m in members:
+        if m.node == node:
+            claim = m.meta.claim_of(service)
+            return claim is not None and claim.role == "replica"
+    return False
+
+
 class ServiceProxies:
     """``join --service-proxy``: one ``ServiceProxy`` per replicated service, retargeted from the view."""
 
@@ -369,6 +378,11 @@ class ServiceProxies:
             roles = primary_of(service, copies(service, views, claims[service]))
             where = endpoints(service, members, self.node.node_id)
             target = where.get(roles.primary) if roles.primary is not None else None
+            if target is not None and roles.primary is not None and _engine_is_replica(members, roles.primary, service):
+                # The view names it primary but its engine still says replica (a promotion under
+                # way, or an old primary back as a replica): a write there fails READONLY, so new
+                # connections wait for the engine to report the switch instead.
+                target = None
             if target is not None and roles.primary is not None:
                 node_at[target] = roles.primary
             proxy.set_target(target)

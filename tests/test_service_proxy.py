@@ -205,3 +205,38 @@ def _tagged(tag: bytes):  # type: ignore[no-untyped-def]
         writer.close()
 
     return handle
+
+
+async def test_proxies_hold_while_the_named_primary_still_reports_a_replica() -> None:
+    # The view names b primary (its claim of epoch 2), but b's engine has not switched yet and
+    # gossips role "replica": a write forwarded there would fail READONLY, so the proxy holds
+    # new connections (no target) until b reports the switch.
+    from dataclasses import replace
+
+    from cluster import Cluster
+    from pool_handles import MachineHandle
+
+    from membership import ReplicationClaim, Status
+    from services.stateful_manager import ServiceProxies
+
+    cluster = Cluster(2, ids=["a", "b"])
+    assert cluster.run_until(cluster.converged, 30.0)
+    a, b = MachineHandle.of_cluster(cluster, 0), MachineHandle.of_cluster(cluster, 1)
+    a.update_meta(lambda m: replace(m, http="127.0.0.1:1"))
+
+    def claim(role: str) -> None:
+        b.update_meta(lambda m: replace(
+            m, http="127.0.0.1:2", services=(("redis", "healthy"),), service_ports=(("redis", 16379),),
+            replication=(ReplicationClaim("redis", 2, True, role),),
+        ))
+        assert cluster.run_until(lambda: a.members() and next(x for x in a.members() if x.node == "b").meta.claim_of("redis") == ReplicationClaim("redis", 2, True, role), 30.0)
+
+    proxies = ServiceProxies(a, {"redis": 0})
+    proxies.proxies["redis"] = ServiceProxy("redis", "127.0.0.1", 0)
+    claim("replica")
+    proxies.retarget()
+    assert proxies.proxies["redis"].target is None
+    claim("primary")
+    proxies.retarget()
+    assert proxies.proxies["redis"].target == Endpoint("127.0.0.1", 16379)
+    assert cluster.status(0, 1) is Status.ALIVE
