@@ -6,7 +6,9 @@ connection to wherever that service's primary is now, so applications keep
 ``REDIS_HOST=localhost`` as in the seeds while the primary moves.
 
 - The manager calls ``set_target(endpoint)`` whenever the view names a new
-  primary (``allocator.replicas.primary_of``), ``None`` while there is none.
+  primary (``allocator.replicas.primary_of``), ``None`` while there is none
+  or while its engine still reports itself a replica (a write would fail
+  ``READONLY``; ``services.stateful_manager.ServiceProxies``).
 - A connection accepted while there is no primary, or whose connect to the
   primary fails (refused, timed out: the primary died and the view does not
   say so yet), is held, like the gateway holds a request: nothing of it has
