@@ -28,9 +28,9 @@ ping-req it (and, with ``direct_retry``, ping it directly once more; with
 ``tcp_fallback``, over TCP too); no ack by the end of the interval →
 suspect. A driver with evidence against a member (a refused connect) may
 move it to the head of that order with ``probe_soon``, once per member per
-``probe_soon_gap``; it is then probed the usual way. Lifeguard: both timeouts are stretched by the awareness score,
-relays send nacks so a prober can tell "the target is gone" from "I am the
-slow one", and suspicion timers shrink with independent confirmations; a
+``probe_soon_gap``; it is then probed the usual way. Lifeguard: both
+timeouts are stretched by the awareness score, relays send nacks so a
+prober can tell "the target is gone" from "I am the slow one", and suspicion timers shrink with independent confirmations; a
 suspicion nobody confirmed gets one last direct check before it turns into
 death. Updates are piggybacked on every datagram and pushed by the gossip
 tick to ``gossip_nodes`` members while any are queued: random ones, except
@@ -807,7 +807,7 @@ class Membership:
             self._probe = None
             if self.config.lifeguard:
                 self.awareness.apply_delta(-1)
-            if self._probe_next:
+            if self._probe_next and not self.leaving:
                 self._start_probe(now)
             return
         other = self._identity_checks.pop(msg.seq, None)
