@@ -36,6 +36,10 @@ class SwimConfig:
     (not in memberlist): halves false suspicions' main cause on lossy links for one datagram."""
     tcp_fallback: bool = True
     """Also ping an unresponsive target over TCP (memberlist's fallback): survives heavy UDP loss."""
+    probe_soon_gap: float = 5.0
+    """``probe_soon`` moves a member to the head of the probe order at most once per this many
+    seconds: evidence from outside the protocol (a driver's refused connects) can speed a probe
+    up, but never multiply probes of a live member beyond one extra per gap."""
     nack_ratio: float = 0.8
     """An intermediary nacks if the target has not acked after ``nack_ratio * probe_timeout``."""
     retransmit_mult: int = 4

@@ -26,9 +26,11 @@ Probing (one target per ``probe_interval``, round robin over a shuffled list):
 ping → ack within ``probe_timeout`` or ask ``indirect_checks`` members to
 ping-req it (and, with ``direct_retry``, ping it directly once more; with
 ``tcp_fallback``, over TCP too); no ack by the end of the interval →
-suspect. Lifeguard: both timeouts are stretched by the awareness score,
-relays send nacks so a prober can tell "the target is gone" from "I am the
-slow one", and suspicion timers shrink with independent confirmations; a
+suspect. A driver with evidence against a member (a refused connect) may
+move it to the head of that order with ``probe_soon``, once per member per
+``probe_soon_gap``; it is then probed the usual way. Lifeguard: both
+timeouts are stretched by the awareness score, relays send nacks so a
+prober can tell "the target is gone" from "I am the slow one", and suspicion timers shrink with independent confirmations; a
 suspicion nobody confirmed gets one last direct check before it turns into
 death. Updates are piggybacked on every datagram and pushed by the gossip
 tick to ``gossip_nodes`` members while any are queued: random ones, except
@@ -241,6 +243,8 @@ class Membership:
         self._probe_list: list[str] = []
         self._probe_index = 0
         self._probe: _Probe | None = None
+        self._probe_next: list[str] = []  # probe_soon's members, probed before the round robin
+        self._probe_soon_at: dict[str, float] = {}  # member -> when probe_soon last took it
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
         self._broadcasts = BroadcastQueue(config.max_queued_updates, frozenset({self.id, _load_key(self.id)}))
@@ -496,6 +500,33 @@ class Membership:
         if last_load_gossip is not None:
             self._last_load_gossip = last_load_gossip
 
+    def probe_soon(self, node: str, now: float) -> bool:
+        """The driver has evidence against ``node`` (a refused or timed-out connect): probe it next.
+
+        Only the order of probing changes: ``node`` is probed at once (or right after the probe
+        in flight), by the usual ping, indirect pings and suspicion, so a live member acks and
+        nothing is suspected, and a dead one is suspected about one probe interval after the
+        evidence instead of whenever its turn came. Suspecting or killing stays the protocol's
+        decision alone: a connect can fail for reasons that say nothing about the member (a
+        service restarting, a full backlog, a path only this node lacks). At most once per
+        member every ``probe_soon_gap`` seconds. True when the probe was moved up.
+        """
+        if self.leaving or node == self.id or node not in self._alive or self._is_down(node):
+            return False
+        last = self._probe_soon_at.get(node)
+        if last is not None and now - last < self.config.probe_soon_gap:
+            return False
+        if (self._probe is not None and self._probe.target == node) or node in self._probe_next:
+            return False
+        if len(self._probe_soon_at) >= 64:
+            gap = self.config.probe_soon_gap
+            self._probe_soon_at = {n: t for n, t in self._probe_soon_at.items() if now - t < gap}
+        self._probe_soon_at[node] = now
+        self._probe_next.append(node)
+        if self._probe is None:
+            self._start_probe(now)
+        return True
+
     def update_meta(self, meta: NodeMeta, now: float) -> None:
         """Our metadata changed: bump the incarnation and gossip the new signed alive."""
         if meta == self._meta:
@@ -616,7 +647,7 @@ class Membership:
                 self._go_indirect(probe, now)
             if now >= probe.end:
                 self._probe_failed(probe, now)
-        if self._probe is None and now >= self._next_probe:
+        if self._probe is None and (now >= self._next_probe or self._probe_next):
             self._start_probe(now)
         if self._relays:
             self._tick_relays(now)
@@ -776,6 +807,8 @@ class Membership:
             self._probe = None
             if self.config.lifeguard:
                 self.awareness.apply_delta(-1)
+            if self._probe_next and not self.leaving:
+                self._start_probe(now)
             return
         other = self._identity_checks.pop(msg.seq, None)
         if other is not None:
@@ -1037,6 +1070,7 @@ class Membership:
         self._fresh_load.pop(node, None)
         self._load_seen.pop(node, None)
         self._pinged_by.pop(node, None)
+        self._probe_soon_at.pop(node, None)
         if self._ring_shared:
             self._ring, self._ring_shared = list(self._ring), False
         at = bisect.bisect_left(self._ring, node)
@@ -1089,6 +1123,10 @@ class Membership:
         return parts
 
     def _next_probe_target(self) -> str | None:
+        while self._probe_next:
+            node = self._probe_next.pop(0)
+            if node in self._alive and not self._is_down(node):
+                return node
         checked = 0
         while checked <= len(self._probe_list):
             if self._probe_index >= len(self._probe_list):

@@ -400,6 +400,13 @@ class Node:
             return self._relay_http  # the HTTP allocation on our relay
         return advertised_http(self._http_bind(), self.config.bind[0], self.gossip_addr)
 
+    def probe_soon(self, node: str) -> None:
+        """Have membership probe ``node`` next: this node failed to connect to it (see ``Membership.probe_soon``)."""
+        machine = self._require_machine()
+        if machine.probe_soon(node, self._now()):
+            log.info("node %s: probing %s now: a connect to it failed", machine.id, node)
+            self._flush()
+
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
         machine = self._require_machine()
         machine.update_meta(change(machine.meta), self._now())

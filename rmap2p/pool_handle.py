@@ -88,6 +88,9 @@ class NodeHandle:
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
         self._node.update_meta(change)
 
+    def probe_soon(self, node: str) -> None:
+        self._node.probe_soon(node)
+
     def on_view_change(self, listener: ViewListener) -> None:
         self._node.on_view_change(listener)
 

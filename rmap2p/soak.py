@@ -439,7 +439,11 @@ class Soak:
                 i += 1
                 st["writes"] += 1
                 try:
-                    set_r, wait_r, get_r = await self._redis(entry.proxy_port, ("SET", key, value), ("WAIT", 1, 2000), ("GET", key))  # type: ignore[arg-type]
+                    # The request timeout (longer than the proxies' hold of a connection while the
+                    # primary moves, 15 s) rather than 5 s: a client that gives up sooner counts
+                    # the switch as a failure the proxy would have covered.
+                    set_r, wait_r, get_r = await self._redis(entry.proxy_port, ("SET", key, value), ("WAIT", 1, 2000), ("GET", key),  # type: ignore[arg-type]
+                                                             timeout=self.cfg.request_timeout)
                     if set_r != "OK":
                         st["failed"][f"SET {str(set_r)[:40]}"] = st["failed"].get(f"SET {str(set_r)[:40]}", 0) + 1
                     else:

@@ -71,7 +71,8 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
                       "from it) and the client a token. Needs redis-server")
     soak.add_argument("--request-timeout", type=_positive(float), default=None, metavar="SECONDS",
                       help="the client's timeout per request (default 30, 60 with --real-services): longer than the "
-                      "gateway's hold (RMAP2P_GATEWAY_HOLD, default 15 s), as the README advises clients; answers "
+                      "gateway's hold (RMAP2P_GATEWAY_HOLD, default 15 s) and the storage proxy's (15 s), as the README advises clients; "
+                      "the storage round trips use it too; answers "
                       "slower than 1 s and 10 s are counted apart")
     soak.add_argument("--keep-logs", metavar="DIR", default=None, help="copy the daemons' logs to DIR at the end")
     soak.add_argument("--json", action="store_true", help="print the figures as one JSON object")

@@ -244,6 +244,7 @@ def summarize(record: SoakRecord) -> dict[str, Any]:
         "restarts_healthy": sum(k.healthy_at is not None for k in kills),
         "restart_to_healthy_s": _stat([k.healthy_at - k.restarted_at for k in kills if k.healthy_at and k.restarted_at]),
         "detection_s": _stat(detections),
+        "detection_by_kill": [{"victim": kills[i].node, "s": round(first_dead[i], 2)} for i in sorted(first_dead)],
         "services_watched": sorted(baseline),
         "longest_no_healthy_runner_s": {s: round(w, 1) for s, w in sorted(runner_gap.items())},
         "longest_no_healthy_runner_max_s": round(max(runner_gap.values(), default=0.0), 1),

@@ -547,6 +547,8 @@ class Gateway:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if not serve_here:
                 self.book.saw_unreachable(target.node, loop.time())
+                # First-hand evidence: membership probes the node now rather than in its turn.
+                self.node.probe_soon(target.node)
             # The caller logs the outcome of the whole request once (it may still succeed elsewhere).
             log.debug("node %s: %s %s -> node %s at %s: cannot connect (%s)", me, service, request.path, target.node, target.where, exc)
             return Attempt(target.node, target.where, f"connect failed: {exc}", True)
@@ -564,6 +566,7 @@ class Gateway:
             broke = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
             if broke and not serve_here:
                 self.book.saw_unreachable(target.node, loop.time())
+                self.node.probe_soon(target.node)
             log.debug("node %s: %s %s -> node %s at %s failed: %r", me, service, request.path, target.node, target.where, exc)
             return Attempt(
                 target.node, target.where, f"{type(exc).__name__}: {exc}", broke and retry_safe(request.method, service),

@@ -98,6 +98,13 @@ class PoolHandle(Protocol):
         """Replace this node's metadata by ``change(meta)`` and gossip it."""
         ...
 
+    def probe_soon(self, node: str) -> None:
+        """This node could not connect to ``node``: have membership probe it next (rate-limited).
+
+        Evidence, not a verdict: membership's own probes and suspicion decide whether it is dead.
+        """
+        ...
+
     def on_view_change(self, listener: ViewListener) -> None:
         """Call ``listener(events)`` after every batch of membership events."""
         ...

@@ -326,6 +326,15 @@ class StatefulServices:
         return tuple(out)
 
 
+def _engine_is_replica(members: Sequence[MemberView], node: str, service: str) -> bool:
+    """Whether ``node`` gossips that its engine of ``service`` runs as a replica now."""
+    for m in members:
+        if m.node == node:
+            claim = m.meta.claim_of(service)
+            return claim is not None and claim.role == "replica"
+    return False
+
+
 class ServiceProxies:
     """``join --service-proxy``: one ``ServiceProxy`` per replicated service, retargeted from the view."""
 
@@ -335,11 +344,12 @@ class ServiceProxies:
         self._host = host
         self.proxies: dict[str, ServiceProxy] = {}
         self._wake = asyncio.Event()
+        self._node_at: dict[Endpoint, str] = {}  # where each primary the proxies point at listens -> its node
 
     async def run(self) -> None:
         await self.node.wait_settled()  # the node has its id and a first view
         for service, port in self._ports.items():
-            proxy = ServiceProxy(service, self._host, port, node_id=self.node.node_id)
+            proxy = ServiceProxy(service, self._host, port, node_id=self.node.node_id, on_unreachable=self._unreachable)
             try:
                 await proxy.start()
             except OSError as exc:
@@ -360,12 +370,28 @@ class ServiceProxies:
     def _on_events(self, events: Sequence[MemberEvent]) -> None:
         self._wake.set()
 
+    def _unreachable(self, where: Endpoint) -> None:
+        # A proxy could not connect to a primary: membership probes that node now (evidence only).
+        node = self._node_at.get(where)
+        if node is not None and node != self.node.node_id:
+            self.node.probe_soon(node)
+
     def retarget(self) -> None:
         """Point each proxy at its service's primary as the view names it (None: hold new connections)."""
         members = self.node.members()
         views = to_node_views(members)
         claims = view_claims(members, self.proxies)
+        node_at: dict[Endpoint, str] = {}
         for service, proxy in self.proxies.items():
             roles = primary_of(service, copies(service, views, claims[service]))
             where = endpoints(service, members, self.node.node_id, self.node.service_host)
-            proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
+            target = where.get(roles.primary) if roles.primary is not None else None
+            if target is not None and roles.primary is not None and _engine_is_replica(members, roles.primary, service):
+                # The view names it primary but its engine still says replica (a promotion under
+                # way, or an old primary back as a replica): a write there fails READONLY, so new
+                # connections wait for the engine to report the switch instead.
+                target = None
+            if target is not None and roles.primary is not None:
+                node_at[target] = roles.primary
+            proxy.set_target(target)
+        self._node_at = node_at

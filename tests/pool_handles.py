@@ -79,6 +79,10 @@ class MachineHandle:
         self.machine.update_meta(change(self.machine.meta), self._now())
         self._after_change()
 
+    def probe_soon(self, node: str) -> None:
+        self.machine.probe_soon(node, self._now())
+        self._after_change()
+
     def on_view_change(self, listener: ViewListener) -> None:
         self._listeners.append(listener)
 

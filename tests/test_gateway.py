@@ -23,7 +23,7 @@ from pool_handles import MachineHandle
 from procs import NodeProc, wait_for
 
 from allocator.view import NodeView
-from membership import Load, NodeMeta
+from membership import Load, NodeMeta, Status
 from services import gateway as gw
 from services import jobs
 from services import routing as rt
@@ -292,6 +292,7 @@ async def trio() -> AsyncIterator[dict[str, Any]]:
 
 async def test_a_failed_connect_moves_on_to_the_next_best_node(trio: dict[str, Any]) -> None:
     client: aiohttp.ClientSession = trio["client"]
+    cluster: Cluster = trio["cluster"]
     async with client.post(trio["r"] + "/api/service/ner/extract?x=1", data=b"hello") as resp:
         assert resp.status == 200
         doc = await resp.json()
@@ -301,6 +302,11 @@ async def test_a_failed_connect_moves_on_to_the_next_best_node(trio: dict[str, A
     assert doc == {"service": SERVICE, "node_id": "l", "runner": "placeholder", "method": "POST", "path": "/extract", "bytes": 5}
     router: gw.Gateway = trio["router"]
     assert "d" in router.book.unreachable and "l" in router.book.first_hand
+    # The refused connect went to r's membership as evidence: d is probed next, so a second
+    # report within the gap is refused; nobody suspects d for it.
+    assert not cluster.nodes[0].probe_soon("d", cluster.now)
+    assert cluster.nodes[0].probe_soon("l", cluster.now), "l had no report"
+    assert cluster.status(0, 2) is Status.ALIVE
     assert router.book.in_flight == {} and trio["l_node"].requests.active == 0
     async with client.post(trio["r"] + "/api/service/ner/extract", data=b"again") as resp:
         assert resp.status == 200 and resp.headers[rt.ATTEMPTS_HEADER] == "1", "d is tried last while marked"

@@ -130,3 +130,113 @@ async def redis_failover_through_proxy(tmp_path: Path, data: Path) -> None:
         await proxy.stop()
         a.stop()
         b.stop()
+
+
+async def test_a_connection_to_a_dead_primary_is_held_until_the_view_names_a_new_one(tmp_path: Path) -> None:
+    # The primary died and this node's view still names it: the connect is refused. The client's
+    # write must wait for the new primary, not fail (nothing of it reached any copy yet).
+    require_binary("redis-server", "redis-server")
+    with server_dir() as data:
+        a = StorageNode("redis", data / "a", tmp_path / "a.log")
+        b = StorageNode("redis", data / "b", tmp_path / "b.log", role="replica", primary=a.address)
+        reported: list[Endpoint] = []
+        proxy = ServiceProxy("redis", "127.0.0.1", 0, wait_for_primary=10, on_unreachable=reported.append)
+        await proxy.start()
+        try:
+            b.wait_replication(lambda s: s["linked"])
+            at_a = Endpoint("127.0.0.1", a.port)
+            proxy.set_target(at_a)
+            a.kill()
+
+            async def write() -> object:
+                client = await RespClient.connect("127.0.0.1", proxy.port, b.password, timeout=15)  # type: ignore[arg-type]
+                try:
+                    return await asyncio.wait_for(client.command("SET", "k", "during"), 15)
+                finally:
+                    await client.close()
+
+            t0 = time.monotonic()
+            pending = asyncio.create_task(write())
+            await asyncio.sleep(1.5)  # detection and promotion take a while
+            assert not pending.done(), "the connection was held, not closed"
+            assert reported and reported[0] == at_a, "the refused connect is reported as evidence"
+            b.set_role("primary")
+            proxy.set_target(Endpoint("127.0.0.1", b.port))
+            assert await pending == "OK"
+            assert 1.5 <= time.monotonic() - t0 < 5
+            assert proxy.held == 1
+            client = await RespClient.connect("127.0.0.1", proxy.port, b.password)  # type: ignore[arg-type]
+            assert await client.command("GET", "k") == b"during"
+            await client.close()
+        finally:
+            await proxy.stop()
+            a.stop()
+            b.stop()
+
+
+async def test_a_held_connection_retries_a_restarted_primary_and_gives_up_after_the_hold() -> None:
+    server, at = await echo_server(b"1:")
+    port = at.port
+    server.close()
+    await server.wait_closed()
+    proxy = ServiceProxy("svc", "127.0.0.1", 0, wait_for_primary=3)
+    await proxy.start()
+    try:
+        proxy.set_target(at)
+        pending = asyncio.create_task(roundtrip(proxy.port, b"x"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        # The same primary comes back on its port (a restart): the held connection reaches it.
+        again = await asyncio.start_server(_tagged(b"1:"), "127.0.0.1", port)
+        assert await asyncio.wait_for(pending, 5) == b"1:x"
+        again.close()
+        await again.wait_closed()
+        t0 = time.monotonic()
+        assert await roundtrip(proxy.port, b"y") == b""  # type: ignore[arg-type]
+        assert 2.5 <= time.monotonic() - t0 < 4.5, "closed after the hold, not at once"
+    finally:
+        await proxy.stop()
+
+
+def _tagged(tag: bytes):  # type: ignore[no-untyped-def]
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(tag + data)
+            await writer.drain()
+        writer.close()
+
+    return handle
+
+
+async def test_proxies_hold_while_the_named_primary_still_reports_a_replica() -> None:
+    # The view names b primary (its claim of epoch 2), but b's engine has not switched yet and
+    # gossips role "replica": a write forwarded there would fail READONLY, so the proxy holds
+    # new connections (no target) until b reports the switch.
+    from dataclasses import replace
+
+    from cluster import Cluster
+    from pool_handles import MachineHandle
+
+    from membership import ReplicationClaim, Status
+    from services.stateful_manager import ServiceProxies
+
+    cluster = Cluster(2, ids=["a", "b"])
+    assert cluster.run_until(cluster.converged, 30.0)
+    a, b = MachineHandle.of_cluster(cluster, 0), MachineHandle.of_cluster(cluster, 1)
+    a.update_meta(lambda m: replace(m, http="127.0.0.1:1"))
+
+    def claim(role: str) -> None:
+        b.update_meta(lambda m: replace(
+            m, http="127.0.0.1:2", services=(("redis", "healthy"),), service_ports=(("redis", 16379),),
+            replication=(ReplicationClaim("redis", 2, True, role),),
+        ))
+        assert cluster.run_until(lambda: a.members() and next(x for x in a.members() if x.node == "b").meta.claim_of("redis") == ReplicationClaim("redis", 2, True, role), 30.0)
+
+    proxies = ServiceProxies(a, {"redis": 0})
+    proxies.proxies["redis"] = ServiceProxy("redis", "127.0.0.1", 0)
+    claim("replica")
+    proxies.retarget()
+    assert proxies.proxies["redis"].target is None
+    claim("primary")
+    proxies.retarget()
+    assert proxies.proxies["redis"].target == Endpoint("127.0.0.1", 16379)
+    assert cluster.status(0, 1) is Status.ALIVE
