@@ -10,6 +10,8 @@ rmap2p/edge.py plays out in seconds instead of minutes.
 
 from __future__ import annotations
 
+import re
+
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +90,10 @@ def test_auto_nodes_on_public_addresses_become_edges_and_are_demoted_when_unreac
         assert took >= EDGE_WINDOW - 0.5, took
         assert types(pool, lab.hosts[1])[victim.name] == fallback
         err = "".join(p.read_text() for p in lab.log_dir.glob(f"{victim.name}-daemon*.stderr"))
-        assert "demoted from edge: no peer's ping reached us" in err
+        # Either symptom of the cut may be the one current when the hold time runs out: no UDP
+        # ping from a peer within the window, or our own probes answered only by the slow TCP
+        # fallback (their acks are UDP too), which drives the smoothed RTT over the limit first.
+        assert re.search(r"demoted from edge: (no peer's ping reached us|smoothed probe RTT)", err), err[-2000:]
         # It stayed a member all along: the others reached it over TCP.
         assert all(pool.statuses(h)[victim.name] == "alive" for h in lab.hosts)
 
