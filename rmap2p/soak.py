@@ -1,8 +1,12 @@
 """The churn soak: real daemons, steady client load, SIGKILL and restart on a timer.
 
 ``python -m rmap2p soak`` starts N ``rmap2p join`` processes of mixed worker
-types on loopback, each with its own data dir, gossip port and HTTP port. Once
-the pool has settled, three loops run side by side for ``--duration`` seconds:
+types, each with its own data dir. Run as root where the network-namespace lab
+works (:func:`rmap2p.netlab.netns_available`), each daemon gets a lab host of
+its own: its own address on the lab bridge and the default ports (``--bind
+<ip>:7946``, HTTP on ``<ip>:8080``). Otherwise, or with ``--loopback``, they
+share 127.0.0.1 with a gossip and an HTTP port each. Once the pool has
+settled, three loops run side by side for ``--duration`` seconds:
 
 - the client sends a steady, open-loop mix of requests (embeddings, NER,
   document text) to the gateway of a random node that is up, and records
@@ -15,14 +19,25 @@ the pool has settled, three loops run side by side for ``--duration`` seconds:
   ``--down`` seconds later, restarts it with the same data dir (same identity)
   joining through a node that is up.
 
+In the lab, the root namespace has no route to the lab (by design, see
+:mod:`rmap2p.netlab`), so the client and the observer run from one more lab
+host (the last one), which runs no daemon: for the asyncio run the soak's main
+thread enters that host's namespace (setns), so every HTTP connection it opens
+starts there, and it returns to its own namespace afterwards. The daemons are
+started with ``ip netns exec`` into their hosts; nothing is added to the root
+namespace. ``--loss`` is then the lab's :meth:`~rmap2p.netlab.NetnsLab.set_loss`
+on every daemon host (incoming).
+
 Every child is started in its own session with a parent-death signal, killed
-at the end (also on Ctrl-C or SIGTERM) and the temporary directory removed.
+at the end (also on Ctrl-C or SIGTERM), the lab's namespaces deleted and the
+temporary directory removed.
 The figures are computed by :mod:`rmap2p.soak_report`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -34,12 +49,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rmap2p.local_ports import free_port
+from rmap2p.netlab import Host, NetnsLab, netns_available
 from rmap2p.soak_report import Kill, Observation, Request, SoakRecord, summarize
 
 log = logging.getLogger("rmap2p.soak")
@@ -62,6 +78,10 @@ REAL_MIX = ("rag-embeddings", "ner-extraction")
 """With real engines: document-processing wants a PDF or DOCX upload and notes-coa an LLM, not in the soak yet."""
 
 PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
+GOSSIP_PORT, HTTP_PORT = 7946, 8080
+"""The daemons' default ports, which each lab host has to itself."""
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 @dataclass
@@ -84,6 +104,8 @@ class SoakConfig:
     """The client's patience per request: longer than the gateway's hold (RMAP2P_GATEWAY_HOLD, 15 s)."""
     settle_timeout: float = 120.0
     poll_interval: float = 1.0
+    loopback: bool = False
+    """Run on 127.0.0.1 even where the namespace lab would work."""
     progress: Callable[[str], None] | None = None
 
 
@@ -113,19 +135,22 @@ class Daemon:
     up: bool = False
     """Started, healthy, not killed since: the client and the chaos loop pick among these."""
     starts: int = 0
+    host: Host | None = None
+    """The lab host this daemon runs in (its own address, default ports); None on loopback."""
 
     @property
     def gossip(self) -> str:
-        return f"127.0.0.1:{self.gossip_port}"
+        return f"{self.host.ip}:{GOSSIP_PORT}" if self.host else f"127.0.0.1:{self.gossip_port}"
 
     @property
     def http(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host.ip}:{HTTP_PORT}" if self.host else f"127.0.0.1:{self.http_port}"
 
     def start(self, join: Sequence[str], echo: bool) -> None:
         argv = [
-            sys.executable, "-m", "rmap2p", "join",
-            "--bind", self.gossip, "--http", self.http, "--data-dir", str(self.data_dir),
+            sys.executable, "-m", "rmap2p", "join", "--bind", self.gossip,
+            # In the lab no --http: the node serves on its --bind host, port 8080 (rmap2p/addresses.py).
+            *([] if self.host else ["--http", self.http]), "--data-dir", str(self.data_dir),
             "--name", self.name, "--type", self.worker_type, "--no-mdns", "--profile", "local",
             "--ephemeral-service-ports", *(["--echo-services"] if echo and not self.real else []), *self.extra,
             *(["--service-proxy", f"redis={self.proxy_port}"] if self.proxy_port else []),
@@ -135,6 +160,11 @@ class Daemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         for name in ("RMAP2P_JOIN", "RMAP2P_BIND", "RMAP2P_HTTP", "RMAP2P_DATA_DIR", "RMAP2P_ECHO_SERVICES"):
             env.pop(name, None)
+        if self.host is not None:
+            # As the lab does for its own commands: peers are reached directly, never through a proxy.
+            env = {k: v for k, v in env.items() if k.lower() not in _PROXY_VARS}
+            # `ip netns exec` execs the daemon in place: proc.pid is the daemon, as on loopback.
+            argv = self.host.exec_argv(argv)
         self.starts += 1
         with open(self.log_path, "ab") as out:
             out.write(f"\n===== start {self.starts}: {' '.join(argv)}\n".encode())
@@ -192,8 +222,17 @@ class Soak:
         self.token: str | None = None
         if cfg.storage:
             self._prepare_storage(port_rng)
+        self.lab: NetnsLab | None = None
+        self.client_host: Host | None = None
+        self.transport, self.transport_why = _choose_transport(cfg)
+        if self.transport == "netns":
+            # One host per daemon, one more for the client and the observer (the root namespace cannot reach the lab).
+            self.lab = NetnsLab(cfg.nodes + 1, log_dir=self.workdir / "lab")
+            for d, h in zip(self.daemons, self.lab.hosts):
+                d.host = h
+            self.client_host = self.lab.hosts[-1]
         self.record = SoakRecord(
-            nodes=[(d.name, d.worker_type) for d in self.daemons], config=_config_doc(cfg),
+            nodes=[(d.name, d.worker_type) for d in self.daemons], config=_config_doc(cfg, self.transport),
         )
         self.loss_rules: list[list[str]] = []
         self.storage_acked: dict[str, tuple[str, bool]] = {}
@@ -526,9 +565,34 @@ class Soak:
 
     # ------------------------------------------------------------ packet loss and cleanup
 
+    def create_lab(self) -> None:
+        if self.lab is None:
+            return
+        self.lab.create()
+        self.say(f"network namespaces {self.lab.prefix}*: {', '.join(f'{d.name} at {d.host.ip}' for d in self.daemons if d.host)}; "
+                 f"client at {self.client_host.ip if self.client_host else '-'}")
+
+    @contextlib.contextmanager
+    def in_client_namespace(self) -> Iterator[None]:
+        """The calling thread in the lab's client host for the block (a no-op on loopback)."""
+        if self.client_host is None:
+            yield
+            return
+        with _netns(self.client_host.ns):
+            yield
+
     def _install_loss(self) -> None:
-        """Drop a share of the gossip datagrams on loopback with iptables (root only), for our ports alone."""
+        """Drop a share of the gossip datagrams on loopback with iptables (root only), for our ports alone.
+
+        In the lab: every daemon host drops that share of what it receives on the lab link (the lab's
+        ``set_loss``, direction in): gossip UDP and TCP, the client's requests and the peers' forwards alike.
+        """
         if self.cfg.loss <= 0:
+            return
+        if self.lab is not None:
+            for d in self.daemons:
+                assert d.host is not None
+                self.lab.set_loss(d.host, self.cfg.loss, "in")
             return
         if os.geteuid() != 0 or shutil.which("iptables") is None:
             raise RuntimeError("--loss on loopback needs root and iptables (it adds a statistic DROP rule per gossip port)")
@@ -557,14 +621,62 @@ class Soak:
         while self.loss_rules:
             rule = self.loss_rules.pop()
             subprocess.run(["iptables", "-D", *rule], capture_output=True, timeout=10)
+        if self.lab is not None:
+            try:
+                self.lab.destroy()
+            except Exception:  # the work dir still goes; sweep_stale finds what is left
+                log.exception("soak: could not delete the lab's namespaces (%s)", self.lab.prefix)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _config_doc(cfg: SoakConfig) -> dict[str, Any]:
+def _choose_transport(cfg: SoakConfig) -> tuple[str, str]:
+    """("netns" or "loopback", why): the lab when root and the lab's own probe passes, unless told otherwise."""
+    if cfg.loopback:
+        return "loopback", "--loopback"
+    if cfg.storage:
+        # The storage client talks to each node's --service-proxy on that node's own 127.0.0.1.
+        return "loopback", "--storage runs on loopback (the proxies listen on each node's own 127.0.0.1)"
+    if os.geteuid() != 0:
+        return "loopback", "not root"
+    ok, why = netns_available()
+    return ("netns", why) if ok else ("loopback", f"no network namespaces: {why}")
+
+
+@contextlib.contextmanager
+def _netns(ns: str) -> Iterator[None]:
+    """Move the calling thread into network namespace ``ns`` (made by ``ip netns``) and back.
+
+    Only the net namespace changes, for this thread: sockets it opens start there; files,
+    processes and the mount namespace stay as they are.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    path = next((p for p in (f"/run/netns/{ns}", f"/var/run/netns/{ns}") if os.path.exists(p)), None)
+    if path is None:
+        raise RuntimeError(f"network namespace {ns} not found under /run/netns")
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back to this process's own network namespace: {os.strerror(err)}")
+    finally:
+        os.close(own)
+
+
+def _config_doc(cfg: SoakConfig, transport: str = "loopback") -> dict[str, Any]:
     return {
         "nodes": cfg.nodes, "duration_s": cfg.duration, "kill_every_s": cfg.kill_every, "down_s": cfg.down,
         "loss": cfg.loss, "seed": cfg.seed, "rate": cfg.rate, "request_timeout_s": cfg.request_timeout, "mix": list(cfg.mix), "types": list(cfg.types),
-        "services": "real" if cfg.real_services else "echo", "storage": cfg.storage, "transport": "loopback", "profile": "local",
+        "services": "real" if cfg.real_services else "echo", "storage": cfg.storage, "transport": transport, "profile": "local",
     }
 
 
@@ -582,7 +694,10 @@ def run_soak(cfg: SoakConfig, keep_logs: Path | None = None) -> dict[str, Any]:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         soak.say(f"work dir {soak.workdir}")
-        return asyncio.run(soak.run())
+        soak.say(f"transport: {soak.transport} ({soak.transport_why})")
+        soak.create_lab()
+        with soak.in_client_namespace():
+            return asyncio.run(soak.run())
     except KeyboardInterrupt:
         soak.say("interrupted: killing every daemon and removing the work dir")
         raise
@@ -620,7 +735,7 @@ def run(args: Any) -> int:
         return 2
     cfg = SoakConfig(
         types=types, mix=mix, nodes=args.nodes, duration=args.duration, kill_every=args.kill_every, down=args.down, loss=args.loss,
-        seed=args.seed, rate=args.rate, real_services=args.real_services, storage=args.storage,
+        seed=args.seed, rate=args.rate, real_services=args.real_services, storage=args.storage, loopback=args.loopback,
         request_timeout=args.request_timeout or (60.0 if args.real_services else 30.0),
         progress=lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()),
     )

@@ -28,8 +28,12 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
         "soak",
         help="churn soak: real daemons under client load, one SIGKILLed and restarted every few seconds",
         description=(
-            "Start N real daemons of mixed worker types (edge, gpu, cpu, storage) on loopback (127.0.0.1, "
-            "not network namespaces), wait until the pool has settled, then for --duration seconds: send a "
+            "Start N real daemons of mixed worker types (edge, gpu, cpu, storage). Run as root where network "
+            "namespaces work, each daemon runs in a namespace of its own with its own address on a private bridge "
+            "and the default ports (7946, HTTP 8080), and the client runs in one more namespace (the root namespace "
+            "has no route to them); otherwise, with --loopback or with --storage, they run on loopback (127.0.0.1, "
+            "a gossip and an HTTP port each). The figures say which. Wait until the pool has settled, then for "
+            "--duration seconds: send a "
             "steady open-loop mix of requests (rag-embeddings, ner-extraction, document-processing) to the "
             "gateway of a random node that is up; every --kill-every seconds SIGKILL a random node and restart "
             "it --down seconds later with the same data dir (same identity); poll every node's "
@@ -52,8 +56,12 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
     soak.add_argument("--down", type=float, default=10.0, metavar="SECONDS",
                       help="seconds a killed node stays down before its restart (default 10: longer than failure detection)")
     soak.add_argument("--loss", type=_ratio, default=0.0,
-                      help="share of gossip datagrams dropped (default 0); on loopback this needs root and iptables "
-                      "(a statistic DROP rule on each daemon's gossip port, removed at the end)")
+                      help="share of packets dropped (default 0). In network namespaces: of every packet a daemon's "
+                      "namespace receives (gossip, the client's requests, the peers' forwards); on loopback: of the "
+                      "gossip datagrams only, which needs root and iptables (a statistic DROP rule on each daemon's "
+                      "gossip port, removed at the end)")
+    soak.add_argument("--loopback", action="store_true",
+                      help="run on loopback even as root where network namespaces would work")
     soak.add_argument("--rate", type=_positive(float), default=5.0, help="client requests per second (default 5)")
     soak.add_argument("--seed", type=int, default=1, help="seed of the victim sequence (the same seed kills the same nodes in the same order) and of the client's entry nodes (default 1)")
     soak.add_argument("--types", default=None, metavar="T,T,...",

@@ -271,12 +271,16 @@ def _stat(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "mean": round(sum(values) / len(values), 2), "max": round(max(values), 2)}
 
 
+_TRANSPORT = {"netns": "in network namespaces (one address per node)", "loopback": "on loopback"}
+
+
 def render_text(f: dict[str, Any]) -> str:
     r, lat = f["requests"], f["latency_ms"]
     c = f["config"]
     lines = [
         f"soak: {c['nodes']} nodes ({', '.join(f['nodes'])}), {f['duration_s']} s, SIGKILL every {c['kill_every_s']:g} s "
-        f"(down {c['down_s']:g} s), loss {c['loss']:g}, {c['services']} services, seed {c['seed']}",
+        f"(down {c['down_s']:g} s), loss {c['loss']:g}, {c['services']} services, seed {c['seed']}, "
+        f"{_TRANSPORT.get(c.get('transport', 'loopback'), c.get('transport'))}",
         f"requests: {r['sent']} sent, {r['answered']} answered ({_pct(r['answered_ratio'])}), {r['failed']} failed "
         f"{r['failed_by_status'] or ''} ({r['failed_with_entry_node_killed']} with the entry node killed mid-request)",
         f"latency through the gateway: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "

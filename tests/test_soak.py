@@ -10,6 +10,12 @@ test measures what a client sees then: the gateways hold the requests
 (services/routing.py, "Holding a request") through failure detection and the
 re-allocation instead of answering 502/503. With ``RMAP2P_GATEWAY_HOLD=0``
 the same run answers about 96 % (simulations/SOAK.md).
+
+The soak runs where ``rmap2p soak`` puts it by default: in network namespaces
+(one address per daemon, the client in a namespace of its own) when the tests
+run as root and the lab works, on loopback otherwise; the tests check that it
+chose so and that no namespace outlives it. Either way the run takes the same
+two minutes, so CI time does not change.
 """
 
 from __future__ import annotations
@@ -26,6 +32,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _expected_transport() -> str:
+    from rmap2p.netlab import netns_available
+
+    return "netns" if os.geteuid() == 0 and netns_available()[0] else "loopback"
+
+
+def _lab_namespaces_left(stderr: str) -> list[str]:
+    """Namespaces of the soak's lab (its prefix is in the progress lines) that still exist."""
+    from rmap2p.netlab import list_lab_namespaces
+
+    match = re.search(r"network namespaces (rmnt-\S+)\*", stderr)
+    if match is None:
+        return []
+    return [n for n in list_lab_namespaces() if n.startswith(match.group(1))]
 
 
 def _soak(*args: str) -> list[str]:
@@ -62,6 +84,7 @@ def test_two_minute_soak_answers_at_least_99_percent_and_cleans_up() -> None:
         _soak("--nodes", "5", "--mix", ",".join(mix), "--duration", "120", "--kill-every", "30", "--seed", "4", "--json"),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
     )
+    assert not _lab_namespaces_left(proc.stderr), "the lab's namespaces are deleted"
     print(proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout)
@@ -74,6 +97,7 @@ def test_two_minute_soak_answers_at_least_99_percent_and_cleans_up() -> None:
     assert reqs["answered_ratio"] >= 0.99, f"{reqs['answered']} of {reqs['sent']} answered: {reqs['failed_by_status']}"
     assert reqs["answered_after_10s"] == 0, "held requests are answered within one failure detection and a start"
     assert not _workdir(proc.stderr).exists(), "the temporary directory is removed"
+    assert figures["config"]["transport"] == _expected_transport(), proc.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -106,13 +130,14 @@ def test_ctrl_c_kills_every_daemon_and_removes_the_work_dir() -> None:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), \
             f"daemon {pid} outlived the soak"
     assert not _workdir(stderr).exists(), stderr[-2000:]
+    assert not _lab_namespaces_left(stderr), "the lab's namespaces are deleted"
 
 
 def test_soak_help_says_loopback_and_what_it_reports() -> None:
     out = subprocess.run(_soak("--help"), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=60).stdout
     flat = " ".join(out.split())
-    for phrase in ("loopback", "--kill-every", "--loss", "--json", "false deaths", "membership flaps",
+    for phrase in ("loopback", "network namespaces", "--loopback", "--kill-every", "--loss", "--json", "false deaths", "membership flaps",
                    "RMAP2P_NER_MODEL", "--storage"):
         assert phrase in flat, phrase
 
