@@ -104,7 +104,8 @@ def test_ten_percent_loss_on_every_host_for_minutes_gives_no_false_deaths(pool8:
     for h in lab.hosts:
         lab.set_loss(h, 0.10, "in")
     names = {h.name for h in lab.hosts}
-    deadline = time.monotonic() + 180
+    # Two minutes keep CI's budget; the simulator runs lossy pools for an hour (RESULTS.md).
+    deadline = time.monotonic() + 120
     checks = 0
     while time.monotonic() < deadline:
         for h in lab.hosts:
@@ -113,7 +114,7 @@ def test_ten_percent_loss_on_every_host_for_minutes_gives_no_false_deaths(pool8:
         checks += 1
         time.sleep(5)
     lab.heal()
-    assert checks >= 30
+    assert checks >= 20
     wait_for(lambda: all({k for k, s in pool8.statuses(h).items() if s == "alive"} == names for h in lab.hosts), 30, "all alive")
 
 
