@@ -37,6 +37,11 @@ import psutil
 import pytest
 from ml import need_modules
 from procs import NodeProc, pid_gone, wait_for
+from test_rag_ingestion import (  # the same corpus as the in-process test
+    NEEDLE,
+    NEEDLE_TEXT,
+    SUBJECTS,
+)
 
 from services import rag_ingestion as rag
 from services.runners.chroma import chroma_importable
@@ -45,18 +50,6 @@ pytestmark = pytest.mark.slow
 
 BASE = "/api/v2/tenants/default_tenant/databases/default_database/collections"
 CHUNK = 64
-SUBJECTS = [
-    "cleaning the filter of a domestic dishwasher",
-    "setting the clock on a microwave oven",
-    "descaling an espresso machine with citric acid",
-    "changing the bag of an upright vacuum cleaner",
-    "pairing a wireless keyboard with a laptop",
-    "watering tomato plants in a greenhouse",
-    "folding a road map back into shape",
-    "sharpening kitchen knives on a whetstone",
-]
-NEEDLE = "doc-137"
-NEEDLE_TEXT = "Replacing the float and needle valve in the carburettor of a vintage motorcycle engine. Drain the fuel bowl first."
 
 
 def documents(n: int, prefix: str = "doc") -> list[dict[str, Any]]:
