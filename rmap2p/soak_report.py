@@ -20,6 +20,16 @@ Definitions (also in ``rmap2p soak --help`` and simulations/SOAK.md):
   victim and did not in the last round before the kill; *not rehomed*: the
   victim's services that no other node runs healthy in the last round before
   the restart.
+- *re-homing within detection + 5 s* (issue 15's bound): for each kill and
+  each service the victim ran healthy, the window from the first round after
+  the kill without a healthy runner to the next round with one, against that
+  kill's detection (first ``dead`` in a view; the run's mean where no view
+  saw it) plus 5 s. A window over the bound is *hostable* when the allocator
+  (the same pure function every daemon runs) gives the service to a survivor
+  on the view without the victim, and *not hostable* when no survivor may run
+  it by the allocation rules (the victim was the only node of the service's
+  type, or every survivor of that type is at its cap with more critical
+  services): those wait for the victim's restart, whatever the protocol does.
 - *false death*: an observer's view turns a member ``dead`` that was not
   killed in the preceding ``down + 20`` s. *Membership flap*: an observer's
   view turns such a member from ``alive`` to anything else (a suspicion of a
@@ -28,8 +38,11 @@ Definitions (also in ``rmap2p soak --help`` and simulations/SOAK.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from allocator.allocate import allocate
+from allocator.view import NodeView
 
 Row = tuple[str, dict[str, str], int]
 """(status, services_status, incarnation) of one member in one observer's view."""
@@ -132,6 +145,60 @@ def _longest_windows(series: list[tuple[float, set[str]]], services: set[str]) -
         for s, t0 in since.items():
             longest[s] = max(longest[s], end - t0)
     return longest
+
+
+def _window_after(truth: list[tuple[float, set[str]]], service: str, start: float, until: float) -> float:
+    """From the first round after ``start`` (and by ``until``) without ``service`` to the next round with it."""
+    since = None
+    for t, covered in truth:
+        if t < start:
+            continue
+        if service in covered:
+            if since is not None:
+                return t - since
+        elif since is None:
+            if t > until:
+                return 0.0
+            since = t
+    return truth[-1][0] - since if since is not None else 0.0
+
+
+def _hostable_without(nodes: list[tuple[str, str]], placement: dict[str, dict[str, str]], victim: str) -> set[str]:
+    """What the allocation gives the survivors of ``victim``, settled from what they ran before the kill."""
+    view = [NodeView(node_id=n, worker_type=w, services=tuple(sorted(placement.get(n, {})))) for n, w in nodes if n != victim]
+    for _ in range(10):  # each daemon re-runs the allocation on the view its last step produced
+        rows = allocate(view)
+        settled = [replace(v, services=tuple(rows.get(v.node_id, ()))) for v in view]
+        if settled == view:
+            break
+        view = settled
+    return {s for v in view for s in v.services}
+
+
+def _rehoming(record: SoakRecord, placements: list[tuple[float, dict[str, dict[str, str]]]],
+              truth: list[tuple[float, set[str]]], kills: list[Kill], first_dead: dict[int, float]) -> dict[str, Any]:
+    mean = sum(first_dead.values()) / len(first_dead) if first_dead else None
+    checked, over = 0, []
+    for i, k in enumerate(kills):
+        before = [p for t, p in placements if t < k.at]
+        detection = first_dead.get(i, mean)
+        if not before or detection is None:
+            continue
+        hostable = _hostable_without(record.nodes, before[-1], k.node)
+        for service in sorted(_healthy(before[-1].get(k.node, {}))):
+            checked += 1
+            until = k.restarted_at if k.restarted_at is not None else record.load_ended
+            window = _window_after(truth, service, k.at, until)
+            if window > detection + 5.0:
+                over.append({"victim": k.node, "at": round(k.at - record.load_started, 1), "service": service,
+                             "window_s": round(window, 1), "bound_s": round(detection + 5.0, 2),
+                             "hostable": service in hostable})
+    return {
+        "checked": checked,
+        "within": checked - len(over),
+        "over_hostable": [o for o in over if o["hostable"]],
+        "over_not_hostable": [o for o in over if not o["hostable"]],
+    }
 
 
 def _healthy(services: dict[str, str]) -> set[str]:
@@ -246,6 +313,7 @@ def summarize(record: SoakRecord) -> dict[str, Any]:
         "detection_s": _stat(detections),
         "detection_by_kill": [{"victim": kills[i].node, "s": round(first_dead[i], 2)} for i in sorted(first_dead)],
         "services_watched": sorted(baseline),
+        "rehoming_within_detection_plus_5s": _rehoming(record, placements, truth, kills, first_dead),
         "longest_no_healthy_runner_s": {s: round(w, 1) for s, w in sorted(runner_gap.items())},
         "longest_no_healthy_runner_max_s": round(max(runner_gap.values(), default=0.0), 1),
         "longest_view_gap_s": {s: round(w, 1) for s, w in sorted(view_gap.items())},
@@ -289,12 +357,22 @@ def render_text(f: dict[str, Any]) -> str:
         f"kills: {f['kills']}, back healthy: {f['restarts_healthy']} (restart to healthy {f['restart_to_healthy_s']}); "
         f"first dead in a view after the kill: {f['detection_s']}",
         f"longest window without a healthy runner: {f['longest_no_healthy_runner_max_s']} s {f['longest_no_healthy_runner_s']}",
+        _rehoming_line(f["rehoming_within_detection_plus_5s"]),
         f"longest window a live node's view showed none: {f['longest_view_gap_max_s']} s {f['longest_view_gap_s']}",
         f"services moved per failure: {f['services_moved_per_failure']}",
         f"false deaths: {f['false_deaths']}; membership flaps: {f['membership_flaps']}",
         f"storage round trips: {f['storage_round_trips']}",
     ]
     return "\n".join(lines)
+
+
+def _rehoming_line(r: dict[str, Any]) -> str:
+    def names(items: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{o['service']} {o['window_s']} s after {o['victim']}" for o in items) or "none"
+
+    return (f"re-homed within detection + 5 s: {r['within']} of {r['checked']} (kill, service) pairs; "
+            f"over it and hostable by a survivor: {names(r['over_hostable'])}; "
+            f"over it with no survivor allowed to run it: {names(r['over_not_hostable'])}")
 
 
 def _pct(ratio: float | None) -> str:

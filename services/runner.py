@@ -21,6 +21,8 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+UNHEALTHY_AFTER = 2
+"""Consecutive failed checks before an echo service that was healthy is reported unhealthy."""
 
 
 class Runner(Protocol):
@@ -57,6 +59,8 @@ class PlaceholderRunner:
         self._node_id = node_id
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._misses = 0
+        self._ever_healthy = False
 
     @property
     def port(self) -> int | None:
@@ -89,9 +93,14 @@ class PlaceholderRunner:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)) as session:
                 async with session.get(url) as resp:
-                    return "healthy" if resp.status == 200 else "unhealthy"
+                    ok = resp.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return "unhealthy"
+            ok = False
+        # As the supervisor does (RestartPolicy.unready_after): one check lost to a busy
+        # event loop must not take a healthy service out of routing and allocation.
+        self._misses = 0 if ok else self._misses + 1
+        self._ever_healthy = self._ever_healthy or ok
+        return "healthy" if ok or (self._ever_healthy and self._misses < UNHEALTHY_AFTER) else "unhealthy"
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -93,6 +93,10 @@ class RestartPolicy:
     """One health request's limit."""
     unresponsive_after: float = 15.0
     """A ready child failing every health check this long is killed as hung."""
+    unready_after: int = 2
+    """Consecutive failed health checks before a ready child is reported unready: one answer
+    late under load (a batch in progress, a busy machine) must not take the service out of the
+    pool's routing and allocation. An exit is reported at once."""
     stop_timeout: float = 10.0
     """Between the stop signal (SIGTERM unless told otherwise) and SIGKILL when stopping a child."""
 
@@ -101,6 +105,8 @@ class RestartPolicy:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
         if self.max_failures < 1:
             raise ValueError("max_failures must be at least 1")
+        if self.unready_after < 1:
+            raise ValueError("unready_after must be at least 1")
         for name in ("ready_timeout", "stable_after", "check_interval", "health_timeout", "unresponsive_after", "stop_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -275,6 +281,7 @@ class Supervisor:
         ready_since: float | None = None
         last_ok = last_progress = spawned
         stable = False
+        misses = 0
         wait = asyncio.create_task(proc.wait())
         try:
             while True:
@@ -291,6 +298,7 @@ class Supervisor:
                     return f"exited with status {code}", stable
                 ok = await self._check()
                 now = time.monotonic()
+                misses = 0 if ok else misses + 1
                 if ok:
                     last_ok = now
                     if not self._ready:
@@ -312,7 +320,7 @@ class Supervisor:
                             self.name, now - spawned, self.policy.ready_timeout, self.runs,
                             f", {self.progress}%" if self.progress is not None else "",
                         )
-                else:
+                elif misses >= self.policy.unready_after or not self._ready:
                     self._ready = False
                     self.state = "unready"
                     if now - last_ok >= self.policy.unresponsive_after:

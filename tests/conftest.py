@@ -51,3 +51,16 @@ def netns_lab(tmp_path: Path) -> Iterator[Callable[..., NetnsLab]]:
             errors.append(f"{lab.prefix}: {e}")
     if errors:
         pytest.fail("netns cleanup failed: " + "; ".join(errors))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the item, so a fixture can tell at teardown that the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def call_failed(request: pytest.FixtureRequest) -> bool:
+    """At fixture teardown: whether the test's setup or call failed."""
+    return any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import call_failed
 from procs import NodeProc, wait_for
 
 from allocator.allocate import allocate
@@ -18,13 +19,16 @@ TYPES = [("e0", "edge"), ("c0", "cpu"), ("c1", "cpu"), ("c2", "cpu"), ("e1", "ed
 
 
 @pytest.fixture
-def mixed(tmp_path: Path) -> Iterator[list[NodeProc]]:
+def mixed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[NodeProc]]:
     nodes = [NodeProc(name, tmp_path, extra=["--type", kind], services=True) for name, kind in TYPES]
     try:
         nodes[0].start().wait_healthy()
         for n in nodes[1:]:
             n.start(join=[nodes[0].gossip]).wait_healthy()
         yield nodes
+        if call_failed(request):
+            for n in nodes:
+                print(f"----- {n.name}\n{n.tail(80)}")
     except BaseException:
         for n in nodes:
             print(f"----- {n.name}\n{n.tail(50)}")
@@ -77,7 +81,8 @@ def test_services_converge_to_the_allocation_and_move_after_a_crash(mixed: list[
     assert leaders[0]["primary"] is not None
     assert all(lead["primary"] == leaders[0]["primary"] for lead in leaders)
     before = covered(mixed[0])
-    assert {"coordinator", "edge-proxy", "load-balancer", "ner-extraction", "document-processing", "notes-coa", "chromadb"} <= before
+    rows = {k: (w["status"], w["services_status"], w["capabilities"]) for k, w in mixed[0].view().items()}
+    assert {"coordinator", "edge-proxy", "load-balancer", "ner-extraction", "document-processing", "notes-coa", "chromadb"} <= before, rows
 
     # Kill the CPU node that runs the most, so its services must move.
     cpus = [n for n in mixed if n.name.startswith("c")]

@@ -168,3 +168,27 @@ def test_report_tells_false_deaths_flaps_and_runner_windows_from_kills() -> None
     assert f["longest_no_healthy_runner_s"]["ner-extraction"] == 5.0, "rounds 11..15 had no runner up"
     assert f["detection_s"]["n"] == 1 and 4.0 <= f["detection_s"]["max"] <= 5.0
     assert f["moves"][0]["moved"] == 1 and f["moves"][0]["not_rehomed"] == []
+
+
+def test_report_judges_each_rehoming_against_detection_plus_5s_and_what_survivors_may_host() -> None:
+    """s (the only storage node) and c1 (NER) die at 10.5 s; c2, an idle CPU node, could take NER but does
+    so only at 30 s; nothing else may run chromadb. Both windows are over the bound: NER's is a protocol
+    failure (hostable), chromadb's is the pool's shape (not hostable)."""
+    from rmap2p.soak_report import Kill, Observation, SoakRecord, summarize
+
+    rec = SoakRecord(nodes=[("e", "edge"), ("s", "storage"), ("c1", "cpu"), ("c2", "cpu")], config={"down_s": 25.0})
+    rec.load_started, rec.load_ended = 0.0, 50.0
+    rec.kills += [Kill("s", at=10.5, restarted_at=35.5, healthy_at=36.0), Kill("c1", at=10.5, restarted_at=35.5, healthy_at=36.0)]
+    edge = {"coordinator": "healthy", "edge-proxy": "healthy", "load-balancer": "healthy"}
+    for t in range(50):
+        down = 10 < t < 36
+        status = "alive" if not down else ("suspect" if t < 15 else "dead")
+        c2 = {"ner-extraction": "healthy"} if 30 <= t < 36 else {}
+        rows = {"e": ("alive", edge, 1), "c2": ("alive", c2, 1),
+                "s": (status, {"chromadb": "healthy"}, 1), "c1": (status, {"ner-extraction": "healthy"}, 1)}
+        observers = ["e", "c2"] + ([] if down else ["s", "c1"])
+        rec.observations += [Observation(float(t), o, rows) for o in observers]
+    r = summarize(rec)["rehoming_within_detection_plus_5s"]
+    assert r["checked"] == 2 and r["within"] == 0
+    assert [(o["service"], o["window_s"], o["bound_s"]) for o in r["over_hostable"]] == [("ner-extraction", 19.0, 9.5)]
+    assert [(o["service"], o["victim"]) for o in r["over_not_hostable"]] == [("chromadb", "s")]

@@ -157,6 +157,44 @@ async def test_a_hung_child_is_killed_and_restarted() -> None:
         await s.stop()
 
 
+async def test_one_late_health_answer_does_not_make_a_ready_child_unready() -> None:
+    """A child paused for less than a few checks stays ready (one answer late under load is not a failure);
+    paused longer, it turns unready, and ready again when it answers."""
+    from dataclasses import replace
+
+    policy = replace(FAST, check_interval=0.1, health_timeout=0.3, unready_after=6, unresponsive_after=30.0)
+    s = supervisor("ok", policy)
+    await s.start()
+    try:
+        await until(lambda: s.ready, 20, "readiness")
+        pid = s.pid
+        assert pid is not None
+        seen_unready = False
+
+        async def watch(seconds: float) -> None:
+            nonlocal seen_unready
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                seen_unready = seen_unready or not s.ready
+                await asyncio.sleep(0.02)
+
+        os.kill(pid, signal.SIGSTOP)
+        await watch(1.0)  # two or three checks time out: fewer than unready_after
+        os.kill(pid, signal.SIGCONT)
+        await watch(1.0)
+        assert not seen_unready, "a pause shorter than unready_after checks must not report the child unready"
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await until(lambda: not s.ready, 20, "the paused child to be reported unready")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(lambda: s.ready, 20, "readiness after the pause")
+        assert s.pid == pid, "a pause shorter than unresponsive_after is not a restart"
+    finally:
+        await s.stop()
+
+
 async def test_process_runner_reports_health_models_and_failure() -> None:
     failed: list[tuple[str, str]] = []
     # The test child as the runner's module: `python -m service_child` with tests/ on the path.
