@@ -29,10 +29,15 @@ with W the alive (alive or suspect) nodes of type T:
   simply |W| ≥ slots, the seed's "enough workers". Counting heads instead
   would let nodes that can run nothing push a type into specialize mode and
   leave a critical service uncovered while a capable node sits at cap 1.
+- *orphan*: a service of T that a *dead* member of type T ran when it died
+  (dead members stay in the view, with their last metadata, until reaped).
 - *cap*: how many services a node may hold after gaining g:
-  specialize: cap(g) = 1; multitask: cap(g) = 3 if g is critical (priority 1),
-  else 2. So the third slot exists only to close a critical gap
-  ("heavy multi-tasking, we need coverage").
+  specialize: cap(g) = 1; multitask: cap(g) = 3 if g is critical (priority 1)
+  or an orphan, else 2. So the third slot exists only to close a critical
+  gap ("heavy multi-tasking, we need coverage") or to carry what a crashed
+  machine ran: a volunteer's machine that dies usually comes back, and until
+  it does (or is reaped) its services must still be served. A view with no
+  dead member (a cold start, the seed scenarios) has no orphan.
 - *preference* among services (best first):
   ``(−d(s), c(s), priority(s), catalog order(s))``: biggest gap, then fewest
   runners, then most critical, then catalog order.
@@ -42,7 +47,11 @@ Then, for each type:
 0. **Keep.** A node keeps every service it runs now that is of its type and
    that it is able to run (sticky). Unknown and ineligible services are
    dropped; if more than 3 remain (never produced by this function), the 3
-   of best ``(priority, catalog order)`` are kept.
+   of best ``(priority, catalog order)`` are kept. Three services none of
+   which is critical or an orphan (a third slot taken for an orphan whose
+   member came back or was reaped) keep the best 2: the third goes back to
+   a node with room (the services layer stops the old copy only once the
+   new one is healthy), or stays uncovered as the cap says.
 1. **Fresh nodes** (running nothing, able to run something), one at a time in
    ``rank_key`` order: take the most preferred eligible service, gap or not
    (a node with nothing to do adds redundancy); then, in preference order,
@@ -194,7 +203,12 @@ def allocate(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG)
                 len(guests.intersection(n.services).intersection(n.can_run)) if guests and n.can_run else 0
                 for n in nodes
             ]
-            rows.update(_TypeAllocation(nodes, type_specs, hosted=hosted).run())
+            # Orphans: what dead members of this type ran (whether or not a survivor runs it
+            # too: a function of the dead rows only, so that a settled view stays settled).
+            orphans = frozenset(
+                s for n in members if n.status == "dead" and n.worker_type == worker_type for s in n.services
+            )
+            rows.update(_TypeAllocation(nodes, type_specs, hosted=hosted, orphans=orphans).run())
     for guest_type in sorted({s.requires for s in specs} & set(FALLBACK_HOSTS)):
         _host(guest_type, alive, specs, rows)
     return rows
@@ -411,6 +425,7 @@ class _TypeAllocation:
         "priority",
         "weight",
         "critical",
+        "orphan",
         "eligible",
         "base",
         "hosted",
@@ -428,6 +443,7 @@ class _TypeAllocation:
         base: Sequence[int] | None = None,
         hosting: bool = False,
         hosted: Sequence[int] | None = None,
+        orphans: frozenset[str] = frozenset(),
     ) -> None:
         self.nodes = nodes
         self.specs = specs
@@ -439,6 +455,7 @@ class _TypeAllocation:
         top = max(self.priority, default=0)
         self.weight = [top + 1 - p for p in self.priority]
         self.critical = [s.critical for s in specs]
+        self.orphan = [s.name in orphans for s in specs]
         self.eligible: list[tuple[int, ...]] = [
             tuple(j for j, s in enumerate(specs) if n.able_to_run(s.name)) for n in nodes
         ]
@@ -495,7 +512,7 @@ class _TypeAllocation:
             return MAX_SERVICES
         if self.specialize:
             return 1
-        return MAX_SERVICES if self.critical[j] else 2
+        return MAX_SERVICES if self.critical[j] or self.orphan[j] else 2
 
     def _gain(self, i: int, j: int) -> None:
         self.held[i].append(j)

@@ -64,7 +64,12 @@ log = logging.getLogger("rmap2p.soak")
 # Three GPU-type nodes from five on: the three GPU services (rag-embeddings among them) then run one per
 # node and a survivor has a free slot for the service of a dead one (with two, the survivor fills its two
 # slots with the priority-1 services and rag-embeddings waits for the restart: see simulations/SOAK.md).
-TYPE_CYCLE = ("edge", "gpu", "cpu", "gpu", "gpu", "cpu", "storage", "edge")
+# Two storage nodes and two edge nodes at eight: a storage or edge service has no host but a node of its
+# own type, so with one storage node chromadb and redis wait for its restart whatever the protocol does.
+# With these eight every service a kill takes is re-homed on a survivor (the dead member's services take a
+# third slot: allocator/allocate.py, "orphan") except minio, which would be a fourth storage service on
+# the surviving storage node (at most three per node, seed 000).
+TYPE_CYCLE = ("edge", "gpu", "cpu", "gpu", "gpu", "storage", "storage", "edge")
 
 REQUESTS: dict[str, tuple[str, bytes, str]] = {
     "rag-embeddings": ("/embed", b'{"texts": ["the tenant was evicted"]}', "application/json"),

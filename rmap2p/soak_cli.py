@@ -65,7 +65,7 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
     soak.add_argument("--rate", type=_positive(float), default=5.0, help="client requests per second (default 5)")
     soak.add_argument("--seed", type=int, default=1, help="seed of the victim sequence (the same seed kills the same nodes in the same order) and of the client's entry nodes (default 1)")
     soak.add_argument("--types", default=None, metavar="T,T,...",
-                      help="worker types cycled over the nodes (default edge,gpu,cpu,gpu,gpu,cpu,storage,edge)")
+                      help="worker types cycled over the nodes (default edge,gpu,cpu,gpu,gpu,storage,storage,edge)")
     soak.add_argument("--mix", default=None, metavar="SERVICE,...",
                       help="services the client calls in turn: rag-embeddings, ner-extraction, document-processing, "
                       "notes-coa (default the first three; with --real-services rag-embeddings,ner-extraction)")

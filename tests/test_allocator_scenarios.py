@@ -152,22 +152,43 @@ def test_failure_of_first_gpu_moves_its_services_to_the_survivor() -> None:
 
 # After a failure, priority beats stickiness: a less critical service makes way
 # for a more critical one that nobody runs, within the node's count (issue 12).
+# While the dead member is in the view (until reaped), what it ran is an orphan
+# and may take a survivor's third slot (issue 15: a crashed volunteer usually
+# comes back; until then its services are carried).
 # Each row: the survivors' current services (the dead node's row first) -> rows.
 PRIORITY_AFTER_FAILURE = [
     pytest.param(
         [("cpu-1", "cpu", ("ner-extraction", "document-processing"), "dead"), ("cpu-2", "cpu", ("notes-coa",), "alive")],
+        {"cpu-2": ("ner-extraction", "document-processing", "notes-coa")},
+        id="issue15-survivor-carries-the-orphans",
+    ),
+    pytest.param(
+        # The same survivor once the dead member is reaped (or in a view that never had it):
+        # no orphan, no third slot for a priority-2 service; notes-coa (3) makes way.
+        [("cpu-2", "cpu", ("notes-coa",), "alive")],
         {"cpu-2": ("ner-extraction", "document-processing")},
         id="issue12-survivor-ran-notes-coa",
     ),
     pytest.param(
         # The state the old rule left behind: it must not stay there.
         [("cpu-1", "cpu", ("ner-extraction", "document-processing"), "dead"), ("cpu-2", "cpu", ("ner-extraction", "notes-coa"), "alive")],
-        {"cpu-2": ("ner-extraction", "document-processing")},
+        {"cpu-2": ("ner-extraction", "document-processing", "notes-coa")},
         id="issue12-old-answer-is-not-settled",
     ),
     pytest.param(
-        # Nothing more critical is missing: notes-coa stays a gap, nothing moves.
+        [("cpu-2", "cpu", ("ner-extraction", "notes-coa"), "alive")],
+        {"cpu-2": ("ner-extraction", "document-processing")},
+        id="issue12-old-answer-is-not-settled-after-reap",
+    ),
+    pytest.param(
+        # The orphan notes-coa takes the third slot while its member is dead.
         [("cpu-1", "cpu", ("notes-coa",), "dead"), ("cpu-2", "cpu", ("ner-extraction", "document-processing"), "alive")],
+        {"cpu-2": ("ner-extraction", "document-processing", "notes-coa")},
+        id="lone-cpu-carries-an-orphan-of-lower-priority",
+    ),
+    pytest.param(
+        # Nothing more critical is missing and nothing is an orphan: notes-coa stays a gap, nothing moves.
+        [("cpu-1", "cpu", (), "dead"), ("cpu-2", "cpu", ("ner-extraction", "document-processing"), "alive")],
         {"cpu-2": ("ner-extraction", "document-processing")},
         id="lone-cpu-keeps-equal-priorities",
     ),
