@@ -96,6 +96,9 @@ def test_two_minute_soak_answers_at_least_99_percent_and_cleans_up() -> None:
     assert sole, f"a kill took the only runner of a service the client calls: {figures['moves']}"
     assert reqs["answered_ratio"] >= 0.99, f"{reqs['answered']} of {reqs['sent']} answered: {reqs['failed_by_status']}"
     assert reqs["answered_after_10s"] == 0, "held requests are answered within one failure detection and a start"
+    rehoming = figures["rehoming_within_detection_plus_5s"]
+    assert rehoming["checked"] >= 3 and rehoming["over_hostable"] == [], (
+        f"every service a survivor may run is served again within detection + 5 s: {rehoming}")
     assert not _workdir(proc.stderr).exists(), "the temporary directory is removed"
     assert figures["config"]["transport"] == _expected_transport(), proc.stderr[-3000:]
 
