@@ -409,3 +409,18 @@ def test_a_gpu_gap_goes_to_the_box_that_hosts_least() -> None:
         "box-1": ("llm-inference", "ner-extraction", "document-processing"),
         "box-3": ("vision-ocr", "rag-embeddings"),
     }
+
+
+def test_a_crashed_edge_nodes_load_balancer_is_carried_until_it_returns() -> None:
+    """Issue 15: with two edge nodes, the survivor takes the dead one's load-balancer as a third service
+    (an orphan), and keeps it when the dead node comes back, which then takes the second coordinator."""
+    e0 = NodeView("e0", "edge", services=("coordinator", "edge-proxy"))
+    e7 = NodeView("e7", "edge", services=("coordinator", "load-balancer"))
+    dead = dataclasses.replace(e7, status="dead")
+    rows = allocate([e0, dead])
+    assert rows == {"e0": ("coordinator", "edge-proxy", "load-balancer")}
+    carried = dataclasses.replace(e0, services=rows["e0"])
+    back = dataclasses.replace(e7, services=(), incarnation=1)
+    assert allocate([carried, back]) == {"e0": ("coordinator", "edge-proxy", "load-balancer"), "e7": ("coordinator",)}
+    # Reaped instead (never came back): no orphan; the survivor keeps what it runs (sticky).
+    assert allocate([carried]) == {"e0": ("coordinator", "edge-proxy", "load-balancer")}
