@@ -164,15 +164,22 @@ def _window_after(truth: list[tuple[float, set[str]]], service: str, start: floa
 
 
 def _hostable_without(nodes: list[tuple[str, str]], placement: dict[str, dict[str, str]], victim: str) -> set[str]:
-    """What the allocation gives the survivors of ``victim``, settled from what they ran before the kill."""
-    view = [NodeView(node_id=n, worker_type=w, services=tuple(sorted(placement.get(n, {})))) for n, w in nodes if n != victim]
+    """What the allocation gives the survivors of ``victim``, settled from what they ran before the kill.
+
+    The victim stays in the view as dead with what it ran, as in the daemons' views until it
+    returns (what a dead member ran may take a survivor's third slot: allocator/allocate.py).
+    """
+    view = [
+        NodeView(node_id=n, worker_type=w, services=tuple(sorted(placement.get(n, {}))), status="dead" if n == victim else "alive")
+        for n, w in nodes
+    ]
     for _ in range(10):  # each daemon re-runs the allocation on the view its last step produced
         rows = allocate(view)
-        settled = [replace(v, services=tuple(rows.get(v.node_id, ()))) for v in view]
+        settled = [v if v.node_id == victim else replace(v, services=tuple(rows.get(v.node_id, ()))) for v in view]
         if settled == view:
             break
         view = settled
-    return {s for v in view for s in v.services}
+    return {s for v in view if v.node_id != victim for s in v.services}
 
 
 def _rehoming(record: SoakRecord, placements: list[tuple[float, dict[str, dict[str, str]]]],
