@@ -30,7 +30,9 @@ with W the alive (alive or suspect) nodes of type T:
   would let nodes that can run nothing push a type into specialize mode and
   leave a critical service uncovered while a capable node sits at cap 1.
 - *orphan*: a service of T that a *dead* member of type T ran when it died
-  (dead members stay in the view, with their last metadata, until reaped).
+  (dead members stay in the view, with their last metadata, until reaped);
+  storage services are never orphans (``NO_ORPHANS``: their failover is
+  the replicas' and the fencing's, ``allocator.replicas``).
 - *cap*: how many services a node may hold after gaining g:
   specialize: cap(g) = 1; multitask: cap(g) = 3 if g is critical (priority 1)
   or an orphan, else 2. So the third slot exists only to close a critical
@@ -183,6 +185,12 @@ from allocator.view import NodeView, normalize, rank_key
 MAX_SERVICES = 3
 """No node holds more than this many services (seed 000 §2: "at most 3")."""
 
+NO_ORPHANS = frozenset({"storage"})
+"""Types whose dead members' services take no third slot. Storage services keep their data:
+a survivor's extra copy would start empty, and a partition's minority (which sees the majority
+dead) would take copies it must not serve; replicas and fencing (``allocator.replicas``) cover
+their failures instead."""
+
 
 def allocate(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> dict[str, tuple[str, ...]]:
     """Map every alive or suspect node to the services it should run, in catalog order.
@@ -207,7 +215,7 @@ def allocate(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG)
             # too: a function of the dead rows only, so that a settled view stays settled).
             orphans = frozenset(
                 s for n in members if n.status == "dead" and n.worker_type == worker_type for s in n.services
-            )
+            ) if worker_type not in NO_ORPHANS else frozenset()
             rows.update(_TypeAllocation(nodes, type_specs, hosted=hosted, orphans=orphans).run())
     for guest_type in sorted({s.requires for s in specs} & set(FALLBACK_HOSTS)):
         _host(guest_type, alive, specs, rows)

@@ -27,7 +27,7 @@ from allocator import (
     normalize,
     services_doc,
 )
-from allocator.allocate import slots_fillable, weighted_deficit
+from allocator.allocate import NO_ORPHANS, slots_fillable, weighted_deficit
 from allocator.catalog import FALLBACK_HOSTS
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -185,7 +185,7 @@ def test_count_rule(view: list[NodeView]) -> None:
     """A node exceeds max(what it kept, base) only through a critical gap in its third slot, or when it
     holds an orphan (a service a dead member of its type ran)."""
     rows = allocate(view)
-    orphans = {(n.worker_type, s) for n in view if n.status == "dead" for s in n.services}
+    orphans = {(n.worker_type, s) for n in view if n.status == "dead" and n.worker_type not in NO_ORPHANS for s in n.services}
     for worker_type in WORKER_TYPES:
         alive, specialize = type_state(view, worker_type)
         base = 1 if specialize else 2

@@ -268,8 +268,11 @@ def _exits_with_its_daemon(tmp_path: Path) -> None:
         daemon.wait()
 
 
-def test_llama_cpp_reports_how_far_it_loaded_the_model(tmp_path: Path) -> None:
-    """llama.cpp's own tensor-loading progress reaches the child's reporter (services.load_progress)."""
+async def test_llama_cpp_reports_how_far_it_loaded_the_model(tmp_path: Path) -> None:
+    """llama.cpp's own tensor-loading progress reaches the child's reporter (services.load_progress).
+
+    Async only because the module's tests share one event loop (``pytestmark``); the load runs inline.
+    """
     need_modules(*NEEDS)
     from services.engine_choice import llama_cpp_settings
     from services.load_progress import Reporter
