@@ -49,11 +49,9 @@ Then, for each type:
 0. **Keep.** A node keeps every service it runs now that is of its type and
    that it is able to run (sticky). Unknown and ineligible services are
    dropped; if more than 3 remain (never produced by this function), the 3
-   of best ``(priority, catalog order)`` are kept. Three services none of
-   which is critical or an orphan (a third slot taken for an orphan whose
-   member came back or was reaped) keep the best 2: the third goes back to
-   a node with room (the services layer stops the old copy only once the
-   new one is healthy), or stays uncovered as the cap says.
+   of best ``(priority, catalog order)`` are kept. A third service taken
+   for an orphan stays when its member comes back or is reaped (sticky,
+   like any kept service).
 1. **Fresh nodes** (running nothing, able to run something), one at a time in
    ``rank_key`` order: take the most preferred eligible service, gap or not
    (a node with nothing to do adds redundancy); then, in preference order,

@@ -66,9 +66,9 @@ log = logging.getLogger("rmap2p.soak")
 # slots with the priority-1 services and rag-embeddings waits for the restart: see simulations/SOAK.md).
 # Two storage nodes and two edge nodes at eight: a storage or edge service has no host but a node of its
 # own type, so with one storage node chromadb and redis wait for its restart whatever the protocol does.
-# With these eight every service a kill takes is re-homed on a survivor (the dead member's services take a
-# third slot: allocator/allocate.py, "orphan") except minio, which would be a fourth storage service on
-# the surviving storage node (at most three per node, seed 000).
+# With these eight every edge, GPU and CPU service a kill takes is re-homed on a survivor (the dead
+# member's services take a third slot: allocator/allocate.py, "orphan"); storage services are not orphans,
+# so without replicas (echo services) a storage node's kill may leave postgres, minio or neo4j to wait.
 TYPE_CYCLE = ("edge", "gpu", "cpu", "gpu", "gpu", "storage", "storage", "edge")
 
 REQUESTS: dict[str, tuple[str, bytes, str]] = {

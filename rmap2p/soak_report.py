@@ -192,9 +192,9 @@ def _rehoming(record: SoakRecord, placements: list[tuple[float, dict[str, dict[s
         if not before or detection is None:
             continue
         hostable = _hostable_without(record.nodes, before[-1], k.node)
+        until = k.restarted_at if k.restarted_at is not None else record.load_ended
         for service in sorted(_healthy(before[-1].get(k.node, {}))):
             checked += 1
-            until = k.restarted_at if k.restarted_at is not None else record.load_ended
             window = _window_after(truth, service, k.at, until)
             if window > detection + 5.0:
                 over.append({"victim": k.node, "at": round(k.at - record.load_started, 1), "service": service,

@@ -18,10 +18,12 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+from services.supervisor import RestartPolicy
+
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
-UNHEALTHY_AFTER = 2
+UNHEALTHY_AFTER = RestartPolicy().unready_after
 """Consecutive failed checks before an echo service that was healthy is reported unhealthy."""
 
 

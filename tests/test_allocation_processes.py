@@ -21,19 +21,17 @@ TYPES = [("e0", "edge"), ("c0", "cpu"), ("c1", "cpu"), ("c2", "cpu"), ("e1", "ed
 @pytest.fixture
 def mixed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[NodeProc]]:
     nodes = [NodeProc(name, tmp_path, extra=["--type", kind], services=True) for name, kind in TYPES]
+    failed = True  # until the test's own outcome is known: a start that raises prints the logs too
     try:
         nodes[0].start().wait_healthy()
         for n in nodes[1:]:
             n.start(join=[nodes[0].gossip]).wait_healthy()
         yield nodes
-        if call_failed(request):
+        failed = call_failed(request)
+    finally:
+        if failed:
             for n in nodes:
                 print(f"----- {n.name}\n{n.tail(80)}")
-    except BaseException:
-        for n in nodes:
-            print(f"----- {n.name}\n{n.tail(50)}")
-        raise
-    finally:
         for n in nodes:
             n.terminate()
 
