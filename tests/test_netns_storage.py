@@ -148,7 +148,7 @@ class StoragePool:
         return all(self.roles(via, s) == want for s in SERVICES)
 
     def client(self, host: Host, op: str, *args: str, timeout: float = 120, ports: tuple[int, int] = (6379, 5432)) -> dict[str, Any]:
-        passwords = ["--redis-password", self.password("redis", self.lab.hosts[0]), "--pg-password", self.password("postgres", self.lab.hosts[0])]
+        passwords = _password_args(self.password("redis", self.lab.hosts[0]), self.password("postgres", self.lab.hosts[0]))
         argv = [sys.executable, str(CLIENT), op, "--redis-port", str(ports[0]), "--pg-port", str(ports[1]), *passwords, *args]
         cp = host.run(argv, timeout=timeout)
         assert cp.returncode == 0, f"storage client {op}: {cp.stdout}{cp.stderr[-2000:]}"
@@ -183,6 +183,11 @@ def pool(engines: None, netns_lab: Callable[..., NetnsLab]) -> Iterator[StorageP
             raise
         finally:
             lab.destroy()  # before server_dir goes: the servers write there until they stop
+
+
+def _password_args(redis: str, postgres: str) -> list[str]:
+    # "--opt=value": a derived password may begin with "-", which argparse would take for an option.
+    return [f"--redis-password={redis}", f"--pg-password={postgres}"]
 
 
 def bring_up(pool: StoragePool) -> tuple[Host, Host, Host]:
@@ -251,7 +256,7 @@ def test_failover_across_hosts_keeps_every_acknowledged_write(pool: StoragePool)
 
 def test_graceful_leave_hands_over_first(pool: StoragePool) -> None:
     h0, _h1, h2 = bring_up(pool)
-    passwords = ["--redis-password", pool.password("redis", h0), "--pg-password", pool.password("postgres", h0)]
+    passwords = _password_args(pool.password("redis", h0), pool.password("postgres", h0))
     # Two writers on h2: one through its --service-proxy (follows the view: measures the gap), one straight
     # at h0's own servers (a client that does not follow the view: whatever h0 acknowledges must survive).
     direct = {s: int(pool.endpoints(h2, s)["h0"].rsplit(":", 1)[1]) for s in SERVICES}
@@ -302,7 +307,7 @@ def test_graceful_leave_hands_over_first(pool: StoragePool) -> None:
 
 def test_partition_fences_the_minority_primary(pool: StoragePool) -> None:
     h0, h1, h2 = bring_up(pool)
-    passwords = ["--redis-password", pool.password("redis", h0), "--pg-password", pool.password("postgres", h0)]
+    passwords = _password_args(pool.password("redis", h0), pool.password("postgres", h0))
     direct = {s: int(pool.endpoints(h2, s)["h0"].rsplit(":", 1)[1]) for s in SERVICES}
     # A client beside h0 (cut off with it) writes straight at h0; one on h2 writes through h2's proxy.
     writers = {
