@@ -53,6 +53,8 @@ def settled(nodes: list[NodeProc]) -> bool:
     for v in views:
         if {k for k, w in v.items() if w["status"] == "alive"} != names:
             return False
+    if not all(agrees_on_itself(n, views) for n in nodes):
+        return False
     ref = views[0]
     rows = allocate(views_of(ref))
     for name, w in ref.items():
@@ -64,6 +66,21 @@ def settled(nodes: list[NodeProc]) -> bool:
             return False
     return all({k: sorted(w["services"]) for k, w in v.items() if w["status"] == "alive"}
                == {k: sorted(w["services"]) for k, w in ref.items() if w["status"] == "alive"} for v in views)
+
+
+def agrees_on_itself(node: NodeProc, views: list[dict[str, dict]]) -> bool:
+    """Every view holds what `node` says of itself, and it has said what it can run.
+
+    A node joins before it has probed its capabilities; until that update reaches every view the
+    allocation gives it nothing, and an empty row that is "run nothing" would look settled.
+    """
+    me = node.view()[node.name]
+    if not me["capabilities"]:
+        return False
+    return all(
+        v[node.name]["capabilities"] == me["capabilities"] and sorted(v[node.name]["services"]) == sorted(me["services"])
+        for v in views
+    )
 
 
 def covered(node: NodeProc) -> set[str]:
@@ -108,6 +125,8 @@ def settled_without(nodes: list[NodeProc], dead: str) -> bool:
     ref = views[0]
     live = {k: w for k, w in ref.items() if w["status"] == "alive"}
     if set(live) != {n.name for n in nodes}:
+        return False
+    if not all(agrees_on_itself(n, views) for n in nodes):
         return False
     rows = allocate(views_of(ref))
     for w in live.values():
