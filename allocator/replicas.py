@@ -69,7 +69,7 @@ fenced primary keeps it waiting instead of turning it off).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from allocator.actions import NodeActions, node_actions
@@ -146,7 +146,7 @@ QUORUM_MIN_MEMBERS = 3
 """Views with fewer members (not left) than this are not fenced: two nodes have no majority to lose."""
 
 
-def has_quorum(view: Iterable[NodeView]) -> bool:
+def has_quorum(view: Iterable[NodeView], confirmed: Collection[str] | None = None) -> bool:
     """Whether the side of the pool this view shows may run a writable primary (the module docstring).
 
     ``2 * alive > known`` over the members that have not left, where only
@@ -154,6 +154,12 @@ def has_quorum(view: Iterable[NodeView]) -> bool:
     split); always True below ``QUORUM_MIN_MEMBERS`` known members. Pure and
     order-independent (members collapse by node id, the most hopeful status
     winning).
+
+    ``confirmed``: only these alive members count as present (those heard
+    from first-hand since some moment; the caller's own node among them).
+    A view lags: a node cut off from the pool sees its peers alive until it
+    suspects them, so a primary that is about to give up a guarantee asks
+    for a majority it has heard *since* the event (``services.replication``).
     """
     order = {"alive": 3, "suspect": 2, "dead": 1, "left": 0}
     status: dict[str, str] = {}
@@ -164,7 +170,8 @@ def has_quorum(view: Iterable[NodeView]) -> bool:
     known = [s for s in status.values() if s != "left"]
     if len(known) < QUORUM_MIN_MEMBERS:
         return True
-    return 2 * sum(1 for s in known if s == "alive") > len(known)
+    present = sum(1 for node, s in status.items() if s == "alive" and (confirmed is None or node in confirmed))
+    return 2 * present > len(known)
 
 
 def copies(service: str, view: Iterable[NodeView], claims: Mapping[str, tuple[int, bool]]) -> list[Copy]:

@@ -88,6 +88,9 @@ class NodeHandle:
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:
         self._node.update_meta(change)
 
+    def now(self) -> float:
+        return self._node._now()
+
     def probe_soon(self, node: str) -> None:
         self._node.probe_soon(node)
 

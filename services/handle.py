@@ -98,6 +98,10 @@ class PoolHandle(Protocol):
         """Replace this node's metadata by ``change(meta)`` and gossip it."""
         ...
 
+    def now(self) -> float:
+        """The clock membership keeps its times on (``MemberView.last_seen``, ``since``)."""
+        ...
+
     def probe_soon(self, node: str) -> None:
         """This node could not connect to ``node``: have membership probe it next (rate-limited).
 

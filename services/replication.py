@@ -24,7 +24,14 @@ join's full state sync), or a returning old primary could act on a view
 that has not heard of its successor.
 
 PostgreSQL's synchronous commit is turned on only while the primary has a
-replica in the view (a commit would otherwise wait for ever).
+replica in the view (a commit would otherwise wait for ever). Turning it
+off when the replica dies is the one step that lets this copy acknowledge
+writes no other copy holds, so it waits for a majority of the pool heard
+first-hand *after* the replica's death (``heard_since``; the manager probes
+the members meanwhile). A view lags: a primary cut off from the pool first
+sees its replica dead while the other members still look alive, and the
+other side promotes that very replica. Without the wait, commits taken
+alone between the two verdicts were lost when the partition healed.
 
 Fencing (``quorum`` False: this node's view has no majority of the pool,
 ``allocator.replicas.has_quorum``): a copy chosen as primary is not
@@ -49,7 +56,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,11 +104,29 @@ class ReplicaDriver:
         self.following: Endpoint | None = None
         self.fenced = False
         self._held_back = False
+        self._sync_on = False  # what this driver last told the engine
+        self._relax_from: float | None = None  # when the standby went and synchronous commit waits to be dropped
 
-    async def apply(self, roles: Roles, endpoints: Mapping[str, Endpoint], *, quorum: bool = True) -> bool:
+    @property
+    def relax_pending(self) -> bool:
+        """Synchronous commit is held on for lack of a fresh majority (the manager probes the members meanwhile)."""
+        return self._relax_from is not None
+
+    async def apply(
+        self,
+        roles: Roles,
+        endpoints: Mapping[str, Endpoint],
+        *,
+        quorum: bool = True,
+        now: float = 0.0,
+        heard_since: Callable[[float], bool] | None = None,
+    ) -> bool:
         """Move the local copy to its role in ``roles``; True when ``claim`` changed (gossip it).
 
         ``quorum`` False: this side of the pool has no majority (module docstring, fencing).
+        ``heard_since(t)``: whether a majority of the pool was heard from
+        first-hand since ``t`` (on the clock of ``now``); None: no need to ask
+        (no fencing, or a test).
         """
         before = self.claim
         if roles.primary == self.node_id and not quorum:
@@ -121,9 +146,7 @@ class ReplicaDriver:
                 log.info("node %s: %s primary at epoch %d%s", self.node_id, self.service, roles.epoch, " (promoted)" if roles.promoted else "")
             await self.runner.set_role("primary", None)
             self.following = None
-            set_sync = getattr(self.runner, "set_synchronous", None)
-            if set_sync is not None and self.runner.port is not None:
-                await set_sync(self._synchronous and bool(roles.replicas))
+            await self._synchronous_commit(roles, now, heard_since)
             self._set_claim(Claim(roles.epoch, True))
         elif roles.primary is not None:
             target = endpoints.get(roles.primary)
@@ -144,6 +167,30 @@ class ReplicaDriver:
                     # No longer primary, whatever happens next: never claim it again for that epoch.
                     self._set_claim(Claim(before.epoch, False))
         return self.claim != before
+
+    async def _synchronous_commit(self, roles: Roles, now: float, heard_since: Callable[[float], bool] | None) -> None:
+        """Commits wait for a standby while one is in the view; drop that only with a fresh majority (module docstring)."""
+        set_sync = getattr(self.runner, "set_synchronous", None)
+        if set_sync is None or self.runner.port is None:
+            return
+        want = self._synchronous and bool(roles.replicas)
+        if not want and self._sync_on and heard_since is not None:
+            if self._relax_from is None:
+                self._relax_from = now
+                log.info(
+                    "node %s: %s has no replica left in the view; commits keep waiting for one until a majority "
+                    "of the pool answers first-hand (a primary cut off from the pool sees its replica dead first)",
+                    self.node_id, self.service,
+                )  # fmt: skip
+            if not heard_since(self._relax_from):
+                return
+            log.info(
+                "node %s: %s: a majority answered %.1f s after the replica was lost; commits no longer wait for a standby",
+                self.node_id, self.service, now - self._relax_from,
+            )  # fmt: skip
+        self._relax_from = None
+        await set_sync(want)
+        self._sync_on = want
 
     async def _fence(self, fenced: bool, roles: Roles) -> None:
         set_fenced = getattr(self.runner, "set_fenced", None)
@@ -203,6 +250,8 @@ async def converge(
     proxy: ServiceProxy | None = None,
     *,
     quorum: bool = True,
+    now: float = 0.0,
+    heard_since: Callable[[float], bool] | None = None,
 ) -> Roles:
     """One step for ``service``: decide from the view, move the local copy (if any), retarget the proxy.
 
@@ -225,7 +274,7 @@ async def converge(
         found = [c for c in found if c.node_id != driver.node_id] + [own]
     roles = primary_of(service, found)
     if driver is not None:
-        await driver.apply(roles, where, quorum=quorum)
+        await driver.apply(roles, where, quorum=quorum, now=now, heard_since=heard_since)
     if proxy is not None:
         proxy.set_target(where.get(roles.primary) if roles.primary is not None else None)
     return roles

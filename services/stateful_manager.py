@@ -241,7 +241,19 @@ class StatefulServices:
         if runner_ep is not None:
             where[self.node.node_id] = runner_ep
         claims = view_claims(members, (service,))[service]
-        roles = await converge(driver, service, views, claims, where, quorum=self._quorum(views))
+        me = self.node.node_id
+
+        def heard_since(since: float) -> bool:
+            fresh = [m for m in self.node.members() if m.node != me and m.last_seen is not None and m.last_seen >= since]
+            return not self._fencing or has_quorum(views, {me, *(m.node for m in fresh)})
+
+        roles = await converge(
+            driver, service, views, claims, where, quorum=self._quorum(views), now=self.node.now(), heard_since=heard_since
+        )  # fmt: skip
+        if driver.relax_pending:
+            for m in members:
+                if m.node != me and m.status == "alive":
+                    self.node.probe_soon(m.node)
         self._roles[service] = roles
         return roles
 

@@ -79,6 +79,9 @@ class MachineHandle:
         self.machine.update_meta(change(self.machine.meta), self._now())
         self._after_change()
 
+    def now(self) -> float:
+        return self._now()
+
     def probe_soon(self, node: str) -> None:
         self.machine.probe_soon(node, self._now())
         self._after_change()

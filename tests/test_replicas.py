@@ -227,3 +227,15 @@ def test_has_quorum(name: str, statuses: list[str], expected: bool) -> None:
     view = [NodeView(node_id=f"n{i}", worker_type="storage", status=st) for i, st in enumerate(statuses)]
     assert has_quorum(view) is expected
     assert has_quorum(list(reversed(view))) is expected
+
+
+def test_a_fresh_majority_counts_only_members_heard_since() -> None:
+    """What a primary cut off from the pool sees: its replica dead, the third member still alive (not yet suspected)."""
+    view = [NodeView("me", "storage"), NodeView("replica", "storage", status="dead"), NodeView("third", "cpu")]
+    assert has_quorum(view)  # the lagging view alone would let it drop its synchronous standby
+    assert not has_quorum(view, confirmed={"me"})  # the third has not answered since the replica died
+    assert has_quorum(view, confirmed={"me", "third"})
+    # Being confirmed does not revive a member the view holds dead.
+    assert not has_quorum(view, confirmed={"me", "replica"})
+    # Two nodes still cannot tell a partition from a death.
+    assert has_quorum([NodeView("me", "storage"), NodeView("replica", "storage", status="dead")], confirmed={"me"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -13,8 +14,10 @@ import pytest
 from procs import pid_gone
 from storage import ProxyThread, StorageNode, require_binary, server_dir
 
+from allocator.replicas import Roles
+from services.replication import ReplicaDriver
 from services.runners.postgres import conninfo, find_bin_dir
-from services.runners.stateful import make_stateful_runner
+from services.runners.stateful import make_stateful_runner, service_dir
 from services.stateful import Endpoint
 from services.supervisor import RestartPolicy
 
@@ -191,3 +194,49 @@ def test_a_standby_restarted_as_primary_forks_a_new_timeline(tmp_path: Path, dat
             a.stop()
     finally:
         b.stop()
+
+
+async def test_commits_wait_for_a_standby_until_a_majority_answers_after_the_replica_is_lost(data_root: Path) -> None:
+    """The primary keeps synchronous commit on when its replica leaves the view until ``heard_since`` says a
+    majority answered after that; a primary cut off from the pool must not take commits alone meanwhile."""
+    a = make_stateful_runner("postgres", data_root / "a", "127.0.0.1", 0, "a", b"pool secret", policy=POLICY, synchronous=True)
+    b = make_stateful_runner("postgres", data_root / "b", "127.0.0.1", 0, "b", b"pool secret", policy=POLICY, synchronous=True)
+    da = ReplicaDriver("postgres", "a", a, service_dir(data_root / "a", "postgres"), synchronous=True)
+    db = ReplicaDriver("postgres", "b", b, service_dir(data_root / "b", "postgres"), synchronous=True)
+    both = Roles("a", 1, ("b",), False)
+    try:
+        await da.apply(both, {})
+        await a.start()
+        await da.apply(both, {})  # running now: commits wait for a standby
+        await db.apply(both, {"a": a.endpoint})  # type: ignore[dict-item]
+        await b.start()
+        deadline = time.monotonic() + 60
+        while (await a.replication()).replicas != 1:
+            assert time.monotonic() < deadline, "the standby never streamed"
+            await asyncio.sleep(0.2)
+        await a.sql("CREATE TABLE items (id int PRIMARY KEY)")
+
+        await b.stop()  # the replica's node is gone; a commit now waits
+        pending = asyncio.create_task(a.sql("INSERT INTO items VALUES (1)"))
+        alone = Roles("a", 1, (), False)
+        asked: list[float] = []
+
+        def nobody(since: float) -> bool:
+            asked.append(since)
+            return False
+
+        await da.apply(alone, {}, now=100.0, heard_since=nobody)
+        await da.apply(alone, {}, now=101.0, heard_since=nobody)
+        await asyncio.sleep(1.5)
+        assert not pending.done(), "a commit was acknowledged with no standby and no fresh majority"
+        assert da.relax_pending and asked == [100.0, 100.0]  # always since the replica was lost, not since the last look
+
+        await da.apply(alone, {}, now=102.0, heard_since=lambda since: since == 100.0)
+        await asyncio.wait_for(pending, 30)
+        assert not da.relax_pending
+        assert (await a.sql("SELECT count(*) FROM items")).strip() == "1"
+        # Without a standby and with the majority heard, commits no longer wait.
+        await asyncio.wait_for(a.sql("INSERT INTO items VALUES (2)"), 30)
+    finally:
+        await a.stop()
+        await b.stop()
