@@ -9,6 +9,14 @@ with their health, their ports, loaded models, how far a loading model got
 (``services.load_progress``), capabilities). It never tells
 another node what to do. It sees the node only through a ``PoolHandle``.
 
+Warm standbys (``allocator.standby``): for a model service whose one runner
+is on another node, the node the allocation would hand it to if that runner
+died starts its own runner beforehand, unadvertised, so that when the death
+comes the service is served again as soon as it is detected, not a model
+load later. Which services get one: ``RMAP2P_WARM_STANDBY`` (default
+``rag-embeddings,ner-extraction``, the models small enough to keep twice;
+``none`` turns it off); never in echo mode.
+
 Before a graceful leave the daemon awaits ``hand_over``: reconciliation
 stops, and each replicated service this node is primary of is handed to a
 replica (``StatefulServices.hand_over``) while the node is still a member,
@@ -28,6 +36,7 @@ from allocator.actions import NodeActions, node_actions
 from allocator.catalog import ServiceSpec, by_name
 from allocator.members import capabilities, to_node_views
 from allocator.replicas import REPLICATED
+from allocator.standby import standby_for
 from membership import MemberEvent, NodeMeta
 from p2p.discovery import format_host_port
 from services.capabilities import probe as probe_machine
@@ -54,6 +63,27 @@ DEBOUNCE = 0.3
 """Seconds to let a burst of membership events settle before recomputing."""
 RECHECK = 2.0
 """Seconds between reconciliations when nothing happens (health, hand-overs)."""
+STANDBY_SETTLE = 2.0
+"""Seconds a warm standby must stay wanted before it is started: a view still settling
+(a join, a restart) would otherwise load a model only to drop it a moment later."""
+
+STANDBY_ENV = "RMAP2P_WARM_STANDBY"
+STANDBY_DEFAULT = ("rag-embeddings", "ner-extraction")
+
+
+def standby_services(env: Mapping[str, str]) -> frozenset[str]:
+    """The services this node keeps a warm standby of (``RMAP2P_WARM_STANDBY``: names, comma-separated; ``none``)."""
+    raw = env.get(STANDBY_ENV)
+    if raw is None:
+        return frozenset(STANDBY_DEFAULT)
+    names = {s.strip() for s in raw.split(",") if s.strip()}
+    if names & {"none", "0", "off"}:
+        return frozenset()
+    unknown = sorted(s for s in names if by_name(s) is None)
+    if unknown:
+        log.warning("%s: ignoring unknown service %s (names from the catalog, or 'none')", STANDBY_ENV, ", ".join(unknown))
+    return frozenset(names - set(unknown))
+
 
 IN_DAEMON = ("coordinator",)
 """Services the daemon itself provides: the coordinator is the admin API every node serves."""
@@ -130,6 +160,10 @@ class ServiceManager:
                 node, ephemeral_ports=ephemeral_ports or stateful_ephemeral, synchronous=synchronous, fencing=fencing
             )
         self._runners: dict[str, Runner] = {}
+        self._standby: dict[str, Runner] = {}
+        """Started, not advertised: runners this node would need at once if another node died."""
+        self._standby_services = frozenset() if echo else standby_services(self._env)
+        self._standby_wanted: dict[str, float] = {}  # service -> loop time since it is wanted, not yet started
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()
         self._unavailable: dict[str, str] = {}
@@ -265,14 +299,54 @@ class ServiceManager:
             await self._stop(service, "handed over: another node serves it healthy")
         if self._stateful is not None:
             await self._stateful.step()
+        await self._keep_standbys()
         for service, runner in list(self._runners.items()):
             health = await runner.health()
             self._health[service] = self._stateful.health(service, health) if self._stateful is not None else health
         self._publish()
 
+    async def _keep_standbys(self) -> None:
+        """Start the standbys the view asks of this node, stop those it no longer does (module docstring)."""
+        if not self._standby_services:
+            return
+        me = self.node.node_id
+        views = to_node_views(self.node.members())
+        wanted = {
+            s for s in standby_for(me, views, self._standby_services)
+            if s not in self._runners and s not in self._failed and s not in self._unavailable and has_runner(s)
+        }  # fmt: skip
+        for service in [s for s in self._standby if s not in wanted]:
+            runner = self._standby.pop(service)
+            await runner.stop()
+            log.info("node %s: stopped the warm standby of %s (no longer the node that would take it over)", me, service)
+        now = asyncio.get_running_loop().time()
+        self._standby_wanted = {s: self._standby_wanted.get(s, now) for s in wanted if s not in self._standby}
+        for service in sorted(s for s, since in self._standby_wanted.items() if now - since >= STANDBY_SETTLE):
+            del self._standby_wanted[service]
+            spec = by_name(service)
+            if spec is None:
+                continue
+            runner = self._factory(spec)
+            try:
+                await runner.start()
+            except RunnerError as exc:
+                log.warning("node %s: cannot keep %s warm: %s", me, service, exc)
+                continue
+            self._standby[service] = runner
+            log.info(
+                "node %s: keeping a warm standby of %s: the allocation gives it to this node if its one runner dies",
+                me, service,
+            )  # fmt: skip
+
     async def _start(self, service: str) -> None:
         spec = by_name(service)
         if spec is None:
+            return
+        warm = self._standby.pop(service, None)
+        if warm is not None:
+            self._runners[service] = warm
+            self._health[service] = await warm.health()
+            log.info("node %s: started %s from its warm standby (%s)", self.node.node_id, service, self._health[service])
             return
         runner = self._factory(spec)
         stateful = self._stateful is not None and self._stateful.handles(service)
@@ -305,6 +379,10 @@ class ServiceManager:
         for service in list(self._runners):
             with contextlib.suppress(Exception):
                 await self._stop(service, "node shutting down")
+        for service, runner in list(self._standby.items()):
+            self._standby.pop(service, None)
+            with contextlib.suppress(Exception):
+                await runner.stop()
 
     def _publish(self, *, force: bool = False) -> None:
         node = self.node
@@ -332,3 +410,12 @@ class ServiceManager:
     @property
     def running(self) -> dict[str, str]:
         return dict(self._health)
+
+    @property
+    def standbys(self) -> dict[str, Runner]:
+        """The warm standbys kept now, by service (started, not advertised)."""
+        return dict(self._standby)
+
+    def runner(self, service: str) -> Runner | None:
+        """The runner serving ``service`` here, if any."""
+        return self._runners.get(service)

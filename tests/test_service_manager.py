@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from allocator.catalog import CATALOG, ServiceSpec
 from allocator.gaps import gaps
 from allocator.handover import plan
 from allocator.members import capabilities, to_node_views
+from allocator.standby import standby_for
 from allocator.view import NodeView
 from membership import Membership
 from services.manager import ServiceManager
@@ -262,3 +265,58 @@ async def test_how_far_a_model_loaded_is_gossiped_while_it_loads_and_gone_once_h
         assert handle.meta.loading == ()
     finally:
         await manager.stop_all()
+
+
+async def test_the_next_host_keeps_a_warm_standby_and_serves_at_once_when_the_runner_dies() -> None:
+    """A model service's successor (``allocator.standby``) loads it beforehand: after the runner's node dies,
+    the successor serves it healthy in its first reconcile, from the same process, with no model load."""
+    from services.runners.process import ProcessRunner
+    from services.supervisor import RestartPolicy
+
+    tests_dir = str(Path(__file__).resolve().parent)
+    child_env = {"CHILD_MODE": "progress", "CHILD_STEP": "0.4", "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
+    policy = RestartPolicy(backoff_initial=0.2, backoff_max=0.8, ready_timeout=30.0, check_interval=0.1)
+    ids = ["c0", "c1", "c2"]
+    cluster = Cluster(3, ids=ids)
+    assert cluster.run_until(cluster.converged, 30.0)
+    handles = [MachineHandle.of_cluster(cluster, i) for i in range(3)]
+    managers = [
+        ServiceManager(
+            h, factory=lambda spec, h=h: ProcessRunner(spec.name, "service_child", "127.0.0.1", 0, h.node_id, child_env, policy=policy),
+            probe=lambda gpus: {}, env={"RMAP2P_WARM_STANDBY": "ner-extraction"},
+        )
+        for h in handles
+    ]  # fmt: skip
+
+    async def settle() -> None:
+        for m in managers:
+            await m.reconcile()
+        cluster.run_for(0.5)
+        await asyncio.sleep(0.1)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            await settle()
+            runners = [i for i, m in enumerate(managers) if m.running.get("ner-extraction") == "healthy"]
+            standing = [i for i, m in enumerate(managers) if "ner-extraction" in m.standbys]
+            if len(runners) == 1 and len(standing) == 1 and await managers[standing[0]].standbys["ner-extraction"].health() == "healthy":
+                break
+            assert time.monotonic() < deadline, ([m.running for m in managers], [list(m.standbys) for m in managers])
+        victim, heir = runners[0], standing[0]
+        assert heir != victim
+        views = to_node_views(handles[heir].members())
+        assert standby_for(ids[heir], views, ("ner-extraction",)) == ("ner-extraction",)
+        warm = managers[heir].standbys["ner-extraction"]
+        assert "ner-extraction" not in handles[heir].meta.services, "a standby is not advertised"
+
+        cluster.crash(victim)
+        assert cluster.run_until(lambda: all(m.status.label == "dead" for m in handles[heir].members() if m.node == ids[victim]), 60.0)
+        await managers[heir].reconcile()
+        assert managers[heir].runner("ner-extraction") is warm, "the standby's process serves, not a fresh one"
+        assert managers[heir].running["ner-extraction"] == "healthy"
+        assert "ner-extraction" not in managers[heir].standbys
+        assert dict(handles[heir].meta.services)["ner-extraction"] == "healthy"
+    finally:
+        for m in managers:
+            await m.stop_all()
