@@ -210,6 +210,9 @@ class Soak:
         # on timing, and the victim sequence must follow from the seed alone (the same kills on a re-run).
         self.chaos_rng = random.Random(f"{cfg.seed}/chaos")
         self.workdir = Path(tempfile.mkdtemp(prefix="rmap2p-soak-"))
+        # Searchable by others: as root, PostgreSQL and Redis run as their own users and must reach their data
+        # dirs below it (mkdtemp's 0700 kept postgres from starting at all; the node then stopped offering it).
+        self.workdir.chmod(0o711)
         port_rng = random.Random()  # ports must not repeat between runs with the same seed
         self.daemons = [
             Daemon(

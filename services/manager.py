@@ -63,6 +63,9 @@ DEBOUNCE = 0.3
 """Seconds to let a burst of membership events settle before recomputing."""
 RECHECK = 2.0
 """Seconds between reconciliations when nothing happens (health, hand-overs)."""
+RECHECK_WAITING = 0.25
+"""Seconds between reconciliations while a primary's commits wait on a fresh majority (``StatefulServices.waiting``):
+the answers it waits for come as probe acks, which raise no view change."""
 STANDBY_SETTLE = 2.0
 """Seconds a warm standby must stay wanted before it is started: a view still settling
 (a join, a restart) would otherwise load a model only to drop it a moment later."""
@@ -244,8 +247,9 @@ class ServiceManager:
         self._publish()
         try:
             while True:
+                waiting = self._stateful is not None and self._stateful.waiting()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), RECHECK)
+                    await asyncio.wait_for(self._wake.wait(), RECHECK_WAITING if waiting else RECHECK)
                 if self._wake.is_set():
                     await asyncio.sleep(DEBOUNCE)
                     self._wake.clear()

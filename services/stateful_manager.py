@@ -270,6 +270,10 @@ class StatefulServices:
             return engine_health
         return engine_health if roles.primary is not None and driver.claim.epoch == roles.epoch else "starting"
 
+    def waiting(self) -> bool:
+        """Whether a primary here holds synchronous commit on until a majority answers (``ReplicaDriver.relax_pending``)."""
+        return any(d.relax_pending for d in self._drivers.values())
+
     def holds_primary(self) -> bool:
         """Whether a copy here claims a primary role (something a leave should hand over)."""
         return any(d.claim.primary for d in self._drivers.values())

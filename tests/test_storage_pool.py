@@ -209,7 +209,21 @@ def test_failover_through_the_service_proxy_keeps_every_acknowledged_write(pool:
     out = psql(bin_dir, int(s0_pg["address"].rsplit(":", 1)[1]), pg_pw, "SELECT pg_is_in_recovery(), count(*) FROM items;\n", tmp)
     assert out.stdout.strip() == f"t|{N + 1}", "the returned PostgreSQL is a standby with every row: " + out.stdout + out.stderr
 
-    # 4. The new primary's node restarted alone keeps its data.
+    # 4. The replica's node dies: a synchronous commit waits until the primary's view has it dead and a
+    # majority (s1 and c0) has answered since, then goes through: the primary is not stuck without it.
+    def synchronous() -> bool:
+        shown = psql(bin_dir, ports["postgres"], pg_pw, "SHOW synchronous_standby_names;\n", tmp)
+        return shown.returncode == 0 and shown.stdout.strip() == "*"
+
+    wait_for(synchronous, 60, "s1's commits to wait for its standby again")
+    s0.kill()
+    killed = time.monotonic()
+    done = psql(bin_dir, ports["postgres"], pg_pw, "INSERT INTO items VALUES (-2, 'after the replica died');\n", tmp, timeout=90)
+    assert done.returncode == 0, done.stderr
+    commit_wait = time.monotonic() - killed
+    assert "commits no longer wait for a standby" in s1.log.read_text(), s1.tail(60)
+
+    # 5. The new primary's node restarted alone keeps its data.
     for n in (c0, s0, s1):
         n.terminate()
     s1.start().wait_healthy()
@@ -220,11 +234,12 @@ def test_failover_through_the_service_proxy_keeps_every_acknowledged_write(pool:
     count, accepts = redis_count(by_service["redis"], redis_pw)
     assert (count, accepts) == (N, True)
     out = psql(bin_dir, by_service["postgres"], pg_pw, "SELECT count(*) FROM items;\n", tmp)
-    assert out.stdout.strip() == str(N + 1), out.stdout + out.stderr
+    assert out.stdout.strip() == str(N + 2), out.stdout + out.stderr
 
     print(
         f"\nstorage pool: {N} Redis writes (WAIT 1) and {N} PostgreSQL rows (synchronous commit) through --service-proxy; "
         f"written after {written - began:.1f} s. SIGKILL of the primary's node: c0 saw it dead after {outage['detected']:.2f} s; "
         f"no writable primary through the proxy for redis {outage['redis']:.2f} s, postgres {outage['postgres']:.2f} s; "
-        f"old primary back as replica, no second primary seen; total {time.monotonic() - began:.0f} s"
+        f"old primary back as replica, no second primary seen; SIGKILL of that replica: a synchronous commit "
+        f"waited {commit_wait:.1f} s; total {time.monotonic() - began:.0f} s"
     )
