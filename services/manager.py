@@ -64,8 +64,8 @@ DEBOUNCE = 0.3
 RECHECK = 2.0
 """Seconds between reconciliations when nothing happens (health, hand-overs)."""
 RECHECK_WAITING = 0.25
-"""Seconds between reconciliations while a primary's commits wait on a fresh majority (``StatefulServices.waiting``):
-the answers it waits for come as probe acks, which raise no view change."""
+"""Seconds between reconciliations while a promotion or a primary's commits wait on a fresh majority
+(``StatefulServices.waiting``): the answers come as probe acks, which raise no view change."""
 STANDBY_SETTLE = 2.0
 """Seconds a warm standby must stay wanted before it is started: a view still settling
 (a join, a restart) would otherwise load a model only to drop it a moment later."""

@@ -32,6 +32,10 @@ the members meanwhile). A view lags: a primary cut off from the pool first
 sees its replica dead while the other members still look alive, and the
 other side promotes that very replica. Without the wait, commits taken
 alone between the two verdicts were lost when the partition healed.
+A replica's promotion waits the same way (the primary's death is the
+event): a replica cut off alone sees its primary dead while a third member
+still looks alive, and would otherwise claim a higher epoch that wins over
+the real primary's writes when the partition heals.
 
 Fencing (``quorum`` False: this node's view has no majority of the pool,
 ``allocator.replicas.has_quorum``): a copy chosen as primary is not
@@ -104,13 +108,14 @@ class ReplicaDriver:
         self.following: Endpoint | None = None
         self.fenced = False
         self._held_back = False
-        self._sync_on = False  # what this driver last told the engine
+        self._sync_on = synchronous  # the engine's setting: as configured at start, then what this driver told it
         self._relax_from: float | None = None  # when the standby went and synchronous commit waits to be dropped
+        self._promote_from: float | None = None  # when this running replica was chosen and waits to be promoted
 
     @property
-    def relax_pending(self) -> bool:
-        """Synchronous commit is held on for lack of a fresh majority (the manager probes the members meanwhile)."""
-        return self._relax_from is not None
+    def waits_for_majority(self) -> bool:
+        """A promotion, or dropping synchronous commit, waits for a fresh majority (the manager probes the members meanwhile)."""
+        return self._relax_from is not None or self._promote_from is not None
 
     async def apply(
         self,
@@ -140,6 +145,8 @@ class ReplicaDriver:
                 )  # fmt: skip
             return False
         self._held_back = False
+        if roles.primary == self.node_id and not await self._may_promote(now, heard_since):
+            return False
         if roles.primary == self.node_id:
             await self._fence(False, roles)
             if self.runner.role != "primary" or self.following is not None:
@@ -167,6 +174,24 @@ class ReplicaDriver:
                     # No longer primary, whatever happens next: never claim it again for that epoch.
                     self._set_claim(Claim(before.epoch, False))
         return self.claim != before
+
+    async def _may_promote(self, now: float, heard_since: Callable[[float], bool] | None) -> bool:
+        """A running replica chosen as primary is promoted once a majority answered since it was chosen (module docstring)."""
+        promoting = self.runner.port is not None and (self.runner.role != "primary" or self.following is not None)
+        if not promoting or heard_since is None:
+            self._promote_from = None
+            return True
+        if self._promote_from is None:
+            self._promote_from = now
+            log.info(
+                "node %s: %s chosen as primary; promoted once a majority of the pool answers first-hand "
+                "(a replica cut off from the pool sees its primary dead first)", self.node_id, self.service,
+            )  # fmt: skip
+        if not heard_since(self._promote_from):
+            return False
+        log.info("node %s: %s: a majority answered %.1f s after it was chosen as primary", self.node_id, self.service, now - self._promote_from)
+        self._promote_from = None
+        return True
 
     async def _synchronous_commit(self, roles: Roles, now: float, heard_since: Callable[[float], bool] | None) -> None:
         """Commits wait for a standby while one is in the view; drop that only with a fresh majority (module docstring)."""

@@ -250,7 +250,7 @@ class StatefulServices:
         roles = await converge(
             driver, service, views, claims, where, quorum=self._quorum(views), now=self.node.now(), heard_since=heard_since
         )  # fmt: skip
-        if driver.relax_pending:
+        if driver.waits_for_majority:
             for m in members:
                 if m.node != me and m.status == "alive":
                     self.node.probe_soon(m.node)
@@ -271,8 +271,8 @@ class StatefulServices:
         return engine_health if roles.primary is not None and driver.claim.epoch == roles.epoch else "starting"
 
     def waiting(self) -> bool:
-        """Whether a primary here holds synchronous commit on until a majority answers (``ReplicaDriver.relax_pending``)."""
-        return any(d.relax_pending for d in self._drivers.values())
+        """Whether a copy here waits for a majority to answer (a promotion, or dropping synchronous commit)."""
+        return any(d.waits_for_majority for d in self._drivers.values())
 
     def holds_primary(self) -> bool:
         """Whether a copy here claims a primary role (something a leave should hand over)."""

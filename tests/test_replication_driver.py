@@ -13,7 +13,7 @@ import pytest
 
 from allocator.replicas import Copy, primary_of
 from allocator.view import NodeView
-from services.replication import ReplicaDriver, load_claim
+from services.replication import Claim, ReplicaDriver, load_claim
 from services.replication import converge as step
 from services.replication import endpoints
 from services.runners.resp import RespClient, RespError
@@ -130,3 +130,37 @@ def test_endpoints_from_gossiped_metadata() -> None:
     ]
     assert endpoints(S, members, me="n9") == {"n1": Endpoint("10.0.0.1", 6379), "n2": Endpoint("192.168.1.2", 16379)}
     assert endpoints(S, members, me="n1")["n1"] == Endpoint("127.0.0.1", 6379)
+
+
+async def test_a_replica_chosen_as_primary_is_promoted_only_once_a_majority_answers() -> None:
+    """A replica cut off alone sees its primary dead while a third member still looks alive; promoting on that
+    view would claim an epoch that wins over the real primary's writes at the heal."""
+    require_binary("redis-server", "redis-server")
+    with server_dir() as root:
+        nodes = [Node("a", root), Node("b", root)]
+        try:
+            first = await converge(nodes)
+            primary = next(n for n in nodes if n.name == first)
+            other = next(n for n in nodes if n.name != first)
+            primary.alive = False  # as the replica's view has it; the primary itself runs on
+            view = [NodeView(n.name, "storage", services=(S,) if n.alive else (), status="alive" if n.alive else "dead") for n in nodes]
+            claims = {n.name: (n.driver.claim.epoch, n.driver.claim.primary) for n in nodes}
+            where = {n.name: n.runner.endpoint for n in nodes if n.runner.endpoint}
+            asked: list[float] = []
+
+            def nobody(since: float) -> bool:
+                asked.append(since)
+                return False
+
+            for now in (10.0, 11.0):
+                roles = await step(other.driver, S, view, claims, where, now=now, heard_since=nobody)  # type: ignore[arg-type]
+                assert roles.primary == other.name and roles.promoted
+            assert other.runner.role == "replica" and other.driver.claim == Claim(1, False), "promoted without a fresh majority"
+            assert other.driver.waits_for_majority and asked == [10.0, 10.0]
+
+            await step(other.driver, S, view, claims, where, now=12.0, heard_since=lambda since: since == 10.0)  # type: ignore[arg-type]
+            assert other.runner.role == "primary" and other.driver.claim == Claim(2, True)
+            assert not other.driver.waits_for_majority
+        finally:
+            for n in nodes:
+                await n.runner.stop()

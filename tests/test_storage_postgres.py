@@ -229,11 +229,11 @@ async def test_commits_wait_for_a_standby_until_a_majority_answers_after_the_rep
         await da.apply(alone, {}, now=101.0, heard_since=nobody)
         await asyncio.sleep(1.5)
         assert not pending.done(), "a commit was acknowledged with no standby and no fresh majority"
-        assert da.relax_pending and asked == [100.0, 100.0]  # always since the replica was lost, not since the last look
+        assert da.waits_for_majority and asked == [100.0, 100.0]  # always since the replica was lost, not since the last look
 
         await da.apply(alone, {}, now=102.0, heard_since=lambda since: since == 100.0)
         await asyncio.wait_for(pending, 30)
-        assert not da.relax_pending
+        assert not da.waits_for_majority
         assert (await a.sql("SELECT count(*) FROM items")).strip() == "1"
         # Without a standby and with the majority heard, commits no longer wait.
         await asyncio.wait_for(a.sql("INSERT INTO items VALUES (2)"), 30)
