@@ -254,6 +254,7 @@ class Membership:
         self._reap_queue: deque[tuple[float, str]] = deque()
         self._pending_streams: dict[int, _PendingStream] = {}
         self._identity_checks: dict[int, Alive] = {}
+        self._liveness_checks: dict[int, tuple[str, float]] = {}  # seq -> (member, when sent): check_alive
         self._corrections: dict[tuple[Addr, str], float] = {}
         self._pinged_by: dict[str, float] = {}
         # Addresses we gave up with readdress(): an older record of ours there is our own past,
@@ -526,6 +527,34 @@ class Membership:
         if self._probe is None:
             self._start_probe(now)
         return True
+
+    def check_alive(self, nodes: Iterable[str], now: float) -> int:
+        """Ping each of ``nodes`` now, outside the probe schedule; an ack sets its ``last_seen``.
+
+        For a driver that needs fresh first-hand evidence from several members at once (a
+        storage primary that must know a majority still answers it before it gives up a
+        guarantee), where the probe schedule would take one member per interval. Evidence
+        for, never against: a missing answer changes nothing, the usual probes and suspicion
+        decide. A member with a check in flight younger than ``probe_timeout`` is not pinged
+        again. Returns how many pings went out.
+        """
+        if self.leaving:
+            return 0
+        timeout = self.config.probe_timeout
+        self._liveness_checks = {s: c for s, c in self._liveness_checks.items() if now - c[1] < timeout}
+        pending = {node for node, _ in self._liveness_checks.values()}
+        sent = 0
+        for node in nodes:
+            if node == self.id or node in pending or node not in self._alive or self._is_down(node):
+                continue
+            if len(self._liveness_checks) >= self.config.max_pending_probes:
+                break
+            seq = self._next_seq()
+            self._liveness_checks[seq] = (node, now)
+            pending.add(node)
+            self._send(self._alive[node].addr, [wire.encode_message(Ping(seq, node, self.id))])
+            sent += 1
+        return sent
 
     def update_meta(self, meta: NodeMeta, now: float) -> None:
         """Our metadata changed: bump the incarnation and gossip the new signed alive."""
@@ -809,6 +838,11 @@ class Membership:
                 self.awareness.apply_delta(-1)
             if self._probe_next and not self.leaving:
                 self._start_probe(now)
+            return
+        check = self._liveness_checks.pop(msg.seq, None)
+        if check is not None:
+            if check[0] in self._alive:
+                self._last_seen[check[0]] = now
             return
         other = self._identity_checks.pop(msg.seq, None)
         if other is not None:

@@ -29,7 +29,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -405,6 +405,12 @@ class Node:
         machine = self._require_machine()
         if machine.probe_soon(node, self._now()):
             log.info("node %s: probing %s now: a connect to it failed", machine.id, node)
+            self._flush()
+
+    def check_alive(self, nodes: Iterable[str]) -> None:
+        """Ping ``nodes`` now for fresh first-hand evidence that they answer (``Membership.check_alive``)."""
+        machine = self._require_machine()
+        if machine.check_alive(nodes, self._now()):
             self._flush()
 
     def update_meta(self, change: Callable[[NodeMeta], NodeMeta]) -> None:

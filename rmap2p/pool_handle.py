@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from membership import Load, Membership, MemberView, NodeMeta
@@ -93,6 +93,9 @@ class NodeHandle:
 
     def probe_soon(self, node: str) -> None:
         self._node.probe_soon(node)
+
+    def check_alive(self, nodes: Iterable[str]) -> None:
+        self._node.check_alive(nodes)
 
     def on_view_change(self, listener: ViewListener) -> None:
         self._node.on_view_change(listener)

@@ -13,7 +13,7 @@ gossips and puts on its acks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -107,6 +107,10 @@ class PoolHandle(Protocol):
 
         Evidence, not a verdict: membership's own probes and suspicion decide whether it is dead.
         """
+        ...
+
+    def check_alive(self, nodes: Iterable[str]) -> None:
+        """Ping ``nodes`` now: each that answers gets a fresh ``MemberView.last_seen`` (evidence for, never against)."""
         ...
 
     def on_view_change(self, listener: ViewListener) -> None:

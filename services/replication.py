@@ -114,7 +114,7 @@ class ReplicaDriver:
 
     @property
     def waits_for_majority(self) -> bool:
-        """A promotion, or dropping synchronous commit, waits for a fresh majority (the manager probes the members meanwhile)."""
+        """A promotion, or dropping synchronous commit, waits for a fresh majority (the manager pings the members meanwhile)."""
         return self._relax_from is not None or self._promote_from is not None
 
     async def apply(

@@ -251,9 +251,7 @@ class StatefulServices:
             driver, service, views, claims, where, quorum=self._quorum(views), now=self.node.now(), heard_since=heard_since
         )  # fmt: skip
         if driver.waits_for_majority:
-            for m in members:
-                if m.node != me and m.status == "alive":
-                    self.node.probe_soon(m.node)
+            self.node.check_alive(m.node for m in members if m.node != me and m.status == "alive")
         self._roles[service] = roles
         return roles
 

@@ -7,7 +7,7 @@ metadata changes and view events are the membership machine's own, moved by
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cluster import Cluster
@@ -84,6 +84,10 @@ class MachineHandle:
 
     def probe_soon(self, node: str) -> None:
         self.machine.probe_soon(node, self._now())
+        self._after_change()
+
+    def check_alive(self, nodes: Iterable[str]) -> None:
+        self.machine.check_alive(nodes, self._now())
         self._after_change()
 
     def on_view_change(self, listener: ViewListener) -> None:

@@ -985,3 +985,22 @@ def test_shared_caches_intern_records_once_for_every_machine() -> None:
     caches.intern([z.alive_record("w")])  # type: ignore[list-item]
     y.receive(wire.encode_datagram([z.alive_record("w")]), ("10.0.0.1", 3), 0.0)  # type: ignore[list-item]
     assert y.status_of("w") is Status.ALIVE and checked == ["x"], "a record the driver interned is taken as is"
+
+
+def test_check_alive_gets_fresh_evidence_from_several_members_at_once_and_never_against() -> None:
+    c = Cluster(6, seed=3)
+    assert c.run_until(c.converged, 10)
+    c.crash(5)
+    me, ids = c.nodes[0], [n.id for n in c.nodes]
+    seen = lambda node: next(m.last_seen for m in me.members() if m.node == node)  # noqa: E731
+    asked_at = c.now
+    before = {n: seen(n) for n in ids[1:]}
+    assert all(t is None or t <= asked_at for t in before.values())
+    assert me.check_alive(ids[1:], c.now) == 5
+    c.flush(0)
+    assert me.check_alive(ids[1:], c.now) == 0, "a check in flight is not sent twice"
+    c.run_for(0.05)  # a few round trips, far less than one probe interval per member
+    assert all(seen(n) is not None and seen(n) >= asked_at for n in ids[1:5]), "every live member answered"
+    assert seen(ids[5]) == before[ids[5]], "the crashed member did not"
+    assert me.status_of(ids[5]) is Status.ALIVE, "no answer is no verdict: suspicion is the probes' job"
+    assert me.check_alive([me.id], c.now) == 0
