@@ -297,11 +297,15 @@ class ServiceManager:
         for service in [s for s in self._runners if s in self._failed]:
             await self._stop(service, "supervision gave up")
         actions = self.decide()
+        if self._stateful is not None:
+            # First the copies that run: a promotion must not wait behind a new service's start
+            # (a chromadb server takes seconds to come up).
+            await self._stateful.step()
         for service in actions.start:
             await self._start(service)
         for service in actions.stop:
             await self._stop(service, "handed over: another node serves it healthy")
-        if self._stateful is not None:
+        if self._stateful is not None and (actions.start or actions.stop):
             await self._stateful.step()
         await self._keep_standbys()
         for service, runner in list(self._runners.items()):
