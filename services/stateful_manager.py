@@ -60,7 +60,7 @@ from allocator.replicas import (
     replicated_actions,
 )
 from allocator.view import NodeView
-from membership import MemberEvent, MemberView, ReplicationClaim
+from membership import MemberEvent, MemberView, ReplicationClaim, Status
 from services.handle import PoolHandle
 from services.replication import ReplicaDriver, converge, endpoints
 from services.runners.stateful import SINGLE_COPY, is_stateful, make_stateful_runner, service_dir
@@ -251,7 +251,7 @@ class StatefulServices:
             driver, service, views, claims, where, quorum=self._quorum(views), now=self.node.now(), heard_since=heard_since
         )  # fmt: skip
         if driver.waits_for_majority:
-            self.node.check_alive(m.node for m in members if m.node != me and m.status == "alive")
+            self.node.check_alive(m.node for m in members if m.node != me and m.status is Status.ALIVE)
         self._roles[service] = roles
         return roles
 

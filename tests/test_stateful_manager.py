@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from cluster import Cluster
@@ -55,14 +57,28 @@ def _check_handover_rule(handles: list[MachineHandle]) -> None:
             assert claim is not None and claim.epoch == max(primary_epochs), (node, seen)
 
 
+class CheckingHandle(MachineHandle):
+    """A ``MachineHandle`` that records each ``check_alive`` request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checked: list[tuple[str, ...]] = []
+
+    def check_alive(self, nodes: Iterable[str]) -> None:
+        asked = tuple(sorted(nodes))
+        self.checked.append(asked)
+        super().check_alive(asked)
+
+
 async def test_two_storage_managers_replicate_redis_and_the_replica_takes_over() -> None:
     require_binary("redis-server", "redis-server")
     with server_dir() as root:
-        cluster = Cluster(2, ids=["s0", "s1"])
+        # c0, a third member without services, makes a majority matter: a promotion waits for one heard since.
+        cluster = Cluster(3, ids=["s0", "s1", "c0"])
         assert cluster.run_until(cluster.converged, 30.0)
-        handles = []
+        handles: list[CheckingHandle] = []
         for i, name in enumerate(["s0", "s1"]):
-            h = MachineHandle.of_cluster(cluster, i)
+            h = CheckingHandle.of_cluster(cluster, i)
             h.data_dir = root / name
             h.pool_secret = b"the pool's secret"
             h.update_meta(lambda m: replace(m, worker_type="storage", http="127.0.0.1:1"))
@@ -133,6 +149,8 @@ async def test_two_storage_managers_replicate_redis_and_the_replica_takes_over()
                 return claim is not None and (claim.primary, claim.epoch, claim.role) == (True, 2, "primary")
 
             await rounds(promoted, 80, [r])
+            # The promotion asked the live members at once rather than waiting for its probe schedule.
+            assert ("c0",) in handles[r].checked, handles[r].checked
             port = handles[r].meta.port_of("redis")
             assert port is not None
             client = await RespClient.connect("127.0.0.1", port, password)
