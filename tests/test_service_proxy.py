@@ -9,6 +9,7 @@ from pathlib import Path
 from services.runners.resp import RespClient, RespError
 from services.service_proxy import ServiceProxy
 from services.stateful import Endpoint
+from procs import pid_gone
 from storage import StorageNode, require_binary, server_dir
 
 
@@ -147,6 +148,9 @@ async def test_a_connection_to_a_dead_primary_is_held_until_the_view_names_a_new
             at_a = Endpoint("127.0.0.1", a.port)
             proxy.set_target(at_a)
             a.kill()
+            # Its server dies by the parent-death signal, a moment later: until then a connect would still
+            # reach it and then break, which is not the case under test (a refused connect).
+            assert pid_gone(a.server_pid), "redis-server outlived its node"
 
             async def write() -> object:
                 client = await RespClient.connect("127.0.0.1", proxy.port, b.password, timeout=15)  # type: ignore[arg-type]
