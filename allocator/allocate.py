@@ -190,6 +190,15 @@ dead) would take copies it must not serve; replicas and fencing (``allocator.rep
 their failures instead."""
 
 
+def allocation_input(view: Iterable[NodeView]) -> tuple[tuple[object, ...], ...]:
+    """The part of ``view`` that ``allocate`` reads (ids, types, services, status, capabilities).
+
+    Two views with equal inputs get equal allocations; the load fields, which change with every
+    heartbeat, are not in it. For callers that cache a result of ``allocate`` between view changes.
+    """
+    return tuple((n.node_id, n.worker_type, n.services, n.status, n.can_run) for n in normalize(view))
+
+
 def allocate(view: Iterable[NodeView], catalog: Sequence[ServiceSpec] = CATALOG) -> dict[str, tuple[str, ...]]:
     """Map every alive or suspect node to the services it should run, in catalog order.
 

@@ -204,6 +204,11 @@ def probe(
     return {s: can_run(s, facts, env) for s in services}
 
 
+def service_names(raw: str) -> frozenset[str]:
+    """The names in an operator's comma-separated list (``RMAP2P_SERVICES`` and the like), blanks dropped."""
+    return frozenset(s.strip() for s in raw.split(",") if s.strip())
+
+
 def withheld(results: Mapping[str, tuple[bool, str]], env: Mapping[str, str]) -> dict[str, tuple[bool, str]]:
     """``results`` with every service outside ``RMAP2P_SERVICES`` (when set) made unavailable, saying why. Pure.
 
@@ -213,7 +218,7 @@ def withheld(results: Mapping[str, tuple[bool, str]], env: Mapping[str, str]) ->
     raw = env.get(OFFER_ENV, "").strip()
     if not raw:
         return dict(results)
-    allowed = {s.strip() for s in raw.split(",") if s.strip()}
+    allowed = service_names(raw)
     return {s: (able and s in allowed, why if s in allowed else f"{s}: not in {OFFER_ENV}") for s, (able, why) in results.items()}
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from allocator.actions import NodeActions, node_actions
+from allocator.allocate import allocation_input
 from allocator.catalog import ServiceSpec, by_name
 from allocator.members import capabilities, to_node_views
 from allocator.replicas import REPLICATED
@@ -40,7 +41,7 @@ from allocator.standby import standby_for
 from membership import MemberEvent, NodeMeta
 from p2p.discovery import format_host_port
 from services.capabilities import probe as probe_machine
-from services.capabilities import withheld
+from services.capabilities import service_names, withheld
 from services.engine_choice import Gpu
 from services.handle import PoolHandle
 from services.load_progress import gossip_percent
@@ -79,7 +80,7 @@ def standby_services(env: Mapping[str, str]) -> frozenset[str]:
     raw = env.get(STANDBY_ENV)
     if raw is None:
         return frozenset(STANDBY_DEFAULT)
-    names = {s.strip() for s in raw.split(",") if s.strip()}
+    names = service_names(raw)
     if names & {"none", "0", "off"}:
         return frozenset()
     unknown = sorted(s for s in names if by_name(s) is None)
@@ -167,6 +168,7 @@ class ServiceManager:
         """Started, not advertised: runners this node would need at once if another node died."""
         self._standby_services = frozenset() if echo else standby_services(self._env)
         self._standby_wanted: dict[str, float] = {}  # service -> loop time since it is wanted, not yet started
+        self._standby_for: tuple[object, tuple[str, ...]] = (None, ())  # (allocation input, standby_for of it)
         self._health: dict[str, str] = {}
         self._failed: set[str] = set()
         self._unavailable: dict[str, str] = {}
@@ -319,8 +321,12 @@ class ServiceManager:
             return
         me = self.node.node_id
         views = to_node_views(self.node.members())
+        key = allocation_input(views)
+        if key != self._standby_for[0]:
+            # One allocation per single runner: redone only when what the allocation reads changed.
+            self._standby_for = (key, standby_for(me, views, self._standby_services))
         wanted = {
-            s for s in standby_for(me, views, self._standby_services)
+            s for s in self._standby_for[1]
             if s not in self._runners and s not in self._failed and s not in self._unavailable and has_runner(s)
         }  # fmt: skip
         for service in [s for s in self._standby if s not in wanted]:

@@ -109,13 +109,12 @@ class ReplicaDriver:
         self.fenced = False
         self._held_back = False
         self._sync_on = synchronous  # the engine's setting: as configured at start, then what this driver told it
-        self._relax_from: float | None = None  # when the standby went and synchronous commit waits to be dropped
-        self._promote_from: float | None = None  # when this running replica was chosen and waits to be promoted
+        self._waits: dict[str, float] = {}  # step -> when it was first wanted; it waits for a majority heard since
 
     @property
     def waits_for_majority(self) -> bool:
         """A promotion, or dropping synchronous commit, waits for a fresh majority (the manager pings the members meanwhile)."""
-        return self._relax_from is not None or self._promote_from is not None
+        return bool(self._waits)
 
     async def apply(
         self,
@@ -145,7 +144,7 @@ class ReplicaDriver:
                 )  # fmt: skip
             return False
         self._held_back = False
-        if roles.primary == self.node_id and not await self._may_promote(now, heard_since):
+        if roles.primary == self.node_id and not self._may_promote(now, heard_since):
             return False
         if roles.primary == self.node_id:
             await self._fence(False, roles)
@@ -175,23 +174,31 @@ class ReplicaDriver:
                     self._set_claim(Claim(before.epoch, False))
         return self.claim != before
 
-    async def _may_promote(self, now: float, heard_since: Callable[[float], bool] | None) -> bool:
+    def _heard_majority(self, step: str, wanted: bool, now: float, heard_since: Callable[[float], bool] | None) -> bool:
+        """Whether ``step`` may happen now: not ``wanted`` as a guarded step, or a majority answered since it first was.
+
+        ``step`` names the step in the logs ("promoted", "commits no longer wait for a standby").
+        """
+        if not wanted or heard_since is None:
+            self._waits.pop(step, None)
+            return True
+        if step not in self._waits:
+            self._waits[step] = now
+            log.info(
+                "node %s: %s: %s once a majority of the pool answers first-hand (a copy cut off from the pool "
+                "sees the other copy dead before it suspects the rest)", self.node_id, self.service, step,
+            )  # fmt: skip
+        since = self._waits[step]
+        if not heard_since(since):
+            return False
+        log.info("node %s: %s: a majority answered %.1f s later: %s", self.node_id, self.service, now - since, step)
+        del self._waits[step]
+        return True
+
+    def _may_promote(self, now: float, heard_since: Callable[[float], bool] | None) -> bool:
         """A running replica chosen as primary is promoted once a majority answered since it was chosen (module docstring)."""
         promoting = self.runner.port is not None and (self.runner.role != "primary" or self.following is not None)
-        if not promoting or heard_since is None:
-            self._promote_from = None
-            return True
-        if self._promote_from is None:
-            self._promote_from = now
-            log.info(
-                "node %s: %s chosen as primary; promoted once a majority of the pool answers first-hand "
-                "(a replica cut off from the pool sees its primary dead first)", self.node_id, self.service,
-            )  # fmt: skip
-        if not heard_since(self._promote_from):
-            return False
-        log.info("node %s: %s: a majority answered %.1f s after it was chosen as primary", self.node_id, self.service, now - self._promote_from)
-        self._promote_from = None
-        return True
+        return self._heard_majority("promoted", promoting, now, heard_since)
 
     async def _synchronous_commit(self, roles: Roles, now: float, heard_since: Callable[[float], bool] | None) -> None:
         """Commits wait for a standby while one is in the view; drop that only with a fresh majority (module docstring)."""
@@ -199,21 +206,8 @@ class ReplicaDriver:
         if set_sync is None or self.runner.port is None:
             return
         want = self._synchronous and bool(roles.replicas)
-        if not want and self._sync_on and heard_since is not None:
-            if self._relax_from is None:
-                self._relax_from = now
-                log.info(
-                    "node %s: %s has no replica left in the view; commits keep waiting for one until a majority "
-                    "of the pool answers first-hand (a primary cut off from the pool sees its replica dead first)",
-                    self.node_id, self.service,
-                )  # fmt: skip
-            if not heard_since(self._relax_from):
-                return
-            log.info(
-                "node %s: %s: a majority answered %.1f s after the replica was lost; commits no longer wait for a standby",
-                self.node_id, self.service, now - self._relax_from,
-            )  # fmt: skip
-        self._relax_from = None
+        if not self._heard_majority("commits no longer wait for a standby", not want and self._sync_on, now, heard_since):
+            return
         await set_sync(want)
         self._sync_on = want
 

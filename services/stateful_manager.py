@@ -244,11 +244,12 @@ class StatefulServices:
         me = self.node.node_id
 
         def heard_since(since: float) -> bool:
-            fresh = [m for m in self.node.members() if m.node != me and m.last_seen is not None and m.last_seen >= since]
-            return not self._fencing or has_quorum(views, {me, *(m.node for m in fresh)})
+            fresh = {m.node for m in self.node.members() if m.last_seen is not None and m.last_seen >= since}
+            return has_quorum(views, fresh | {me})
 
         roles = await converge(
-            driver, service, views, claims, where, quorum=self._quorum(views), now=self.node.now(), heard_since=heard_since
+            driver, service, views, claims, where, quorum=self._quorum(views), now=self.node.now(),
+            heard_since=heard_since if self._fencing else None,
         )  # fmt: skip
         if driver.waits_for_majority:
             self.node.check_alive(m.node for m in members if m.node != me and m.status is Status.ALIVE)

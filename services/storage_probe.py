@@ -34,6 +34,8 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from services.capabilities import service_names
+
 STORAGE_SERVICES: tuple[str, ...] = ("chromadb", "redis", "postgres", "minio", "neo4j")
 NATIVE_RUNNERS: frozenset[str] = frozenset({"redis", "postgres", "chromadb"})
 """Services whose native runner exists (services.runners.stateful)."""
@@ -161,7 +163,7 @@ def allowed_storage(env: Mapping[str, str]) -> frozenset[str]:
     raw = env.get(ALLOWED_ENV, "").strip()
     if not raw:
         return frozenset(STORAGE_SERVICES)
-    return frozenset(s.strip() for s in raw.split(",") if s.strip())
+    return service_names(raw)
 
 
 def docker_engine_present(env: Mapping[str, str] = os.environ) -> bool:
